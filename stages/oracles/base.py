@@ -1,0 +1,117 @@
+"""The contract between the label stage and every oracle (remote provider or offline model).
+
+An oracle turns one `OracleRequest` into one `Completion` (the raw answer text plus reported token
+usage) or raises one of the errors below; the label stage owns concurrency, rate limits, retries,
+validation and storage. Keeping providers this thin means adding one is one small module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class OracleSpec:
+    """One entry of oracles.yaml: the name users type and everything needed to call and price it."""
+    name: str
+    provider: str                 # gemini | anthropic | openai | local-embed | local-llm
+    model: str
+    input_per_m: float = 0.0      # USD per 1M input tokens, synchronous
+    output_per_m: float = 0.0
+    batch_input_per_m: float | None = None   # None: the provider sells no batch mode for it
+    batch_output_per_m: float | None = None
+    cache_read_per_m: float | None = None    # cached input tokens (prompt caching)
+    cache_write_per_m: float | None = None
+    rpm: float | None = None      # requests per minute (None: unlimited)
+    tpm: float | None = None      # tokens per minute
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_output_tokens: int = 2048
+    timeout_s: float = 120.0
+    options: dict = field(default_factory=dict)
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0, batch: bool = False,
+             cache_write_tokens: int = 0) -> float:
+        """USD for one call from reported usage. `input_tokens` includes cached ones."""
+        pin = self.batch_input_per_m if batch and self.batch_input_per_m is not None else self.input_per_m
+        pout = self.batch_output_per_m if batch and self.batch_output_per_m is not None else self.output_per_m
+        pcache = self.cache_read_per_m if self.cache_read_per_m is not None else pin
+        if batch and self.batch_input_per_m is not None and self.cache_read_per_m is not None:
+            pcache = self.cache_read_per_m * (self.batch_input_per_m / self.input_per_m if self.input_per_m else 1.0)
+        pwrite = self.cache_write_per_m if self.cache_write_per_m is not None else pin
+        uncached = max(input_tokens - cached_tokens - cache_write_tokens, 0)
+        return (uncached * pin + cached_tokens * pcache + cache_write_tokens * pwrite + output_tokens * pout) / 1e6
+
+
+@dataclass(frozen=True)
+class OracleRequest:
+    """One article to score. `rubric` is the static part of the prompt (cacheable), `article` the
+    part holding the delimited article; `schema` the JSON schema of a valid answer. `followups`
+    holds (assistant_answer, user_correction) turns for the one corrective retry."""
+    rubric: str
+    article: str
+    schema: dict
+    followups: tuple[tuple[str, str], ...] = ()
+    # offline oracles work on the article itself and the filter's scale anchors
+    title: str = ""
+    text: str = ""
+    filter: Any = None
+    request_id: str = ""          # stable id: '<article_id>#<repeat>'
+
+    @property
+    def prompt(self) -> str:
+        return self.rubric + self.article
+
+
+@dataclass
+class Completion:
+    text: str | None              # the raw answer (JSON text); None with a refusal
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    latency_ms: float = 0.0
+    refusal: str | None = None    # set when the model declined; stored as an invalid label
+    finish_reason: str | None = None
+
+
+class OracleError(Exception):
+    """Base of errors an oracle raises. `retryable` says whether the label stage may try again."""
+    retryable = False
+
+
+class RateLimited(OracleError):
+    """429 / RESOURCE_EXHAUSTED that will clear: wait `retry_after` seconds (from Retry-After or
+    Gemini's RetryInfo.retryDelay) or back off."""
+    retryable = True
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QuotaExhausted(OracleError):
+    """A per-day (or billing) quota is spent: stop the run cleanly; `resume_hint` says when/how."""
+
+    def __init__(self, message: str, resume_hint: str = ""):
+        super().__init__(message)
+        self.resume_hint = resume_hint
+
+
+class TransientError(OracleError):
+    """5xx, timeouts, dropped connections: retried with exponential backoff and jitter."""
+    retryable = True
+
+
+class FatalError(OracleError):
+    """Auth failures, bad requests, unknown models: fail fast, retrying would only cost money."""
+
+
+class Oracle(Protocol):
+    spec: OracleSpec
+
+    async def complete(self, request: OracleRequest) -> Completion:
+        ...
+
+    async def aclose(self) -> None:
+        ...
