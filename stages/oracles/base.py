@@ -115,3 +115,42 @@ class Oracle(Protocol):
 
     async def aclose(self) -> None:
         ...
+
+
+# ---- helpers shared by the provider modules (added with the providers) -------------------------
+
+def parse_retry_after(value: Any) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or HTTP date) or a protobuf Duration
+    string such as Gemini's RetryInfo.retryDelay ("13s", "0.5s"); None when absent or unreadable."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return max(float(value), 0.0)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return max(float(text[:-1] if text.endswith("s") else text), 0.0)
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+    from datetime import datetime, timezone
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+
+
+def daily_quota_hint(provider: str, detail: str = "") -> str:
+    """The resume hint a QuotaExhausted carries: when the quota resets and how to resume."""
+    if provider == "gemini":
+        when = "Gemini per-day quotas reset at midnight Pacific time"
+    elif provider == "anthropic":
+        when = "the Anthropic spend limit or credit balance must be raised in the console"
+    else:
+        when = "the provider's quota or billing balance must be raised or reset"
+    extra = f" ({detail})" if detail else ""
+    return f"{when}{extra}; re-run the same command to resume where it stopped"

@@ -1,0 +1,150 @@
+"""Any OpenAI-compatible chat-completions server: OpenAI, DeepSeek, Ollama, vLLM, llama.cpp.
+
+The rubric goes in the system message and the article in the user message, so servers with
+automatic prefix caching (OpenAI, DeepSeek) bill the rubric at the cached rate after the first
+call. Answers are constrained with `response_format` json_schema (strict); a server that answers
+that it lacks json_schema is asked again with json_object, and the oracle remembers that.
+
+spec.options: response_format ("json_schema" | "json_object", default json_schema),
+temperature (sent only when set), max_tokens_param (default "max_tokens").
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import openai
+
+from stages.oracles import registry
+from stages.oracles.base import (Completion, FatalError, OracleRequest, OracleSpec, QuotaExhausted,
+                                 RateLimited, TransientError, daily_quota_hint, parse_retry_after)
+
+SCHEMA_NAME = "filter_answer"
+# a local server needs no key, but the SDK insists on one; a placeholder also stops the SDK from
+# falling back to OPENAI_API_KEY and sending the user's real key to some other server
+NO_KEY = "no-key-needed"
+
+
+class OpenAICompatOracle:
+    def __init__(self, spec: OracleSpec, *, api_key: str | None = None, base_url: str | None = None):
+        self.spec = spec
+        self._api_key = api_key or registry.api_key(spec) or NO_KEY
+        self.base_url = base_url or registry.base_url(spec)
+        self.response_format = spec.options.get("response_format", "json_schema")
+        if self.response_format not in ("json_schema", "json_object"):
+            raise FatalError(f"oracle '{spec.name}': options.response_format must be json_schema or json_object")
+        self._client = openai.AsyncOpenAI(api_key=self._api_key, base_url=self.base_url,
+                                          max_retries=0, timeout=spec.timeout_s)
+
+    async def complete(self, request: OracleRequest) -> Completion:
+        started = time.perf_counter()
+        try:
+            response = await self._create(request)
+        except openai.BadRequestError as e:
+            if self.response_format != "json_schema" or not _json_schema_unsupported(e):
+                raise self._map_error(e) from None
+            self.response_format = "json_object"   # remembered for every later request
+            try:
+                response = await self._create(request)
+            except openai.OpenAIError as e2:
+                raise self._map_error(e2) from None
+        except openai.OpenAIError as e:
+            raise self._map_error(e) from None
+        return self._completion(response, (time.perf_counter() - started) * 1000)
+
+    async def _create(self, request: OracleRequest):
+        messages: list[dict[str, str]] = [{"role": "system", "content": request.rubric},
+                                          {"role": "user", "content": request.article}]
+        for answer, correction in request.followups:
+            messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": correction}]
+        if self.response_format == "json_schema":
+            response_format: dict[str, Any] = {"type": "json_schema", "json_schema": {
+                "name": SCHEMA_NAME, "schema": request.schema, "strict": True}}
+        else:
+            response_format = {"type": "json_object"}
+        kwargs: dict[str, Any] = {self.spec.options.get("max_tokens_param", "max_tokens"): self.spec.max_output_tokens}
+        if "temperature" in self.spec.options:
+            kwargs["temperature"] = self.spec.options["temperature"]
+        return await self._client.chat.completions.create(
+            model=self.spec.model, messages=messages, response_format=response_format, **kwargs)
+
+    def _completion(self, response, latency_ms: float) -> Completion:
+        if not response.choices:
+            raise TransientError(f"{self.spec.name}: the server answered with no choices")
+        choice = response.choices[0]
+        message = choice.message
+        usage = response.usage
+        cached = 0
+        if usage is not None:
+            details = getattr(usage, "prompt_tokens_details", None)
+            cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
+            cached = cached or getattr(usage, "prompt_cache_hit_tokens", None) or 0   # DeepSeek's field
+        refusal = getattr(message, "refusal", None)
+        if not refusal and choice.finish_reason == "content_filter":
+            refusal = "the server's content filter stopped the answer"
+        return Completion(
+            text=None if refusal else message.content,
+            input_tokens=(usage.prompt_tokens or 0) if usage else 0,
+            output_tokens=(usage.completion_tokens or 0) if usage else 0,
+            cached_tokens=int(cached),
+            latency_ms=latency_ms,
+            refusal=refusal,
+            finish_reason=choice.finish_reason,
+        )
+
+    def _map_error(self, e: Exception) -> Exception:
+        message = self._scrub(_error_message(e))
+        where = f"{self.spec.name} ({self.spec.model})"
+        if isinstance(e, openai.APITimeoutError):
+            return TransientError(f"{where}: timed out after {self.spec.timeout_s:g} s")
+        if isinstance(e, openai.APIConnectionError):
+            return TransientError(f"{where}: connection failed: {message}")
+        if isinstance(e, openai.APIStatusError):
+            status = e.status_code
+            code = str(getattr(e, "code", "") or "")
+            lowered = message.lower()
+            if status == 402 or code == "insufficient_quota" or (status == 429 and _is_daily(lowered)):
+                return QuotaExhausted(f"{where}: quota exhausted ({status}): {message}",
+                                      resume_hint=daily_quota_hint(self.spec.provider, message[:200]))
+            if status == 429:
+                return RateLimited(f"{where}: rate limited (429): {message}", retry_after=_retry_after(e.response))
+            if status >= 500 or status in (408, 409):
+                return TransientError(f"{where}: server error {status}: {message}")
+            return FatalError(f"{where}: request rejected ({status}): {message}")
+        # a 200 whose body is not a chat completion (empty, truncated, not JSON)
+        return TransientError(f"{where}: unreadable response: {message}")
+
+    def _scrub(self, text: str) -> str:
+        if self._api_key and self._api_key != NO_KEY:
+            text = text.replace(self._api_key, "***")
+        return text[:500]
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _error_message(e: Exception) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        if inner.get("message"):
+            return str(inner["message"])
+    return str(getattr(e, "message", None) or e) or type(e).__name__
+
+
+def _json_schema_unsupported(e: openai.BadRequestError) -> bool:
+    text = f"{getattr(e, 'param', '')} {_error_message(e)}".lower()
+    return "json_schema" in text or "response_format" in text
+
+
+def _is_daily(lowered: str) -> bool:
+    return any(s in lowered for s in ("per day", "daily", "insufficient_quota", "exceeded your current quota",
+                                      "billing"))
+
+
+def _retry_after(response) -> float | None:
+    headers = getattr(response, "headers", None) or {}
+    ms = parse_retry_after(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000
+    return parse_retry_after(headers.get("retry-after"))
