@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from tests.fakes.answers import (article_block, article_key, corrupt, deterministic_answer, fault_markers,
                                  schema_shape)
+from tests.fakes.batches import FakeBatches, answer_like_sync
 
 FAULTS = (
     "rate_limit",         # 429 with a retry hint (Retry-After header; Gemini: RetryInfo.retryDelay)
@@ -118,6 +119,8 @@ class FakeProviderServer:
         self._thread: threading.Thread | None = None
         self.in_flight = 0
         self.max_in_flight = 0
+        # the providers' batch endpoints (tests/fakes/batches.py), answering items like the sync routes
+        self.batches = FakeBatches(lambda provider, model, body: answer_like_sync(self, provider, model, body))
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> "FakeProviderServer":
@@ -415,6 +418,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass   # the default writes request lines to stderr; the log of record is fake.log (no keys)
 
     def do_POST(self) -> None:
+        if self._serve_batch():
+            return
         path = self.path.split("?", 1)[0]
         for method, pattern, dialect in self.routes:
             m = pattern.match(path)
@@ -423,7 +428,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(404, {"error": {"message": f"no route for POST {path}"}}, {})
 
     def do_GET(self) -> None:
+        if self._serve_batch():
+            return
         self._send(404, {"error": {"message": f"no route for GET {self.path.split('?', 1)[0]}"}}, {})
+
+    def _serve_batch(self) -> bool:
+        handler = self.fake.batches.match(self.command, self.path, self.headers, self.fake.url)
+        if handler is None:
+            return False
+        length = int(self.headers.get("content-length") or 0)
+        status, content_type, data = handler(self.rfile.read(length) if length else b"")
+        self._send_raw(status, data, content_type, {})
+        return True
 
     def _key_present(self, dialect) -> bool:
         if dialect is GeminiDialect:
