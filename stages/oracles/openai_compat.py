@@ -46,9 +46,9 @@ class OpenAICompatOracle:
             self.response_format = "json_object"   # remembered for every later request
             try:
                 response = await self._create(request)
-            except openai.OpenAIError as e2:
+            except Exception as e2:   # noqa: BLE001
                 raise self._map_error(e2) from None
-        except openai.OpenAIError as e:
+        except Exception as e:   # noqa: BLE001 - every SDK/transport failure becomes one of ours
             raise self._map_error(e) from None
         return self._completion(response, (time.perf_counter() - started) * 1000)
 

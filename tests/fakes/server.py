@@ -7,7 +7,8 @@ them, a real socket does).
         ...                                      # run the oracles / the label stage
         server.counts, server.log                # what it saw (never the API key)
 
-Routes: Gemini  POST /v1beta/models/{model}:generateContent  (key: x-goog-api-key)
+Routes: Gemini  POST /v1[beta]/models/{model}:generateContent  (key: x-goog-api-key; google-genai
+                3.x calls /v1/ by default)
         Anthropic POST /v1/messages                          (key: x-api-key)
         OpenAI  POST /v1/chat/completions                    (key: Authorization: Bearer)
 
@@ -210,7 +211,7 @@ class FakeProviderServer:
             self._window.append(now)
         return None
 
-    def _prefix_cached(self, prefix: str) -> bool:
+    def _prefix_cached(self, prefix: tuple) -> bool:
         h = hash(prefix)
         with self._lock:
             seen = h in self._seen_prefixes
@@ -409,7 +410,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"   # keep-alive, as the SDKs' connection pools expect
     fake: FakeProviderServer
     routes: list[tuple[str, re.Pattern, type]] = [
-        ("POST", re.compile(r"^/v1beta/models/(?P<model>[^/:]+):generateContent$"), GeminiDialect),
+        ("POST", re.compile(r"^/v1(?:beta|alpha)?/models/(?P<model>[^/:]+):generateContent$"), GeminiDialect),
         ("POST", re.compile(r"^/v1/messages$"), AnthropicDialect),
         ("POST", re.compile(r"^/v1/chat/completions$"), OpenAIDialect),
     ]
@@ -520,7 +521,7 @@ class _Handler(BaseHTTPRequestHandler):
         cacheable = req.system and (dialect is not AnthropicDialect or req.extra.get("cacheable"))
         cached = cache_write = 0
         if cacheable:
-            if fake._prefix_cached(req.system):
+            if fake._prefix_cached((dialect.name, req.model, req.system)):
                 cached = _tokens(req.system)
             elif dialect is AnthropicDialect:
                 cache_write = _tokens(req.system)
