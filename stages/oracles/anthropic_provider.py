@@ -33,24 +33,27 @@ class AnthropicOracle:
         self._client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url,
                                                 max_retries=0, timeout=spec.timeout_s)
 
-    async def complete(self, request: OracleRequest) -> Completion:
+    def request_params(self, request: OracleRequest) -> dict[str, Any]:
+        """The Messages API parameters for one request (also a Message Batches item's `params`)."""
         messages: list[dict[str, Any]] = [{"role": "user", "content": request.article}]
         for answer, correction in request.followups:
             messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": correction}]
-        kwargs: dict[str, Any] = {}
+        params: dict[str, Any] = dict(
+            model=self.spec.model,
+            max_tokens=self.spec.max_output_tokens,
+            system=[{"type": "text", "text": request.rubric, "cache_control": {"type": "ephemeral"}}],
+            messages=messages,
+            tools=[{"name": self.tool_name, "description": TOOL_DESCRIPTION, "input_schema": request.schema}],
+            tool_choice={"type": "tool", "name": self.tool_name},
+        )
         if "temperature" in self.spec.options:
-            kwargs["temperature"] = float(self.spec.options["temperature"])
+            params["temperature"] = float(self.spec.options["temperature"])
+        return params
+
+    async def complete(self, request: OracleRequest) -> Completion:
         started = time.perf_counter()
         try:
-            message = await self._client.messages.create(
-                model=self.spec.model,
-                max_tokens=self.spec.max_output_tokens,
-                system=[{"type": "text", "text": request.rubric, "cache_control": {"type": "ephemeral"}}],
-                messages=messages,
-                tools=[{"name": self.tool_name, "description": TOOL_DESCRIPTION, "input_schema": request.schema}],
-                tool_choice={"type": "tool", "name": self.tool_name},
-                **kwargs,
-            )
+            message = await self._client.messages.create(**self.request_params(request))
         except Exception as e:   # noqa: BLE001 - every SDK/transport failure becomes one of ours
             raise self._map_error(e) from None
         return self._completion(message, (time.perf_counter() - started) * 1000)

@@ -44,13 +44,18 @@ class GeminiOracle:
             config["temperature"] = float(spec.options["temperature"])
         self._base_config = config
 
-    async def complete(self, request: OracleRequest) -> Completion:
+    def request_parts(self, request: OracleRequest) -> tuple[list[types.Content], types.GenerateContentConfig]:
+        """(contents, config) of one generate_content call (also a batch mode inlined request)."""
         contents = [types.Content(role="user", parts=[types.Part(text=request.article)])]
         for answer, correction in request.followups:
             contents += [types.Content(role="model", parts=[types.Part(text=answer)]),
                          types.Content(role="user", parts=[types.Part(text=correction)])]
         config = types.GenerateContentConfig(system_instruction=request.rubric,
                                              response_json_schema=request.schema, **self._base_config)
+        return contents, config
+
+    async def complete(self, request: OracleRequest) -> Completion:
+        contents, config = self.request_parts(request)
         started = time.perf_counter()
         try:
             response = await self._client.aio.models.generate_content(

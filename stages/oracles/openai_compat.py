@@ -53,6 +53,10 @@ class OpenAICompatOracle:
         return self._completion(response, (time.perf_counter() - started) * 1000)
 
     async def _create(self, request: OracleRequest):
+        return await self._client.chat.completions.create(**self.request_params(request))
+
+    def request_params(self, request: OracleRequest) -> dict[str, Any]:
+        """The chat.completions parameters for one request (also a Batch API line's `body`)."""
         messages: list[dict[str, str]] = [{"role": "system", "content": request.rubric},
                                           {"role": "user", "content": request.article}]
         for answer, correction in request.followups:
@@ -65,8 +69,7 @@ class OpenAICompatOracle:
         kwargs: dict[str, Any] = {self.spec.options.get("max_tokens_param", "max_tokens"): self.spec.max_output_tokens}
         if "temperature" in self.spec.options:
             kwargs["temperature"] = self.spec.options["temperature"]
-        return await self._client.chat.completions.create(
-            model=self.spec.model, messages=messages, response_format=response_format, **kwargs)
+        return dict(model=self.spec.model, messages=messages, response_format=response_format, **kwargs)
 
     def _completion(self, response, latency_ms: float) -> Completion:
         if not response.choices:
