@@ -1,4 +1,5 @@
-"""Text handling shared by every stage: cleaning, hashing, and the one head+tail truncation.
+"""Text handling shared by every stage: cleaning, hashing, near-duplicate signatures, and the one
+head+tail truncation.
 
 The oracle prompt and the student model must see the same part of a long article, so both cut it
 with `head_tail_truncate` (characters for the prompt, token ids for the student).
@@ -9,9 +10,14 @@ import hashlib
 import html
 import re
 import unicodedata
-from typing import Sequence, TypeVar
+import zlib
+from typing import TYPE_CHECKING, Sequence, TypeVar
 
 import ftfy
+import numpy as np
+
+if TYPE_CHECKING:  # datasketch imports scipy (~0.5 s): loaded only when near-duplicates are needed
+    from datasketch import LeanMinHash
 
 _TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]{1,400}>", re.S | re.I)
 _BLOCK_TAG = re.compile(r"</?(p|div|br|li|h[1-6]|tr|section|article|blockquote)\b[^>]*>", re.I)
@@ -26,17 +32,46 @@ def clean_text(raw: str) -> str:
     """Repair mojibake, drop HTML markup, normalise whitespace; paragraphs stay blank-line separated."""
     if not raw:
         return ""
-    text = ftfy.fix_text(raw, normalization="NFC")
+    text = _fix_mojibake(raw)
     if "<" in text and ">" in text:
         text = _BLOCK_TAG.sub("\n\n", text)
         text = _TAG.sub(" ", text)
     text = html.unescape(text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
+    text = "\n".join(_drop_control_chars(line) for line in text.split("\n"))
     text = _SPACES.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     text = _BLANKS.sub("\n\n", text)
     return text.strip()
+
+
+def _fix_mojibake(text: str) -> str:
+    """ftfy.fix_text(text, normalization="NFC"), segment by segment as ftfy itself does, skipping
+    the plain-ASCII lines without '&' or escape codes it would return unchanged (ftfy is the
+    slowest step of ingest; most lines of English news are such lines)."""
+    config = ftfy.TextFixerConfig(explain=False, normalization="NFC")
+    out = []
+    pos = 0
+    while pos < len(text):
+        textbreak = text.find("\n", pos) + 1 or len(text)
+        if textbreak - pos > config.max_decode_length:
+            textbreak = pos + config.max_decode_length
+        segment = text[pos:textbreak]
+        if config.unescape_html == "auto" and "<" in segment:
+            config = config._replace(unescape_html=False)
+        if segment.isascii() and "&" not in segment and "\x1b" not in segment:
+            out.append(segment)
+        else:
+            out.append(ftfy.fix_and_explain(segment, config)[0])
+        pos = textbreak
+    return "".join(out)
+
+
+def _drop_control_chars(line: str) -> str:
+    # isprintable() is a C-speed check that a line holds no control/format characters at all
+    if line.isprintable():
+        return line
+    return "".join(ch for ch in line if ch == "\t" or unicodedata.category(ch)[0] != "C")
 
 
 def normalise_for_hash(text: str) -> str:
@@ -83,3 +118,105 @@ def head_tail_truncate(seq: T, limit: int, head_share: float = 0.75) -> T:
     head = int(limit * head_share)
     tail = limit - head
     return list(seq[:head]) + (list(seq[len(seq) - tail:]) if tail else [])
+
+
+# ---- near-duplicates ------------------------------------------------------------------------
+# MinHash over word shingles (datasketch). Signatures are persisted in gt.db (article_minhash), so
+# these constants are part of the stored format: changing them needs a re-hash of old articles.
+SHINGLE_WORDS = 5
+MINHASH_PERMUTATIONS = 64
+MINHASH_SEED = 1
+MINHASH_SCHEME = "affine32"
+NEAR_DUP_THRESHOLD = 0.8
+
+_word_hashes: dict[str, int] = {}
+_MASK32 = 0xFFFFFFFF
+
+
+def _word_hash(word: str) -> int:
+    h = zlib.crc32(word.encode("utf-8"))
+    if len(_word_hashes) < 2_000_000:  # bounded: the vocabulary of news is far smaller
+        _word_hashes[word] = h
+    return h
+
+
+def shingle_hashes(text: str, k: int = SHINGLE_WORDS) -> np.ndarray:
+    """32-bit hashes of the text's k-word shingles (lower-cased words; punctuation ignored).
+    A text of fewer than k words is one shingle; an empty text has none."""
+    ws = words(text)
+    if not ws:
+        return np.zeros(0, dtype=np.uint32)
+    cached = list(map(_word_hashes.get, ws))  # a C-speed lookup: most words are cached
+    if None in cached:
+        cached = [h if h is not None else _word_hash(w) for h, w in zip(cached, ws)]
+    wh = np.array(cached, dtype=np.uint64)
+    n = max(1, len(ws) - k + 1)
+    acc = np.zeros(n, dtype=np.uint64)
+    # polynomial rolling combination of k word hashes, wrapping mod 2^64, folded to 32 bits
+    for j in range(min(k, len(ws))):
+        acc = acc * np.uint64(1_000_003) + wh[j:j + n]
+    return ((acc ^ (acc >> np.uint64(32))) & np.uint64(_MASK32)).astype(np.uint32)
+
+
+def _identity(x: int) -> int:
+    return x
+
+
+_PERMUTATIONS = None
+
+
+def minhash_signature(text: str) -> LeanMinHash | None:
+    """MinHash of the text's word shingles, or None for a text without words."""
+    global _PERMUTATIONS
+    from datasketch import LeanMinHash, MinHash
+
+    hashes = shingle_hashes(text)
+    if hashes.size == 0:
+        return None
+    if _PERMUTATIONS is None:
+        _PERMUTATIONS = MinHash(num_perm=MINHASH_PERMUTATIONS, seed=MINHASH_SEED, scheme=MINHASH_SCHEME).permutations
+    # identity hashfunc: the shingles are hashed already; datasketch pre-mixes them (fmix) itself
+    m = MinHash(num_perm=MINHASH_PERMUTATIONS, seed=MINHASH_SEED, hashfunc=_identity,
+                permutations=_PERMUTATIONS, scheme=MINHASH_SCHEME)
+    m.update_batch(hashes.tolist())
+    return LeanMinHash(m)
+
+
+def signature_to_bytes(sig: LeanMinHash) -> bytes:
+    buf = bytearray(sig.bytesize())
+    sig.serialize(buf)
+    return bytes(buf)
+
+
+def signature_from_bytes(blob: bytes) -> LeanMinHash:
+    from datasketch import LeanMinHash
+
+    return LeanMinHash.deserialize(blob)
+
+
+class NearDuplicateIndex:
+    """Articles' MinHash signatures in an LSH index: `similar` finds the earlier articles whose
+    estimated Jaccard similarity of shingles reaches the threshold (LSH candidates, verified)."""
+
+    def __init__(self, threshold: float = NEAR_DUP_THRESHOLD, num_perm: int = MINHASH_PERMUTATIONS):
+        from datasketch import MinHashLSH
+
+        self.threshold = threshold
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._signatures: dict[str, LeanMinHash] = {}
+
+    def __len__(self) -> int:
+        return len(self._signatures)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._signatures
+
+    def add(self, key: str, sig: LeanMinHash) -> None:
+        if key in self._signatures:
+            return
+        self._lsh.insert(key, sig, check_duplication=False)
+        self._signatures[key] = sig
+
+    def similar(self, sig: LeanMinHash) -> list[str]:
+        found = [k for k in self._lsh.query(sig) if sig.jaccard(self._signatures[k]) >= self.threshold]
+        return sorted(found)

@@ -1,0 +1,586 @@
+"""Ingest articles into gt.db: JSONL or CSV files (globs, .gz), cleaned, de-duplicated, clustered.
+
+    python -m stages.ingest --db gt.db --source 'data/raw/*.jsonl' [--source more.csv.gz]
+
+What happens to each record:
+- fields are mapped from common names (text/content/body/article, title/headline,
+  id/article_id/guid, url/link, source/publisher, published_date/date/published_at, language);
+- the text is cleaned (HTML, mojibake, whitespace: stages.text.clean_text);
+- a record without an id gets one from its content: the first 16 hex digits of its content hash
+  (an exact duplicate without an id gets that id plus '-2', '-3', ... by order of appearance);
+- an exact duplicate (same normalised title+text as an article already in gt.db or earlier in the
+  input) is stored as a row with `dup_of` = the kept article, so users see what was dropped;
+- near-duplicates (MinHash of 5-word shingles, estimated Jaccard >= 0.8) share
+  `near_dup_cluster` = the id of the cluster's first article; signatures are kept in
+  `article_minhash`, so a later ingest clusters new articles against old ones;
+- texts shorter than the filter's min_chars (300) are kept and flagged `too_short`;
+- records carrying `<filter>_analysis` labels are imported as a label run (stages.labeled_file).
+
+Rejected (one line `file:line: what (what to do)` each, all counted, exit code 1): malformed
+JSON, records without text, lines that are not UTF-8, empty files, globs matching nothing, texts
+longer than --max-chars (default 200,000), and a record whose id is already used by an article
+with different text (the first one stays; ids are never silently renamed, since labels and
+selections refer to them). Re-ingesting the same files inserts nothing. Rows are written in
+batches, each in one transaction: a killed ingest leaves whole batches and a rerun completes it.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import gzip
+import io
+import json
+import os
+import sqlite3
+import sys
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from stages import store
+from stages.filters import Filter, FilterError, load_filter
+from stages.labeled_file import ANALYSIS_SUFFIX, LabelImporter
+from stages.text import (NearDuplicateIndex, clean_text, content_hash, minhash_signature,
+                         signature_from_bytes, signature_to_bytes)
+
+DEFAULT_FILTER = "filters/uplifting/v1"
+DEFAULT_MIN_CHARS = 300
+DEFAULT_MAX_CHARS = 200_000
+BATCH_SIZE = 2000
+CHUNK_SIZE = 250  # records per worker task
+MAX_PRINTED_PROBLEMS = 20
+
+# first present, non-empty field wins; keys are matched case-insensitively
+FIELD_NAMES = {
+    "id": ("id", "article_id", "guid", "uid", "doc_id"),
+    "title": ("title", "headline"),
+    "text": ("text", "content", "body", "article", "full_text", "article_text"),
+    "url": ("url", "link"),
+    "source": ("source", "publisher", "source_name", "domain"),
+    "published_at": ("published_date", "date", "published_at", "publish_date", "pubdate", "published"),
+    "language": ("language", "lang"),
+}
+_JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+
+
+@dataclass
+class IngestSummary:
+    files: int = 0
+    records: int = 0
+    inserted: int = 0           # new rows in articles (duplicate rows included)
+    already_present: int = 0    # records whose id and text were already in gt.db
+    duplicates: int = 0         # new rows that are exact duplicates (dup_of set)
+    near_dup_clusters: int = 0  # clusters holding at least one article of this ingest
+    near_dup_articles: int = 0  # articles of this ingest placed in a cluster
+    too_short: int = 0          # new rows flagged too_short
+    rejected: int = 0           # records not ingested (each has a problem line)
+    imported_labels: int = 0    # valid labels imported
+    invalid_labels: int = 0     # imported analyses stored as status 'invalid'
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    label_runs: list[int] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class _Options:
+    min_chars: int
+    max_chars: int
+    analysis_suffix: str = ANALYSIS_SUFFIX
+
+
+@dataclass
+class _Prepared:
+    origin: str
+    line: int
+    id: str | None
+    title: str
+    text: str
+    source: str | None
+    url: str | None
+    published_at: str | None
+    language: str | None
+    content_hash: str
+    chars: int
+    too_short: bool
+    signature: bytes | None
+    analyses: dict[str, Any]
+
+
+@dataclass
+class _Problem:
+    origin: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.origin}:{self.line}" if self.line is not None else self.origin
+        return f"{where}: {self.message}"
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+def expand_sources(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Files matched by the patterns (globs, `**` allowed), in a stable order, each once; and one
+    problem line per pattern that matched nothing."""
+    files: list[str] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        matched = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+        if not matched:
+            problems.append(f"{pattern}: matches no file (check the path; quote globs so the shell passes them whole)")
+        for p in matched:
+            key = os.path.realpath(p)
+            if key not in seen:
+                seen.add(key)
+                files.append(p)
+    return files, problems
+
+
+def _file_format(path: str) -> str | None:
+    name = path[:-3] if path.endswith(".gz") else path
+    suffix = Path(name).suffix.lower()
+    if suffix in _JSONL_SUFFIXES:
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return suffix[1:]
+    return None
+
+
+def _open_binary(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _read_items(path: str, fmt: str) -> Iterator[tuple[str, int, Any]]:
+    """(origin, line, payload): payload is the raw bytes of a JSONL line, a CSV row as a dict, or a
+    _Problem. Lines are read one at a time, so a huge record never holds more than itself."""
+    if fmt == "jsonl":
+        with _open_binary(path) as f:
+            for lineno, raw in enumerate(f, 1):
+                if raw.strip():
+                    yield path, lineno, raw
+        return
+    csv.field_size_limit(2**31 - 1)  # long articles are checked against --max-chars, not by csv
+    with _open_binary(path) as fb:
+        # surrogateescape keeps undecodable bytes visible, so the bad row (not the file) is rejected
+        text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.DictReader(text, delimiter="\t" if fmt == "tsv" else ",")
+        start = 2
+        try:
+            for row in reader:
+                yield path, start, row
+                start = reader.line_num + 1
+        except csv.Error as e:
+            yield path, reader.line_num, _Problem(path, reader.line_num, f"unreadable CSV: {e} (fix the quoting of this row)")
+
+
+def _pick(record: dict, names: tuple[str, ...]) -> Any:
+    for name in names:
+        value = record.get(name)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def map_fields(record: dict) -> dict[str, Any]:
+    """The article fields of a record, found under their common names."""
+    lowered = {str(k).strip().lower(): v for k, v in record.items()}
+    out = {key: _pick(lowered, names) for key, names in FIELD_NAMES.items()}
+    if isinstance(out["source"], dict):
+        out["source"] = out["source"].get("name") or out["source"].get("title")
+    if isinstance(out["text"], list) and all(isinstance(p, str) for p in out["text"]):
+        out["text"] = "\n\n".join(out["text"])
+    return out
+
+
+def _prepare(origin: str, line: int, payload: Any, opts: _Options) -> _Prepared | _Problem:
+    """Decode, parse, map, clean, hash: everything about one record that needs no database."""
+    where = lambda message: _Problem(origin, line, message)  # noqa: E731
+    if isinstance(payload, _Problem):
+        return payload
+    if isinstance(payload, bytes):
+        try:
+            decoded = payload.decode("utf-8-sig" if line == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            return where(f"not valid UTF-8 (byte 0x{payload[e.start]:02x} at column {e.start + 1}) "
+                         "(re-encode the file as UTF-8, e.g. iconv -f cp1252 -t utf-8)")
+        try:
+            record = json.loads(decoded)
+        except json.JSONDecodeError as e:
+            return where(f"malformed JSON: {e.msg} at column {e.colno} (fix the line or delete it)")
+        if not isinstance(record, dict):
+            return where(f"a JSON {type(record).__name__} where an article object was expected (one object per line)")
+    else:
+        record = payload
+        bad = next((k for k, v in record.items() if isinstance(v, str) and _has_surrogates(v)), None)
+        if bad is not None:
+            return where(f"not valid UTF-8 in column '{bad}' (re-encode the file as UTF-8, e.g. iconv -f cp1252 -t utf-8)")
+    fields = map_fields(record)
+    raw_text = fields["text"]
+    if raw_text is None:
+        return where("no article text (give the record a 'text', 'content', 'body' or 'article' field)")
+    if not isinstance(raw_text, str):
+        return where(f"article text is a {type(raw_text).__name__}, expected a string")
+    if len(raw_text) > 2 * opts.max_chars:  # too long even before cleaning: skip the costly cleaning
+        return where(f"article text is {len(raw_text):,} characters, above --max-chars {opts.max_chars:,} "
+                     "(split the article, or raise --max-chars)")
+    text = clean_text(raw_text)
+    if not text:
+        return where("article text is empty once markup is removed (check the text field)")
+    if len(text) > opts.max_chars:
+        return where(f"article text is {len(text):,} characters, above --max-chars {opts.max_chars:,} "
+                     "(split the article, or raise --max-chars)")
+    title = clean_text(str(fields["title"])) if fields["title"] is not None else ""
+    sig = minhash_signature(f"{title}\n{text}")
+    analyses = {k: v for k, v in record.items() if isinstance(k, str) and k.endswith(opts.analysis_suffix)}
+    ident = fields["id"]
+    return _Prepared(
+        origin=origin, line=line, id=str(ident).strip() if ident is not None and str(ident).strip() else None,
+        title=title, text=text, source=_str_or_none(fields["source"]), url=_str_or_none(fields["url"]),
+        published_at=_str_or_none(fields["published_at"]), language=_str_or_none(fields["language"]),
+        content_hash=content_hash(title, text), chars=len(text), too_short=len(text) < opts.min_chars,
+        signature=signature_to_bytes(sig) if sig is not None else None, analyses=analyses,
+    )
+
+
+def _has_surrogates(s: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in s) if not s.isascii() else False
+
+
+def _str_or_none(v: Any) -> str | None:
+    if v is None:
+        return None
+    s = str(v).strip()
+    return s or None
+
+
+def _prepare_chunk(chunk: list[tuple[str, int, Any]], opts: _Options) -> list[_Prepared | _Problem]:
+    return [_prepare(origin, line, payload, opts) for origin, line, payload in chunk]
+
+
+def _chunks(items: Iterator[tuple[str, int, Any]], size: int) -> Iterator[list[tuple[str, int, Any]]]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _prepared_stream(items: Iterator, opts: _Options, workers: int) -> Iterator[_Prepared | _Problem]:
+    """Prepare records in input order, on `workers` processes; at most a few chunks are in
+    flight, so memory stays flat whatever the input size."""
+    if workers <= 1:
+        for origin, line, payload in items:
+            yield _prepare(origin, line, payload, opts)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending: deque = deque()
+        for chunk in _chunks(items, CHUNK_SIZE):
+            pending.append(pool.apply_async(_prepare_chunk, (chunk, opts)))
+            if len(pending) >= 3 * workers:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+class _Ingester:
+    """The database side: ids, exact duplicates, near-duplicate clusters, batched writes."""
+
+    def __init__(self, conn: sqlite3.Connection, filt: Filter | None, summary: IngestSummary, source: str):
+        self.conn = conn
+        self.filt = filt
+        self.summary = summary
+        self.hash_of_id: dict[str, str] = {}
+        self.kept_by_hash: dict[str, str] = {}
+        for article_id, chash, dup_of in conn.execute("SELECT id, content_hash, dup_of FROM articles"):
+            self.hash_of_id[article_id] = chash
+            if dup_of is None:
+                self.kept_by_hash.setdefault(chash, article_id)
+        self.derived_seen: dict[str, int] = {}
+        self.index: NearDuplicateIndex | None = None  # loaded when the first new article needs it
+        self.rank: dict[str, int] = {}
+        self.cluster_of: dict[str, str] = {}
+        self.members: dict[str, list[str]] = {}
+        self.new_ids: list[str] = []
+        self.changed_old: set[str] = set()
+        self.rows: list[tuple] = []
+        self.signatures: list[tuple[str, bytes]] = []
+        self.label_jobs: list[tuple[str, str, Any, str]] = []
+        self.importer = LabelImporter(conn, filt, source) if filt is not None else None
+        self.other_analyses: set[str] = set()
+
+    def _load_index(self) -> None:
+        self.index = NearDuplicateIndex()
+        rows = self.conn.execute(
+            """SELECT a.rowid, a.id, a.near_dup_cluster, m.signature FROM article_minhash m
+               JOIN articles a ON a.id = m.article_id ORDER BY a.rowid""")
+        for rowid, article_id, cluster, blob in rows:
+            self.rank[article_id] = rowid
+            self.index.add(article_id, signature_from_bytes(blob))
+            if cluster is not None:
+                self.cluster_of[article_id] = cluster
+                self.members.setdefault(cluster, []).append(article_id)
+        self.next_rank = (self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM articles").fetchone()[0]) + 1
+
+    def add(self, rec: _Prepared) -> None:
+        s = self.summary
+        article_id = rec.id
+        if article_id is None:
+            base = rec.content_hash[:16]
+            n = self.derived_seen.get(rec.content_hash, 0) + 1
+            self.derived_seen[rec.content_hash] = n
+            article_id = base if n == 1 else f"{base}-{n}"
+        known_hash = self.hash_of_id.get(article_id)
+        if known_hash is not None:
+            if known_hash != rec.content_hash:
+                s.rejected += 1
+                s.problems.append(str(_Problem(rec.origin, rec.line,
+                    f"id '{article_id}' is already used by an article with different text "
+                    "(give each record a unique id, or drop the id field so one is derived from the content)")))
+                return
+            s.already_present += 1
+            self._queue_labels(rec, self.kept_by_hash.get(known_hash, article_id))
+            return
+        kept = self.kept_by_hash.get(rec.content_hash)
+        if kept is None:
+            self.kept_by_hash[rec.content_hash] = article_id
+            if rec.signature is not None:
+                self._cluster(article_id, rec.signature)
+        self.hash_of_id[article_id] = rec.content_hash
+        self.rows.append((article_id, rec.title, rec.text, rec.source, rec.url, rec.published_at, rec.language,
+                          rec.content_hash, kept, rec.chars, int(rec.too_short), rec.origin))
+        if rec.signature is not None and kept is None:
+            self.signatures.append((article_id, rec.signature))
+        self.new_ids.append(article_id)
+        s.inserted += 1
+        s.duplicates += kept is not None
+        s.too_short += rec.too_short
+        self._queue_labels(rec, kept or article_id)  # a duplicate's labels belong to the kept article
+
+    def _cluster(self, article_id: str, blob: bytes) -> None:
+        if self.index is None:
+            self._load_index()
+        sig = signature_from_bytes(blob)
+        similar = self.index.similar(sig)
+        self.rank[article_id] = self.next_rank
+        self.next_rank += 1
+        self.index.add(article_id, sig)
+        if not similar:
+            return
+        # the clusters (or lone articles) this one joins; they merge under the earliest first article
+        joined = {self.cluster_of.get(other, other) for other in similar}
+        target = min(joined, key=lambda c: (self.rank.get(c, 0), c))
+        if target not in self.members:  # a lone article becomes the first of a new cluster
+            self.members[target] = [target]
+            self.cluster_of[target] = target
+            self.changed_old.add(target)
+        for c in sorted(joined - {target}):
+            for member in self.members.pop(c, None) or [c]:
+                self.cluster_of[member] = target
+                self.members[target].append(member)
+                self.changed_old.add(member)
+        self.cluster_of[article_id] = target
+        self.members[target].append(article_id)
+
+    def _queue_labels(self, rec: _Prepared, article_id: str) -> None:
+        for key, analysis in rec.analyses.items():
+            name = key[: -len(ANALYSIS_SUFFIX)]
+            if self.filt is not None and name == self.filt.name:
+                self.label_jobs.append((article_id, rec.origin, analysis, f"{rec.origin}:{rec.line}"))
+            else:
+                self.other_analyses.add(key)
+
+    def flush(self) -> None:
+        """Write the pending batch in one transaction, then its labels."""
+        if self.rows or self.changed_old:
+            pending = {r[0] for r in self.rows}
+            rows = [r[:9] + (self.cluster_of.get(r[0]),) + r[9:] for r in self.rows]
+            updates = [(self.cluster_of[a], a) for a in sorted(self.changed_old) if a not in pending]
+            with store.transaction(self.conn):
+                self.conn.executemany(
+                    """INSERT INTO articles (id, title, text, source, url, published_at, language, content_hash,
+                           dup_of, near_dup_cluster, chars, too_short, origin)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING""", rows)
+                self.conn.executemany(
+                    "INSERT INTO article_minhash (article_id, signature) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    self.signatures)
+                self.conn.executemany("UPDATE articles SET near_dup_cluster = ? WHERE id = ?", updates)
+            self.rows, self.signatures, self.changed_old = [], [], set()
+        for article_id, origin, analysis, where in self.label_jobs:
+            parsed = self.importer.add(article_id, analysis)
+            if parsed is not None and parsed.status == "invalid":
+                self.summary.problems.append(
+                    f"{where}: {self.filt.name}{ANALYSIS_SUFFIX} is invalid: {parsed.error} "
+                    "(stored as an invalid label with the raw analysis; fix the file and import it into a new gt.db)")
+        self.label_jobs = []
+
+    def finish(self) -> None:
+        self.flush()
+        s = self.summary
+        clusters = {self.cluster_of[a] for a in self.new_ids if a in self.cluster_of}
+        s.near_dup_clusters = len(clusters)
+        s.near_dup_articles = sum(1 for a in self.new_ids if a in self.cluster_of)
+        if self.importer is not None:
+            self.importer.finish()
+            s.imported_labels = self.importer.imported
+            s.invalid_labels = self.importer.invalid
+            s.label_runs = sorted(self.importer.runs.values())
+        for key in sorted(self.other_analyses):
+            name = key[: -len(ANALYSIS_SUFFIX)]
+            s.notes.append(f"records carry '{key}' labels, not imported: pass --filter filters/{name}/v<N> to import them")
+
+
+def ingest_files(conn: sqlite3.Connection, sources: list[str], filt: Filter | None = None, *,
+                 min_chars: int | None = None, max_chars: int = DEFAULT_MAX_CHARS, workers: int = 1,
+                 batch_size: int = BATCH_SIZE, progress: bool = False) -> IngestSummary:
+    """Ingest every file matched by `sources` (paths or globs) into gt.db; labels found in the
+    records for `filt` are imported. Problems are collected in the summary, never raised."""
+    summary = IngestSummary(sources=list(sources))
+    files, summary.problems = expand_sources(sources)
+    summary.files = len(files)
+    opts = _Options(min_chars=min_chars if min_chars is not None else (filt.min_chars if filt else DEFAULT_MIN_CHARS),
+                    max_chars=max_chars)
+    ingester = _Ingester(conn, filt, summary, ", ".join(sources))
+
+    def items() -> Iterator[tuple[str, int, Any]]:
+        for path in files:
+            fmt = _file_format(path)
+            if fmt is None:
+                summary.problems.append(f"{path}: unknown format (name the file .jsonl, .json, .ndjson, .csv or .tsv, "
+                                        "optionally .gz)")
+                continue
+            count = 0
+            try:
+                for item in _read_items(path, fmt):
+                    count += 1
+                    yield item
+            except (OSError, EOFError, zlib.error) as e:
+                summary.problems.append(f"{path}: unreadable after {count} records: {e} (check the file is complete)")
+            if count == 0 and os.path.exists(path):
+                summary.problems.append(f"{path}: empty file, no records (check the export that produced it)")
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(unit=" records", desc="ingest", file=sys.stderr, disable=None, mininterval=1.0)
+    for result in _prepared_stream(items(), opts, workers):
+        summary.records += 1
+        if bar is not None:
+            bar.update(1)
+        if isinstance(result, _Problem):
+            summary.rejected += 1
+            summary.problems.append(str(result))
+            continue
+        ingester.add(result)
+        if len(ingester.rows) >= batch_size:
+            ingester.flush()
+    ingester.finish()
+    if bar is not None:
+        bar.close()
+    return summary
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m stages.ingest",
+        description="Ingest news articles (JSONL or CSV, globs, .gz) into gt.db: clean, de-duplicate, "
+                    "cluster near-duplicates, flag short texts, import labels already in the records.",
+        epilog="Exit status: 0 all records ingested; 1 some input was rejected (each problem printed as "
+               "file:line) or nothing could be read; 2 bad usage.")
+    p.add_argument("--db", default=store.default_db_path(), help="gt.db path (default: $GT_DB, else gt.db)")
+    p.add_argument("--source", action="extend", nargs="+", required=True, metavar="GLOB",
+                   help="input files or quoted globs (*.jsonl, *.csv, .gz too); repeat or list several")
+    p.add_argument("--filter", default=DEFAULT_FILTER,
+                   help=f"filter package whose min_chars flags short texts and whose '<name>_analysis' labels "
+                        f"are imported (default {DEFAULT_FILTER})")
+    p.add_argument("--min-chars", type=int, default=None,
+                   help="flag texts shorter than this as too_short (default: the filter's min_chars, 300)")
+    p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
+                   help=f"reject articles longer than this many characters after cleaning (default {DEFAULT_MAX_CHARS:,})")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="processes that parse, clean and hash records (default: CPU count, at most 4)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help=f"records written per transaction (default {BATCH_SIZE})")
+    return p
+
+
+def _print_summary(summary: IngestSummary, db: str, conn: sqlite3.Connection, min_chars: int) -> None:
+    if summary.problems:
+        for line in summary.problems[:MAX_PRINTED_PROBLEMS]:
+            print(line, file=sys.stderr)
+        if len(summary.problems) > MAX_PRINTED_PROBLEMS:
+            print(f"... and {len(summary.problems) - MAX_PRINTED_PROBLEMS} more", file=sys.stderr)
+    for note in summary.notes:
+        print(f"note: {note}", file=sys.stderr)
+    total, unique = conn.execute("SELECT COUNT(*), COUNT(*) - COUNT(dup_of) FROM articles").fetchone()
+    rows = [
+        ("files read", summary.files, ""),
+        ("records read", summary.records, ""),
+        ("new articles", summary.inserted, "rows added to articles"),
+        ("already in gt.db", summary.already_present, "same id and text: skipped"),
+        ("exact duplicates", summary.duplicates, "kept as rows with dup_of set"),
+        ("near-dup clusters", summary.near_dup_clusters, f"{summary.near_dup_articles} articles in them"),
+        ("too short", summary.too_short, f"under {min_chars} characters: flagged too_short"),
+        ("rejected", summary.rejected, "see the lines above" if summary.rejected else ""),
+        ("labels imported", summary.imported_labels,
+         f"{summary.invalid_labels} invalid" if summary.invalid_labels else ""),
+    ]
+    print("ingest summary")
+    for name, value, comment in rows:
+        print(f"  {name:<18} {value:>9,}  {comment}".rstrip())
+    print(f"Read {summary.records:,} records from {summary.files} file(s) ({', '.join(summary.sources)}); "
+          f"wrote {summary.inserted:,} new articles to {db}, which now holds {total:,} articles "
+          f"({unique:,} unique).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_chars <= 0 or args.workers <= 0 or args.batch_size <= 0 or (args.min_chars is not None and args.min_chars < 0):
+        print("error: --max-chars, --workers and --batch-size must be positive (check the flags)", file=sys.stderr)
+        return 2
+    try:
+        filt = load_filter(args.filter)
+    except FilterError as e:
+        for problem in e.problems:
+            print(f"error: {e.path}: {problem}", file=sys.stderr)
+        return 1
+    try:
+        conn = store.connect(args.db)
+    except (sqlite3.Error, store.StoreError) as e:
+        print(f"error: cannot open {args.db}: {e} (check the path and permissions)", file=sys.stderr)
+        return 1
+    try:
+        summary = ingest_files(conn, args.source, filt, min_chars=args.min_chars, max_chars=args.max_chars,
+                               workers=args.workers, batch_size=args.batch_size, progress=True)
+        if summary.files == 0:
+            for line in summary.problems:
+                print(f"error: {line}", file=sys.stderr)
+            print("error: nothing to ingest (pass --source with a path or quoted glob that matches files)",
+                  file=sys.stderr)
+            return 1
+        min_chars = args.min_chars if args.min_chars is not None else filt.min_chars
+        _print_summary(summary, args.db, conn, min_chars)
+    finally:
+        conn.close()
+    return 1 if summary.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
