@@ -168,7 +168,8 @@ def outcome_from_completion(filt: Filter, spec: OracleSpec, completion: Completi
         reason = f"invalid after one corrective retry: {problem} (first answer: {first_problem})"
     else:
         reason = f"invalid answer: {problem}"
-    return LabelOutcome("invalid", raw_response=completion.text, error=reason, **common), problem
+    # an empty answer is stored as '' (the model said nothing), never as a missing value
+    return LabelOutcome("invalid", raw_response=completion.text or "", error=reason, **common), problem
 
 
 def merge_outcomes(first: LabelOutcome, second: LabelOutcome) -> LabelOutcome:
@@ -736,7 +737,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sync: requests as you go; batch: the provider's batch service (cheaper, hours)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds to wait for one answer (default: the oracle's timeout_s in oracles.yaml)")
+    p.add_argument("--max-attempts", type=int, default=RetryPolicy.attempts,
+                   help="attempts per request on 5xx, timeouts and dropped connections, with exponential "
+                        "backoff and jitter, before the label is stored as 'error' (default: %(default)s)")
     p.add_argument("--status", action="store_true", help="show recent label runs and open batch jobs, then exit")
+    from stages.oracles.batch import add_arguments as add_batch_arguments
+    add_batch_arguments(p)   # --batch-retry, --batch-rounds, --batch-poll, --batch-max-poll, --batch-no-wait
     return p
 
 
@@ -790,7 +796,7 @@ def _describe(summary: LabelRunSummary, spec: OracleSpec, filt: Filter, target: 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for flag, value, low in (("--target-count", args.target_count, 1), ("--concurrency", args.concurrency, 1),
-                             ("--repeats", args.repeats, 1)):
+                             ("--repeats", args.repeats, 1), ("--max-attempts", args.max_attempts, 1)):
         if value is not None and value < low:
             return _fail(f"{flag} must be at least {low}, got {value} (pass a positive number)", 2)
     if args.max_cost is not None and args.max_cost <= 0:
@@ -847,6 +853,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{est.output_tokens:,} output (~{expected_output_tokens(filt)} per answer)")
         batch = f"; batch mode ${est.cost_batch:.2f}" if est.cost_batch is not None else "; no batch prices for it"
         print(f"  expected cost: ${est.cost_sync:.2f} sync{batch}")
+        from stages.oracles.batch import dry_run_lines
+        print("\n".join(dry_run_lines(spec, filt, requests=est.requests, input_tokens=est.input_tokens,
+                                     output_tokens=est.output_tokens, seconds_at_limit=est.seconds_at_limit)))
         if est.seconds_at_limit is not None:
             print(f"  time at the rate limit ({limits}): {est.seconds_at_limit / 60:.1f} min")
         else:
@@ -864,7 +873,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = label_articles(conn, filt, spec, ids, purpose="label", repeats=args.repeats,
                                  concurrency=args.concurrency, max_cost=args.max_cost, target_valid=args.target_count,
-                                 seed=args.seed, params=params, progress=True, timeout=args.timeout)
+                                 seed=args.seed, params=params, progress=True, timeout=args.timeout,
+                                 retry=RetryPolicy(attempts=args.max_attempts))
     except KeyboardInterrupt:
         print("interrupted: labels stored so far are kept; run the same command to continue", file=sys.stderr)
         return 130
