@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import collections
 import dataclasses
-import glob
 import hashlib
 import json
 import math
@@ -752,29 +751,25 @@ def _fail(msg: str, code: int = 1) -> int:
 
 
 def _ingest(conn: sqlite3.Connection, sources: list[str], filt: Filter) -> str:
-    try:
-        from stages.ingest import ingest_files
-    except ImportError:
-        return "ingest stage not available: labelled what gt.db already holds"
-    files: list[str] = []
-    for pattern in sources:
-        matched = sorted(glob.glob(pattern))
-        if not matched:
-            raise FileNotFoundError(f"--source {pattern} matches no file (check the path or quote the glob)")
-        files += matched
-    summary = ingest_files(conn, files, filt=filt)
-    return f"ingested {', '.join(sources)}: {summary}"
+    """--source: ingest first (idempotent: records already in gt.db are skipped)."""
+    from stages.ingest import expand_sources, ingest_files
+    files, problems = expand_sources(sources)
+    if not files:
+        raise FileNotFoundError(problems[0] if problems else f"--source {', '.join(sources)} matches no file")
+    summary = ingest_files(conn, sources, filt=filt, progress=True)
+    for line in summary.problems[:5]:
+        print(f"ingest: {line}", file=sys.stderr)
+    rejected = f", {summary.rejected} records rejected (see above)" if summary.rejected else ""
+    return (f"ingested {summary.records} records from {summary.files} file(s) ({', '.join(sources)}): "
+            f"{summary.inserted} new articles, {summary.already_present} already in gt.db{rejected}")
 
 
 def _export(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, output_dir: str) -> str:
-    try:
-        from stages.labeled_file import export_labeled_file
-    except ImportError:
-        return f"labeled_articles.jsonl NOT written: stages.labeled_file is not available yet"
+    from stages.labeled_file import export_labeled_file
     path = Path(output_dir) / filt.name / "labeled_articles.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     n = export_labeled_file(conn, filt, path, oracle=spec.name, prompt_sha256=filt.prompt_sha256)
-    return f"exported {n if isinstance(n, int) else ''} valid labels to {path}".replace("exported  ", "exported ")
+    return f"exported {n} valid labels to {path}"
 
 
 def _describe(summary: LabelRunSummary, spec: OracleSpec, filt: Filter, target: int | None) -> str:
