@@ -858,10 +858,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.mode == "batch":
+        # the seam for provider batch mode (stages/oracles/batch.py): it plans with existing_labels,
+        # builds requests with build_request and stores results with record_completion/store_outcome
         try:
             from stages.oracles import batch as batch_mode
         except ImportError:
-            return _fail(f"--mode batch is not available in this version (use --mode sync)", 2)
+            batch_mode = None
+        if batch_mode is None or not hasattr(batch_mode, "main_batch"):
+            return _fail("--mode batch is not available in this version (use --mode sync)", 2)
         return batch_mode.main_batch(conn, filt, spec, ids, args)
 
     params = {k: v for k, v in vars(args).items() if k not in ("status", "dry_run", "db")}
