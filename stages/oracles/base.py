@@ -39,6 +39,9 @@ class OracleSpec:
         if batch and self.batch_input_per_m is not None and self.cache_read_per_m is not None:
             pcache = self.cache_read_per_m * (self.batch_input_per_m / self.input_per_m if self.input_per_m else 1.0)
         pwrite = self.cache_write_per_m if self.cache_write_per_m is not None else pin
+        if batch and self.batch_input_per_m is not None and self.cache_write_per_m is not None and self.input_per_m:
+            # batch discounts apply to cache writes too (Anthropic: 50% off all usage in a batch)
+            pwrite = self.cache_write_per_m * (self.batch_input_per_m / self.input_per_m)
         uncached = max(input_tokens - cached_tokens - cache_write_tokens, 0)
         return (uncached * pin + cached_tokens * pcache + cache_write_tokens * pwrite + output_tokens * pout) / 1e6
 
