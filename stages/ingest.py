@@ -43,8 +43,8 @@ from typing import Any, Iterable, Iterator
 from stages import store
 from stages.filters import Filter, FilterError, load_filter
 from stages.labeled_file import ANALYSIS_SUFFIX, LabelImporter
-from stages.text import (NearDuplicateIndex, clean_text, content_hash, minhash_signature,
-                         signature_from_bytes, signature_to_bytes)
+from stages.text import (NearDuplicateIndex, clean_text, content_hash_of_words, minhash_signature,
+                         signature_from_bytes, signature_to_bytes, words)
 
 DEFAULT_FILTER = "filters/uplifting/v1"
 DEFAULT_MIN_CHARS = 300
@@ -239,14 +239,15 @@ def _prepare(origin: str, line: int, payload: Any, opts: _Options) -> _Prepared 
         return where(f"article text is {len(text):,} characters, above --max-chars {opts.max_chars:,} "
                      "(split the article, or raise --max-chars)")
     title = clean_text(str(fields["title"])) if fields["title"] is not None else ""
-    sig = minhash_signature(f"{title}\n{text}")
+    ws = words(f"{title}\n{text}")  # shared by the exact-duplicate hash and the MinHash
+    sig = minhash_signature(ws)
     analyses = {k: v for k, v in record.items() if isinstance(k, str) and k.endswith(opts.analysis_suffix)}
     ident = fields["id"]
     return _Prepared(
         origin=origin, line=line, id=str(ident).strip() if ident is not None and str(ident).strip() else None,
         title=title, text=text, source=_str_or_none(fields["source"]), url=_str_or_none(fields["url"]),
         published_at=_str_or_none(fields["published_at"]), language=_str_or_none(fields["language"]),
-        content_hash=content_hash(title, text), chars=len(text), too_short=len(text) < opts.min_chars,
+        content_hash=content_hash_of_words(ws), chars=len(text), too_short=len(text) < opts.min_chars,
         signature=signature_to_bytes(sig) if sig is not None else None, analyses=analyses,
     )
 

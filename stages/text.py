@@ -83,6 +83,11 @@ def content_hash(title: str, text: str) -> str:
     return hashlib.sha256(normalise_for_hash(f"{title}\n{text}").encode("utf-8")).hexdigest()
 
 
+def content_hash_of_words(ws: list[str]) -> str:
+    """content_hash(title, text) from words(f"{title}\n{text}"), for callers that have the words."""
+    return hashlib.sha256(" ".join(ws).encode("utf-8")).hexdigest()
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -140,10 +145,11 @@ def _word_hash(word: str) -> int:
     return h
 
 
-def shingle_hashes(text: str, k: int = SHINGLE_WORDS) -> np.ndarray:
-    """32-bit hashes of the text's k-word shingles (lower-cased words; punctuation ignored).
-    A text of fewer than k words is one shingle; an empty text has none."""
-    ws = words(text)
+def shingle_hashes(text: str | list[str], k: int = SHINGLE_WORDS) -> np.ndarray:
+    """32-bit hashes of the text's k-word shingles (lower-cased words; punctuation ignored); the
+    text may be given as its `words()`. A text of fewer than k words is one shingle; an empty text
+    has none."""
+    ws = words(text) if isinstance(text, str) else text
     if not ws:
         return np.zeros(0, dtype=np.uint32)
     cached = list(map(_word_hashes.get, ws))  # a C-speed lookup: most words are cached
@@ -165,8 +171,8 @@ def _identity(x: int) -> int:
 _PERMUTATIONS = None
 
 
-def minhash_signature(text: str) -> LeanMinHash | None:
-    """MinHash of the text's word shingles, or None for a text without words."""
+def minhash_signature(text: str | list[str]) -> LeanMinHash | None:
+    """MinHash of the text's word shingles (text or its `words()`), or None for a text without words."""
     global _PERMUTATIONS
     from datasketch import LeanMinHash, MinHash
 
