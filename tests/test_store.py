@@ -1,0 +1,166 @@
+"""gt.db: migrations on new and existing files, pragmas, the wide score views, label rows."""
+import sqlite3
+
+import pytest
+
+from stages import store
+from stages.filters import load_filter
+from tests.conftest import ROOT
+
+SUSTAINABILITY = ROOT / "filters" / "sustainability_tech" / "v1"
+TABLES = {"articles", "article_minhash", "filters", "label_runs", "labels", "label_scores", "selections",
+          "selection_members", "models", "predictions", "batch_jobs"}
+
+
+def _tables(conn):
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_new_db_gets_every_table_and_the_latest_version(db_path):
+    conn = store.connect(db_path)
+    assert TABLES <= _tables(conn)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.schema_version()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    conn.close()
+
+
+def test_existing_db_at_version_0_keeps_its_data_and_reopening_changes_nothing(db_path):
+    raw = sqlite3.connect(db_path)
+    raw.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    raw.execute("INSERT INTO notes (body) VALUES ('kept through the migration')")
+    raw.commit()
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 0
+    raw.close()
+
+    conn = store.connect(db_path)
+    assert TABLES <= _tables(conn)
+    assert conn.execute("SELECT body FROM notes").fetchone()[0] == "kept through the migration"
+    conn.execute("INSERT INTO articles (id, text, content_hash, chars) VALUES ('a1', 'text', 'h', 4)")
+    schema_before = conn.execute("SELECT group_concat(sql, ';') FROM sqlite_master").fetchone()[0]
+    conn.close()
+
+    again = store.connect(db_path)  # a second open applies nothing and loses nothing
+    assert again.execute("PRAGMA user_version").fetchone()[0] == store.schema_version()
+    assert again.execute("SELECT group_concat(sql, ';') FROM sqlite_master").fetchone()[0] == schema_before
+    assert again.execute("SELECT COUNT(*) FROM articles").fetchone()[0] == 1
+    assert store.migrate(again) == store.schema_version()
+    again.close()
+
+
+def test_db_from_newer_code_is_refused(db_path):
+    raw = sqlite3.connect(db_path)
+    raw.execute(f"PRAGMA user_version = {store.schema_version() + 1}")
+    raw.close()
+    with pytest.raises(store.StoreError, match="newer"):
+        store.connect(db_path)
+
+
+def test_foreign_keys_are_enforced(conn, uplifting):
+    run = store.start_run(conn, purpose="label", filt=uplifting, oracle="o", provider=None, model=None)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.insert_label(conn, run_id=run, article_id="no-such-article", filt=uplifting, oracle="o",
+                           status="invalid", raw_response="{}")
+
+
+def _article(conn, article_id):
+    conn.execute("INSERT INTO articles (id, text, content_hash, chars) VALUES (?, 'text', ?, 4)",
+                 (article_id, article_id))
+
+
+def expected_overall(filt, scores, content_type):
+    """The overall score computed here from the config's numbers, independently of Filter.overall."""
+    cfg = filt.config
+    value = sum(d["weight"] * scores[d["name"]] for d in cfg["dimensions"])
+    for g in cfg.get("gatekeepers") or []:
+        if scores[g["dimension"]] < g["below"]:
+            value = min(value, g["max_overall"])
+    cap = (cfg.get("content_type_caps") or {}).get(content_type)
+    if cap is not None:
+        value = min(value, cap)
+    return value
+
+
+def expected_tier(filt, overall):
+    for t in sorted(filt.config["tiers"], key=lambda t: -t["min_overall"]):
+        if overall >= t["min_overall"]:
+            return t["name"]
+    return filt.config["tiers"][-1]["name"]
+
+
+UPLIFTING_CASES = [
+    ({"agency": 8, "progress": 9, "collective_benefit": 9, "connection": 7, "innovation": 6, "justice": 5,
+      "resilience": 4, "wonder": 7}, "solutions_story"),            # high: impact
+    ({"agency": 8, "progress": 9, "collective_benefit": 2, "connection": 7, "innovation": 6, "justice": 5,
+      "resilience": 4, "wonder": 7}, "solutions_story"),            # gatekeeper caps at 3
+    ({"agency": 9, "progress": 9, "collective_benefit": 9, "connection": 9, "innovation": 9, "justice": 9,
+      "resilience": 9, "wonder": 9}, "corporate_finance"),          # content-type cap 2
+    ({"agency": 5, "progress": 5.5, "collective_benefit": 5, "connection": 4, "innovation": 3, "justice": 2,
+      "resilience": 1, "wonder": 0}, "human_interest"),             # middle: connection
+    ({"agency": 0, "progress": 0, "collective_benefit": 0, "connection": 0, "innovation": 0, "justice": 0,
+      "resilience": 0, "wonder": 0}, "other"),                      # zero
+    ({"agency": 10, "progress": 10, "collective_benefit": 10, "connection": 10, "innovation": 10, "justice": 10,
+      "resilience": 10, "wonder": 10}, "politics_conflict"),        # cap 5
+]
+
+
+def test_wide_view_exposes_dimensions_by_name_with_overall_and_tier_of_the_filter(conn, uplifting):
+    run = store.start_run(conn, purpose="label", filt=uplifting, oracle="gemini-flash", provider="gemini", model="m")
+    for i, (scores, ctype) in enumerate(UPLIFTING_CASES):
+        _article(conn, f"a{i}")
+        store.insert_label(conn, run_id=run, article_id=f"a{i}", filt=uplifting, oracle="gemini-flash", status="ok",
+                           scores=scores, content_type=ctype, evidence={n: "e" for n in scores})
+    rows = {r["article_id"]: r for r in conn.execute("SELECT * FROM scores_uplifting_v1")}
+    assert len(rows) == len(UPLIFTING_CASES)
+    for i, (scores, ctype) in enumerate(UPLIFTING_CASES):
+        row = rows[f"a{i}"]
+        assert {n: row[n] for n in uplifting.dimension_names} == {n: float(v) for n, v in scores.items()}
+        want = expected_overall(uplifting, scores, ctype)
+        assert row["overall"] == pytest.approx(want) == pytest.approx(uplifting.overall(scores, ctype))
+        assert row["tier"] == expected_tier(uplifting, want) == uplifting.tier(uplifting.overall(scores, ctype))
+    assert {r["tier"] for r in rows.values()} == {"impact", "connection", "not_uplifting"}
+    assert rows["a1"]["overall"] == pytest.approx(3.0)  # the gatekeeper bites
+    assert rows["a2"]["overall"] == pytest.approx(2.0)  # the corporate_finance cap bites
+    # users query by dimension name from SQL
+    assert [r[0] for r in conn.execute("SELECT article_id FROM scores_uplifting_v1 WHERE justice >= 10")] == ["a5"]
+
+
+def test_second_filter_gets_its_own_view(conn):
+    sus = load_filter(SUSTAINABILITY)
+    store.register_filter(conn, sus)
+    run = store.start_run(conn, purpose="label", filt=sus, oracle="o", provider=None, model=None)
+    _article(conn, "s1")
+    scores = {"technology_readiness": 8, "climate_impact": 2, "evidence_quality": 9, "deployment_scale": 9}
+    store.insert_label(conn, run_id=run, article_id="s1", filt=sus, oracle="o", status="ok", scores=scores,
+                       content_type="technology_deployment", evidence={n: "e" for n in scores})
+    row = conn.execute("SELECT * FROM scores_sustainability_tech_v1").fetchone()
+    assert row["climate_impact"] == 2.0
+    assert row["overall"] == pytest.approx(expected_overall(sus, scores, "technology_deployment")) == 3.0
+    assert row["tier"] == "not_relevant"
+
+
+def test_invalid_label_keeps_its_raw_answer_and_has_no_scores(conn, uplifting):
+    run = store.start_run(conn, purpose="label", filt=uplifting, oracle="o", provider=None, model=None)
+    _article(conn, "a1")
+    label_id = store.insert_label(conn, run_id=run, article_id="a1", filt=uplifting, oracle="o", status="invalid",
+                                  raw_response='{"scores": {"agency": 11}}', error="agency out of range")
+    assert conn.execute("SELECT COUNT(*) FROM label_scores WHERE label_id = ?", (label_id,)).fetchone()[0] == 0
+    assert conn.execute("SELECT raw_response FROM labels WHERE id = ?", (label_id,)).fetchone()[0] == '{"scores": {"agency": 11}}'
+    assert conn.execute("SELECT COUNT(*) FROM scores_uplifting_v1").fetchone()[0] == 0
+    with pytest.raises(ValueError, match="every dimension"):
+        store.insert_label(conn, run_id=run, article_id="a1", filt=uplifting, oracle="o2", status="ok",
+                           scores={"agency": 5})
+
+
+def test_relabelling_the_same_article_adds_no_row(conn, uplifting):
+    run = store.start_run(conn, purpose="label", filt=uplifting, oracle="o", provider=None, model=None)
+    _article(conn, "a1")
+    scores, ctype = UPLIFTING_CASES[0]
+    first = store.insert_label(conn, run_id=run, article_id="a1", filt=uplifting, oracle="o", status="ok",
+                               scores=scores, content_type=ctype)
+    second = store.insert_label(conn, run_id=run, article_id="a1", filt=uplifting, oracle="o", status="ok",
+                                scores=scores, content_type=ctype)
+    assert first is not None and second is None
+    assert conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 1
+    store.finish_run(conn, run)
+    assert conn.execute("SELECT status FROM label_runs WHERE id = ?", (run,)).fetchone()[0] == "done"
