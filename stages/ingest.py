@@ -240,16 +240,26 @@ def _prepare(origin: str, line: int, payload: Any, opts: _Options) -> _Prepared 
                      "(split the article, or raise --max-chars)")
     title = clean_text(str(fields["title"])) if fields["title"] is not None else ""
     ws = words(f"{title}\n{text}")  # shared by the exact-duplicate hash and the MinHash
-    sig = minhash_signature(ws)
-    analyses = {k: v for k, v in record.items() if isinstance(k, str) and k.endswith(opts.analysis_suffix)}
     ident = fields["id"]
+    ident = str(ident).strip() if ident is not None and str(ident).strip() else None
+    # an id already in gt.db is never inserted again (same text: skipped; other text: rejected)
+    sig = None if ident in _ids_in_db else minhash_signature(ws)
+    analyses = {k: v for k, v in record.items() if isinstance(k, str) and k.endswith(opts.analysis_suffix)}
     return _Prepared(
-        origin=origin, line=line, id=str(ident).strip() if ident is not None and str(ident).strip() else None,
+        origin=origin, line=line, id=ident,
         title=title, text=text, source=_str_or_none(fields["source"]), url=_str_or_none(fields["url"]),
         published_at=_str_or_none(fields["published_at"]), language=_str_or_none(fields["language"]),
         content_hash=content_hash_of_words(ws), chars=len(text), too_short=len(text) < opts.min_chars,
         signature=signature_to_bytes(sig) if sig is not None else None, analyses=analyses,
     )
+
+
+_ids_in_db: frozenset[str] = frozenset()  # set before records are prepared; forked workers inherit it
+
+
+def _set_ids_in_db(ids: frozenset[str]) -> None:
+    global _ids_in_db
+    _ids_in_db = ids
 
 
 def _has_surrogates(s: str) -> bool:
@@ -278,16 +288,19 @@ def _chunks(items: Iterator[tuple[str, int, Any]], size: int) -> Iterator[list[t
         yield chunk
 
 
-def _prepared_stream(items: Iterator, opts: _Options, workers: int) -> Iterator[_Prepared | _Problem]:
+def _prepared_stream(items: Iterator, opts: _Options, workers: int,
+                     ids_in_db: frozenset[str]) -> Iterator[_Prepared | _Problem]:
     """Prepare records in input order, on `workers` processes; at most a few chunks are in
     flight, so memory stays flat whatever the input size."""
+    _set_ids_in_db(ids_in_db)
     if workers <= 1:
         for origin, line, payload in items:
             yield _prepare(origin, line, payload, opts)
         return
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # fork: workers inherit the modules and ids_in_db without pickling them
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_set_ids_in_db, initargs=(ids_in_db,)) as pool:
         pending: deque = deque()
         for chunk in _chunks(items, CHUNK_SIZE):
             pending.append(pool.apply_async(_prepare_chunk, (chunk, opts)))
@@ -479,20 +492,23 @@ def ingest_files(conn: sqlite3.Connection, sources: list[str], filt: Filter | No
     if progress:
         from tqdm import tqdm
         bar = tqdm(unit=" records", desc="ingest", file=sys.stderr, disable=None, mininterval=1.0)
-    for result in _prepared_stream(items(), opts, workers):
-        summary.records += 1
+    try:
+        for result in _prepared_stream(items(), opts, workers, frozenset(ingester.hash_of_id)):
+            summary.records += 1
+            if bar is not None:
+                bar.update(1)
+            if isinstance(result, _Problem):
+                summary.rejected += 1
+                summary.problems.append(str(result))
+                continue
+            ingester.add(result)
+            if len(ingester.rows) >= batch_size:
+                ingester.flush()
+        ingester.finish()
+    finally:
+        _set_ids_in_db(frozenset())
         if bar is not None:
-            bar.update(1)
-        if isinstance(result, _Problem):
-            summary.rejected += 1
-            summary.problems.append(str(result))
-            continue
-        ingester.add(result)
-        if len(ingester.rows) >= batch_size:
-            ingester.flush()
-    ingester.finish()
-    if bar is not None:
-        bar.close()
+            bar.close()
     return summary
 
 
