@@ -1,0 +1,453 @@
+"""Agreement and distribution statistics for calibration: pure functions on numpy arrays and pandas
+frames, NaN-aware (a missing or invalid answer is NaN and is dropped pairwise, never read as 0).
+
+Every statistic is a `Stat`: a value, or None with the reason it is undefined (constant scores,
+too few paired articles, a rater with no valid answers). Reports print "undefined (why)", never
+a 0 or a 1 that the data does not support.
+
+Point estimates come from the libraries: scipy (Spearman, Pearson), krippendorff (alpha, interval
+metric) and pingouin (ICC). The ICC reported is ICC(A,1) in McGraw & Wong's notation, i.e.
+Shrout & Fleiss's ICC(2,1): two-way random effects, absolute agreement, one rater; absolute
+agreement because a model that scores every article 2 points higher is NOT interchangeable with
+the reference for labelling. Confidence intervals are percentile bootstraps over articles
+(seeded; `n_boot` resamples, default 1000). The bootstrap replicates use closed forms of the same
+statistics vectorised over all resamples at once (calling pingouin 1000 times per dimension and
+pair would take minutes); `tests/test_stats.py` checks that each closed form equals the library's
+value on the full sample.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+MIN_PAIRED = 3          # fewer paired articles than this: every agreement statistic is undefined
+MIN_BOOTSTRAP = 5       # fewer paired articles than this: no confidence interval
+DEFAULT_BOOT = 1000
+CI_LEVEL = 0.95
+SCORE_BINS = list(range(11))     # histogram bins 0..10; bin k holds scores in [k, k+1), 10 holds 10
+MIDDLE_BAND = (4.0, 7.0)         # the "4-7 band": where an uninformative rater piles its scores
+PC1_WARN = 0.70
+PAIR_R_WARN = 0.90
+
+
+@dataclass
+class Stat:
+    """One statistic: `value` (None when undefined, `why` then says why), its bootstrap
+    confidence interval, and the number of paired items it was computed on."""
+    value: float | None
+    n: int = 0
+    why: str | None = None
+    ci: tuple[float, float] | None = None
+    ci_note: str | None = None   # e.g. why there is no interval, or how many resamples were undefined
+
+    @property
+    def defined(self) -> bool:
+        return self.value is not None
+
+    def fmt(self, digits: int = 2, ci: bool = True) -> str:
+        if self.value is None:
+            return f"undefined ({self.why})"
+        text = f"{self.value:.{digits}f}"
+        if ci and self.ci is not None:
+            text += f" [{self.ci[0]:.{digits}f}, {self.ci[1]:.{digits}f}]"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "n": self.n, "undefined_because": self.why,
+                "ci95": list(self.ci) if self.ci is not None else None, "ci_note": self.ci_note}
+
+
+def undefined(why: str, n: int = 0) -> Stat:
+    return Stat(None, n=n, why=why)
+
+
+def _stat(value: float, n: int, why_nan: str) -> Stat:
+    value = float(value)
+    if not math.isfinite(value):
+        return undefined(why_nan, n)
+    return Stat(value, n=n)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+
+def as_scores(values: Any) -> np.ndarray:
+    """Float array with None -> NaN."""
+    return np.asarray(pd.to_numeric(pd.Series(values, dtype=object), errors="coerce"), dtype=float)
+
+
+def paired(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The items both raters scored (NaN in either one drops the item)."""
+    x, y = as_scores(x), as_scores(y)
+    if x.shape != y.shape:
+        raise ValueError(f"paired scores need equal lengths, got {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def _why_not_pairable(x_all: np.ndarray, y_all: np.ndarray, x: np.ndarray, y: np.ndarray,
+                      names: tuple[str, str], need_variance: bool) -> str | None:
+    for arr, name in ((x_all, names[0]), (y_all, names[1])):
+        if not np.isfinite(arr).any():
+            return f"{name} has no valid answers"
+    if len(x) < MIN_PAIRED:
+        return f"only {len(x)} article(s) scored by both, need {MIN_PAIRED}"
+    if need_variance:
+        for arr, name in ((x, names[0]), (y, names[1])):
+            if np.ptp(arr) == 0:
+                return f"{name} gives every article {arr[0]:g}"
+    return None
+
+
+# ---- distribution ---------------------------------------------------------------------------------
+
+def distribution(values: Any) -> dict[str, Any]:
+    """Mean, sd, histogram over 0-10 (every bin, zeros included), share in the 4-7 band."""
+    all_values = as_scores(values)
+    v = all_values[np.isfinite(all_values)]
+    out: dict[str, Any] = {"n": int(v.size), "missing": int(all_values.size - v.size)}
+    counts, _ = np.histogram(np.clip(v, 0, 10), bins=np.arange(12))
+    out["histogram"] = {str(b): int(c) for b, c in zip(SCORE_BINS, counts)}
+    if v.size == 0:
+        why = "no valid answers"
+        out.update(mean=undefined(why), sd=undefined(why), share_4_7=undefined(why), min=None, max=None)
+        return out
+    out["mean"] = Stat(float(v.mean()), n=int(v.size))
+    out["sd"] = Stat(float(v.std(ddof=1)), n=int(v.size)) if v.size > 1 else undefined("one score only", 1)
+    lo, hi = MIDDLE_BAND
+    out["share_4_7"] = Stat(float(((v >= lo) & (v <= hi)).mean()), n=int(v.size))
+    out["min"], out["max"] = float(v.min()), float(v.max())
+    return out
+
+
+# ---- the single statistics (library point estimates) --------------------------------------------
+
+def spearman(x: Any, y: Any, names: tuple[str, str] = ("a", "b")) -> Stat:
+    from scipy.stats import spearmanr
+    xa, ya = as_scores(x), as_scores(y)
+    px, py = paired(xa, ya)
+    why = _why_not_pairable(xa, ya, px, py, names, need_variance=True)
+    if why:
+        return undefined(why, len(px))
+    return _stat(spearmanr(px, py).statistic, len(px), "no rank variation")
+
+
+def pearson(x: Any, y: Any, names: tuple[str, str] = ("a", "b")) -> Stat:
+    from scipy.stats import pearsonr
+    xa, ya = as_scores(x), as_scores(y)
+    px, py = paired(xa, ya)
+    why = _why_not_pairable(xa, ya, px, py, names, need_variance=True)
+    if why:
+        return undefined(why, len(px))
+    return _stat(pearsonr(px, py).statistic, len(px), "no variation")
+
+
+def mae(x: Any, y: Any, names: tuple[str, str] = ("a", "b")) -> Stat:
+    xa, ya = as_scores(x), as_scores(y)
+    px, py = paired(xa, ya)
+    why = _why_not_pairable(xa, ya, px, py, names, need_variance=False)
+    if why:
+        return undefined(why, len(px))
+    return Stat(float(np.mean(np.abs(px - py))), n=len(px))
+
+
+def mean_bias(x: Any, y: Any, names: tuple[str, str] = ("a", "b")) -> Stat:
+    """Mean of (y - x): positive when the second rater scores higher."""
+    xa, ya = as_scores(x), as_scores(y)
+    px, py = paired(xa, ya)
+    why = _why_not_pairable(xa, ya, px, py, names, need_variance=False)
+    if why:
+        return undefined(why, len(px))
+    return Stat(float(np.mean(py - px)), n=len(px))
+
+
+def krippendorff_alpha(ratings: Any) -> Stat:
+    """Krippendorff's alpha, interval metric, for a raters x items matrix (NaN = not rated; items
+    with fewer than two ratings do not count). Undefined when there is no variation at all."""
+    import krippendorff
+
+    data = np.asarray(ratings, dtype=float)
+    if data.ndim != 2 or data.shape[0] < 2:
+        raise ValueError("krippendorff_alpha needs a raters x items matrix with at least two raters")
+    pairable = np.isfinite(data).sum(axis=0) >= 2
+    n = int(pairable.sum())
+    if n < MIN_PAIRED:
+        return undefined(f"only {n} item(s) rated at least twice, need {MIN_PAIRED}", n)
+    values = data[:, pairable]
+    finite = values[np.isfinite(values)]
+    if np.ptp(finite) == 0:
+        return undefined(f"every rating is {finite[0]:g}", n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = krippendorff.alpha(reliability_data=values, level_of_measurement="interval")
+    return _stat(value, n, "no variation between items")
+
+
+def icc_agreement(matrix: Any) -> Stat:
+    """ICC(A,1) = Shrout & Fleiss ICC(2,1) (two-way random, absolute agreement, single rater) for
+    an items x raters matrix, through pingouin. Items with a missing rating are dropped."""
+    import pingouin as pg
+
+    data = np.asarray(matrix, dtype=float)
+    if data.ndim != 2 or data.shape[1] < 2:
+        raise ValueError("icc_agreement needs an items x raters matrix with at least two raters")
+    data = data[np.isfinite(data).all(axis=1)]
+    n = int(data.shape[0])
+    if n < MIN_PAIRED:
+        return undefined(f"only {n} item(s) rated by every rater, need {MIN_PAIRED}", n)
+    if np.ptp(data) == 0:
+        return undefined(f"every rating is {data.flat[0]:g}", n)
+    if np.ptp(data.mean(axis=1)) == 0:
+        return undefined("every item has the same mean score", n)
+    long = pd.DataFrame({
+        "item": np.repeat(np.arange(n), data.shape[1]),
+        "rater": np.tile(np.arange(data.shape[1]), n),
+        "score": data.ravel(),
+    })
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table = pg.intraclass_corr(long, targets="item", raters="rater", ratings="score")
+    value = table.loc[table["Type"] == "ICC2", "ICC"]
+    if value.empty:  # pingouin labels the forms either ICC2 or ICC(A,1) depending on the version
+        value = table.loc[table["Type"] == "ICC(A,1)", "ICC"]
+    return _stat(value.iloc[0], n, "no variation between items")
+
+
+# ---- vectorised replicates for the bootstrap (closed forms of the statistics above) --------------
+
+def _rows_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    den = np.sqrt((xc ** 2).sum(axis=1) * (yc ** 2).sum(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, (xc * yc).sum(axis=1) / den, np.nan)
+
+
+def _rows_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+    return _rows_pearson(rankdata(x, axis=1), rankdata(y, axis=1))
+
+
+def _rows_alpha(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Interval alpha for two complete raters: 1 - (N-1) * sum (x-y)^2 / (N * SS_total), N = 2n
+    pairable values (Krippendorff 2011, coincidence form with m_u = 2)."""
+    both = np.concatenate([x, y], axis=1)
+    total = 2 * x.shape[1]
+    ss = ((both - both.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    d = ((x - y) ** 2).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ss > 0, 1 - (total - 1) * d / (total * ss), np.nan)
+
+
+def _rows_icc_a1(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """ICC(A,1) from the two-way ANOVA mean squares (McGraw & Wong 1996, k = 2 raters)."""
+    n, k = x.shape[1], 2
+    data = np.stack([x, y], axis=2)                     # replicates x items x raters
+    grand = data.mean(axis=(1, 2), keepdims=True)
+    item_means = data.mean(axis=2, keepdims=True)
+    rater_means = data.mean(axis=1, keepdims=True)
+    msr = k * ((item_means - grand) ** 2).sum(axis=(1, 2)) / (n - 1)
+    msc = n * ((rater_means - grand) ** 2).sum(axis=(1, 2)) / (k - 1)
+    mse = ((data - item_means - rater_means + grand) ** 2).sum(axis=(1, 2)) / ((n - 1) * (k - 1))
+    den = msr + (k - 1) * mse + k * (msc - mse) / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((den != 0) & (msr + mse > 0), (msr - mse) / den, np.nan)
+
+
+REPLICATES = {
+    "spearman": _rows_spearman,
+    "pearson": _rows_pearson,
+    "mae": lambda x, y: np.abs(x - y).mean(axis=1),
+    "bias": lambda x, y: (y - x).mean(axis=1),
+    "alpha": _rows_alpha,
+    "icc": _rows_icc_a1,
+}
+
+
+def bootstrap_cis(x: np.ndarray, y: np.ndarray, *, n_boot: int = DEFAULT_BOOT, seed: int = 42,
+                  chunk: int = 250) -> dict[str, tuple[tuple[float, float] | None, str | None]]:
+    """Percentile bootstrap intervals over items (paired complete arrays), one per statistic in
+    REPLICATES: name -> (interval or None, note). Resamples where a statistic is undefined (e.g.
+    a constant resample) are left out and counted in the note."""
+    n = len(x)
+    if n < MIN_BOOTSTRAP or n_boot <= 0:
+        note = f"no interval: {n} paired articles (need {MIN_BOOTSTRAP})" if n_boot > 0 else "bootstrap off"
+        return {name: (None, note) for name in REPLICATES}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in REPLICATES}
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        idx = rng.integers(0, n, size=(b, n))
+        bx, by = x[idx], y[idx]
+        for name, fn in REPLICATES.items():
+            draws[name].append(fn(bx, by))
+        done += b
+    tail = (1 - CI_LEVEL) / 2 * 100
+    out = {}
+    for name, parts in draws.items():
+        values = np.concatenate(parts)
+        ok = values[np.isfinite(values)]
+        dropped = n_boot - ok.size
+        if ok.size < max(10, n_boot // 2):
+            out[name] = (None, f"no interval: {dropped} of {n_boot} resamples undefined")
+            continue
+        lo, hi = np.percentile(ok, [tail, 100 - tail])
+        out[name] = ((float(lo), float(hi)), f"{dropped} of {n_boot} resamples undefined" if dropped else None)
+    return out
+
+
+# ---- a pair of raters on one dimension ------------------------------------------------------------
+
+def agreement(x: Any, y: Any, *, names: tuple[str, str] = ("a", "b"), n_boot: int = DEFAULT_BOOT,
+              seed: int = 42) -> dict[str, Stat]:
+    """Everything two raters' scores of the same items say about their agreement: spearman,
+    pearson, mae, bias (mean of y - x), alpha (Krippendorff, interval), icc (ICC(A,1)), each with
+    a bootstrap interval; missing answers are dropped pairwise."""
+    xa, ya = as_scores(x), as_scores(y)
+    px, py = paired(xa, ya)
+    out = {
+        "spearman": spearman(xa, ya, names),
+        "pearson": pearson(xa, ya, names),
+        "mae": mae(xa, ya, names),
+        "bias": mean_bias(xa, ya, names),
+    }
+    # a constant rater makes alpha and ICC degenerate (ICC(A,1) is then exactly 0 whatever the
+    # other rater does), so like the correlations they are undefined; MAE and bias still say how far off it is
+    why = _why_not_pairable(xa, ya, px, py, names, need_variance=True)
+    out["alpha"] = undefined(why, len(px)) if why else krippendorff_alpha(np.vstack([px, py]))
+    out["icc"] = undefined(why, len(px)) if why else icc_agreement(np.column_stack([px, py]))
+    if any(s.defined for s in out.values()):
+        cis = bootstrap_cis(px, py, n_boot=n_boot, seed=seed)
+        for name, stat in out.items():
+            if stat.defined:
+                stat.ci, stat.ci_note = cis[name]
+    return out
+
+
+# ---- tiers ----------------------------------------------------------------------------------------
+
+def tier_distribution(tiers: Sequence[Any], tier_names: Sequence[str]) -> dict[str, int]:
+    """Count per tier, every tier listed (zeros included); None/NaN (no valid answer) not counted."""
+    s = pd.Series(list(tiers), dtype=object).dropna()
+    return {t: int((s == t).sum()) for t in tier_names}
+
+
+def tier_confusion(a: Sequence[Any], b: Sequence[Any], tier_names: Sequence[str]) -> pd.DataFrame:
+    """Rows: tiers by the first rater; columns: by the second; items either did not rate dropped."""
+    frame = pd.DataFrame({"a": list(a), "b": list(b)}, dtype=object).dropna()
+    cat = pd.CategoricalDtype(list(tier_names))
+    return pd.crosstab(frame["a"].astype(cat), frame["b"].astype(cat), dropna=False).reindex(
+        index=list(tier_names), columns=list(tier_names), fill_value=0)
+
+
+def tier_agreement(a: Sequence[Any], b: Sequence[Any]) -> Stat:
+    """Share of items both raters put in the same tier."""
+    frame = pd.DataFrame({"a": list(a), "b": list(b)}, dtype=object).dropna()
+    n = len(frame)
+    if n < MIN_PAIRED:
+        return undefined(f"only {n} article(s) with a tier from both, need {MIN_PAIRED}", n)
+    return Stat(float((frame["a"] == frame["b"]).mean()), n=n)
+
+
+# ---- dimension redundancy -------------------------------------------------------------------------
+
+@dataclass
+class Redundancy:
+    dimensions: list[str]                 # dimensions with variation (the matrix's rows and columns)
+    correlation: pd.DataFrame             # Pearson correlation between dimensions (pairwise complete)
+    pc1_share: Stat                       # variance share of the first principal component
+    constant: list[str] = field(default_factory=list)   # left out: the same score for every article
+    high_pairs: list[tuple[str, str, float]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dimensions": self.dimensions, "constant_dimensions": self.constant,
+                "correlation": {r: {c: _none_if_nan(self.correlation.loc[r, c]) for c in self.correlation.columns}
+                                for r in self.correlation.index},
+                "pc1_share": self.pc1_share.to_dict(),
+                "high_pairs": [list(p) for p in self.high_pairs], "warnings": self.warnings}
+
+
+def _none_if_nan(v: Any) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def redundancy(scores: pd.DataFrame, *, pc1_warn: float = PC1_WARN, pair_warn: float = PAIR_R_WARN) -> Redundancy:
+    """How many independent dimensions a rater's scores really have: the correlation matrix and
+    the first principal component's share of the variance of the standardised scores (PCA on
+    complete rows). Warns when PC1 explains more than `pc1_warn` or two dimensions correlate
+    above `pair_warn` in absolute value."""
+    frame = scores.apply(pd.to_numeric, errors="coerce")
+    complete = frame.dropna()
+    constant = [c for c in frame.columns if frame[c].dropna().nunique() <= 1]
+    dims = [c for c in frame.columns if c not in constant]
+    corr = frame[dims].corr(method="pearson", min_periods=MIN_PAIRED) if dims else pd.DataFrame()
+    warnings: list[str] = []
+    high: list[tuple[str, str, float]] = []
+    for i, a in enumerate(dims):
+        for b in dims[i + 1:]:
+            r = corr.loc[a, b]
+            if np.isfinite(r) and abs(r) > pair_warn:
+                high.append((a, b, float(r)))
+    for a, b, r in high:
+        warnings.append(f"{a} and {b} correlate at r = {r:.2f} (above {pair_warn:.2f}): they measure the same thing")
+    if len(dims) < 2:
+        pc1 = undefined(f"{len(dims)} dimension(s) with variation, need 2")
+    elif len(complete) < MIN_PAIRED:
+        pc1 = undefined(f"only {len(complete)} article(s) with every dimension scored, need {MIN_PAIRED}")
+    else:
+        c = complete[dims].to_numpy(dtype=float)
+        c = c[:, c.std(axis=0) > 0]
+        if c.shape[1] < 2:
+            pc1 = undefined("fewer than 2 dimensions vary among complete answers")
+        else:
+            eig = np.linalg.eigvalsh(np.corrcoef(c, rowvar=False))  # PCA of standardised scores
+            pc1 = Stat(float(eig[-1] / eig.sum()), n=len(c))
+            if pc1.value > pc1_warn:
+                warnings.insert(0, f"the first principal component explains {pc1.value:.0%} of the variance "
+                                   f"(above {pc1_warn:.0%}): the {len(dims)} dimensions behave like fewer")
+    if constant:
+        warnings.append(f"constant (no information): {', '.join(constant)}")
+    return Redundancy(dims, corr, pc1, constant, high, warnings)
+
+
+# ---- consensus ------------------------------------------------------------------------------------
+
+def consensus(frames: Sequence[pd.DataFrame], min_raters: int = 2) -> pd.DataFrame:
+    """Per-item, per-column median of several raters' frames (same index and columns); an item
+    scored by fewer than `min_raters` raters is NaN in the consensus."""
+    if not frames:
+        raise ValueError("consensus needs at least one rater")
+    stacked = np.stack([f.to_numpy(dtype=float) for f in frames])
+    counts = np.isfinite(stacked).sum(axis=0)
+    with np.errstate(all="ignore"):
+        import warnings as _w
+        with _w.catch_warnings():
+            _w.simplefilter("ignore", RuntimeWarning)   # all-NaN cells are expected and masked below
+            med = np.nanmedian(stacked, axis=0)
+    med[counts < min_raters] = np.nan
+    return pd.DataFrame(med, index=frames[0].index, columns=frames[0].columns)
+
+
+# ---- summaries ------------------------------------------------------------------------------------
+
+def mean_of(stats: Mapping[str, Stat]) -> Stat:
+    """Mean of the defined values (e.g. Spearman across dimensions); undefined if none is."""
+    defined = [s.value for s in stats.values() if s.defined]
+    if not defined:
+        whys = sorted({s.why for s in stats.values() if s.why})
+        return undefined("; ".join(whys) or "nothing to average")
+    missing = len(stats) - len(defined)
+    stat = Stat(float(np.mean(defined)), n=len(defined))
+    if missing:
+        stat.ci_note = f"mean of {len(defined)} defined of {len(stats)}"
+    return stat
+
+
+def percentile(values: Any, q: float) -> float | None:
+    v = as_scores(values)
+    v = v[np.isfinite(v)]
+    return float(np.percentile(v, q)) if v.size else None
