@@ -803,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
         except (store.StoreError, sqlite3.Error) as e:
             return _fail(f"{e}, {args.db} (check --db)")
         print("\n".join(status_lines(conn)))
+        from stages.oracles.batch import live_status_lines
+        print("\n".join(live_status_lines(conn)) or "no open batch jobs")
         return 0
 
     from stages.oracles import registry as reg

@@ -251,6 +251,8 @@ def test_killed_process_resumes_by_polling_the_recorded_job_and_never_resubmits(
                             capture_output=True, text=True, timeout=60)
     remote_id = sqlite3.connect(db).execute("SELECT remote_id FROM batch_jobs").fetchone()[0]
     assert status.returncode == 0 and "open batch jobs" in status.stdout and remote_id in status.stdout
+    live = status.stdout.split("provider state, polled now:")[1]
+    assert remote_id in live and "JOB_STATE_RUNNING" in live     # what Gemini says about it now
 
     fake.batches.configure(polls_to_finish=1)           # the provider finishes the job
     done = subprocess.run(_cli(db), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -41,6 +40,7 @@ import math
 import sqlite3
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
@@ -350,13 +350,13 @@ class BatchRun:
 
     async def _collect(self, row: sqlite3.Row, remote: RemoteState) -> None:
         """Store every answer of an ended job, an 'error' label for every failed item, then close it."""
-        from stages.label import LabelOutcome, record_completion, scrub_secrets, store_outcome
+        from stages.label import record_completion, scrub_secrets
         units = {cid: (aid, rep) for cid, aid, rep in job_units(row)}
         results: list[ItemResult] = []
         if remote.state != "failed":
             results = await self.adapter.results(row["remote_id"])
         seen: set[str] = set()
-        failures: dict[str, int] = {}
+        failures: Counter = Counter()
         for res in results:
             if res.custom_id not in units or res.custom_id in seen:
                 continue
@@ -368,14 +368,13 @@ class BatchRun:
                 self._count(outcome.status, outcome.cost_usd, outcome.input_tokens, outcome.output_tokens,
                             outcome.cached_tokens)
             else:
-                failures[res.failure or "errored"] = failures.get(res.failure or "errored", 0) + 1
+                failures[res.failure or "errored"] += 1
                 self._store_error(row, aid, rep, f"batch item {res.failure}: {res.message}")
         why = {"failed": "the batch failed", "expired": "the batch expired before this item ran",
                "cancelled": "the batch was cancelled"}.get(remote.state, "missing from the batch results")
         for cid, (aid, rep) in units.items():
             if cid not in seen:
-                failures["missing" if remote.state == "ended" else remote.state] = failures.get(
-                    "missing" if remote.state == "ended" else remote.state, 0) + 1
+                failures["missing" if remote.state == "ended" else remote.state] += 1
                 self._store_error(row, aid, rep, f"batch item not answered: {why}")
         final = COLLECTED if remote.state == "ended" else remote.state
         note = ", ".join(f"{n} {k}" for k, n in sorted(failures.items())) or None
@@ -545,6 +544,59 @@ def run_batch(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_
     if summary.run_id is not None and not summary.waiting:
         store.finish_run(conn, summary.run_id, "done")
     return summary
+
+
+# ---- --status -------------------------------------------------------------------------------------
+
+def live_status_lines(conn: sqlite3.Connection) -> list[str]:
+    """What each provider says now about the open jobs in gt.db (for `make label-status`). Jobs of
+    an oracle whose key is not set are listed as not polled. Only the job state is written back
+    (submitted -> running); results are collected by the label run, never here."""
+    rows = conn.execute(
+        f"""SELECT j.id, j.run_id, j.remote_id, j.state, j.request_count, r.oracle FROM batch_jobs j
+            JOIN label_runs r ON r.id = j.run_id
+            WHERE j.state NOT IN ({",".join("?" * len(CLOSED_STATES))}) ORDER BY j.id""", CLOSED_STATES).fetchall()
+    if not rows:
+        return []
+    from stages.oracles import registry
+    try:
+        known = registry.load_registry()
+    except registry.OracleConfigError as e:
+        return [f"provider state not polled: {str(e).splitlines()[0]}"]
+    out = ["provider state, polled now:"]
+
+    async def poll_all() -> None:
+        by_oracle: dict[str, list[sqlite3.Row]] = {}
+        for row in rows:
+            by_oracle.setdefault(row["oracle"], []).append(row)
+        for oracle, jobs in by_oracle.items():
+            try:
+                spec = registry.resolve(oracle, known)
+                registry.check_credentials(spec)
+                adapter = make_adapter(spec)
+            except (registry.OracleConfigError, BatchUnavailable) as e:
+                out.extend(f"  job {j['id']}: not polled ({e})" for j in jobs)
+                continue
+            try:
+                for j in jobs:
+                    if not j["remote_id"]:
+                        out.append(f"  job {j['id']} ({oracle}): not sent yet; the next `make label MODE=batch` sends it")
+                        continue
+                    try:
+                        remote = await adapter.poll(j["remote_id"])
+                    except OracleError as e:
+                        out.append(f"  job {j['id']} ({oracle} {j['remote_id']}): could not poll: {_short(str(e), 200)}")
+                        continue
+                    if remote.state == "running" and j["state"] == SUBMITTED:
+                        _set(conn, j["id"], state=RUNNING)
+                    ended = " (ended: run `make label MODE=batch` to collect)" if remote.state in REMOTE_ENDED else ""
+                    out.append(f"  job {j['id']} ({oracle} {j['remote_id']}, {j['request_count']} requests): "
+                               f"{remote.detail or remote.state}{ended}")
+            finally:
+                await adapter.aclose()
+
+    asyncio.run(poll_all())
+    return out
 
 
 # ---- --dry-run ------------------------------------------------------------------------------------
