@@ -772,10 +772,11 @@ def _export(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, output_dir
     return f"exported {n} valid labels to {path}"
 
 
-def _describe(summary: LabelRunSummary, spec: OracleSpec, filt: Filter, target: int | None) -> str:
+def _describe(summary: LabelRunSummary, spec: OracleSpec, filt: Filter, target: int | None, repeats: int = 1) -> str:
     s = summary
     rate = (s.ok + s.invalid + s.error) / s.seconds if s.seconds else 0.0
-    parts = [f"labelled {s.ok + s.invalid + s.error} articles x repeats with {spec.name} ({filt.id}, prompt "
+    what = "articles" if repeats == 1 else f"(article, repeat) pairs of {repeats} repeats"
+    parts = [f"labelled {s.ok + s.invalid + s.error} {what} with {spec.name} ({filt.id}, prompt "
              f"{filt.prompt_sha256[:12]}) in {s.seconds:.1f}s ({rate:.1f}/s): {s.ok} ok, {s.invalid} invalid, "
              f"{s.error} error; {s.skipped_existing} already labelled"]
     if s.prefiltered:
@@ -886,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"check the key, model id and oracles.yaml)", 1)
     if args.output_dir:
         notes.append(_export(conn, filt, spec, args.output_dir))
-    print(_describe(summary, spec, filt, args.target_count))
+    print(_describe(summary, spec, filt, args.target_count, args.repeats))
     for n in notes:
         print(n)
     print(f"database: {args.db} (sqlite3 {args.db} 'select * from {filt.view_name} limit 3')")

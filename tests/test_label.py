@@ -288,6 +288,33 @@ def test_killed_run_resumes_to_exactly_the_target_without_duplicates(sample_db, 
         fake_env.latency_s = 0.01
 
 
+def test_ctrl_c_stops_the_run_cleanly(sample_db, tmp_path, cli_env, fake_env):
+    fake_env.latency_s = 0.3
+    try:
+        args = ["--db", sample_db, "--llm", "fake-gpt", "--oracles-file", write_oracles(tmp_path), "--target-count", 40,
+                "--concurrency", 2]
+        proc = subprocess.Popen([sys.executable, "-m", "stages.label", *map(str, args)], cwd=ROOT, env=cli_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        conn = sqlite3.connect(sample_db, timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] >= 2:
+                    break
+            except sqlite3.OperationalError:
+                pass
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130
+        assert "run the same command to continue" in err and "Traceback" not in err
+        assert conn.execute("SELECT status FROM label_runs").fetchone()[0] == "stopped"
+        assert 2 <= conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] < 40
+        conn.close()
+    finally:
+        fake_env.latency_s = 0.01
+
+
 def test_cli_labels_exports_and_leaks_no_key(sample_db, tmp_path, cli_env, fake_env, uplifting):
     conn = store.connect(sample_db)
     add_articles(conn, [dict(sample_articles(1)[0], id="broken", text=sample_articles(1)[0]["text"] + " FAULT:server_error")])
