@@ -282,6 +282,35 @@ def test_no_wait_submits_and_exits_then_the_same_command_collects(tmp_path, upli
     assert fake.batches.creates["anthropic"] == 1
 
 
+def test_a_job_the_provider_no_longer_knows_is_sent_again_not_polled_forever(conn, uplifting, articles, fake):
+    add_articles(conn, articles[:3])
+    ids = [a["id"] for a in articles[:3]]
+    spec = spec_for("openai")
+    fake.batches.configure(polls_to_finish=5)
+    first = run_batch(conn, uplifting, spec, ids, BatchOptions(wait=False, **FAST))
+    assert first.waiting == 1
+    fake.batches.jobs.clear()                                # deleted at the provider (or results purged)
+    second = run_batch(conn, uplifting, spec, ids, BatchOptions(**FAST))
+    assert second.ok == 3 and fake.batches.creates["openai"] == 2
+    states = [r[0] for r in conn.execute("SELECT state FROM batch_jobs ORDER BY id")]
+    assert states == ["failed", "collected"]
+    assert "not known to the provider" in conn.execute("SELECT error FROM batch_jobs WHERE id = 1").fetchone()[0]
+
+
+def test_max_cost_limits_what_is_submitted(conn, uplifting, articles, fake):
+    add_articles(conn, articles)
+    spec = spec_for("gemini")
+    from stages.label import build_request, RESERVE_BYTES_PER_TOKEN
+    import math
+    worst = [spec.cost(math.ceil(len(build_request(uplifting, a["id"], 0, a["title"], a["text"]).prompt.encode())
+                                 / RESERVE_BYTES_PER_TOKEN), spec.max_output_tokens, batch=True) for a in articles]
+    budget = sum(worst[:2]) + worst[2] / 2                   # room for two labels' worst case, not three
+    summary = run_batch(conn, uplifting, spec, [a["id"] for a in articles], BatchOptions(max_cost=budget, **FAST))
+    assert summary.ok == 2 and summary.budget_left_out == len(articles) - 2
+    assert summary.cost_usd <= budget
+    assert conn.execute("SELECT SUM(request_count) FROM batch_jobs").fetchone()[0] == 2
+
+
 # ---- the command line ----------------------------------------------------------------------------
 
 def test_batch_mode_is_refused_for_an_oracle_without_batch_prices(tmp_path, uplifting, articles, fake, capsys):

@@ -75,6 +75,19 @@ class BatchUnavailable(Exception):
     """The oracle cannot run in batch mode (no batch prices, or a provider without a batch API)."""
 
 
+class JobNotFound(FatalError):
+    """The provider no longer knows a recorded job (deleted, or its results purged: Anthropic keeps
+    them 29 days). Its items are stored as 'error' labels and sent again."""
+
+
+def provider_error(oracle: Any, e: Exception, remote_id: str) -> Exception:
+    """An SDK error while reading a job, as the oracle layer's error (404: JobNotFound)."""
+    status = getattr(e, "status_code", None) or getattr(e, "code", None)
+    if status == 404:
+        return JobNotFound(f"{oracle.spec.name}: batch {remote_id} is not known to the provider (404)")
+    return oracle._map_error(e)
+
+
 @dataclass
 class ItemResult:
     """One item of an ended job: a completion, or why there is none."""
@@ -233,15 +246,29 @@ def request_for(conn: sqlite3.Connection, filt: Filter, article_id: str, repeat:
     return build_request(filt, article_id, repeat, row[0] or "", row[1] or "")
 
 
-def split_jobs(conn: sqlite3.Connection, filt: Filter, adapter: BatchAdapter, units: list[tuple[str, int]],
-               max_requests: int | None, max_bytes: int) -> list[list[tuple[str, int]]]:
+def split_jobs(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, adapter: BatchAdapter,
+               units: list[tuple[str, int]], max_requests: int | None, max_bytes: int,
+               budget: float | None = None) -> tuple[list[list[tuple[str, int]]], float, int]:
     """Greedy split in sample order: a job closes when one more item would pass the request count
-    or the byte size (of the serialised items, measured with a custom id of the longest form)."""
+    or the byte size (of the serialised items, measured with a custom id of the longest form).
+    With `budget` (USD), units stop once their worst-case cost at batch prices (every prompt byte a
+    third of a token, a full-length answer) would pass it. Returns (jobs, reserved USD, units left out)."""
+    from stages.label import RESERVE_BYTES_PER_TOKEN
     chunks: list[list[tuple[str, int]]] = []
     current: list[tuple[str, int]] = []
     size = 0
-    for aid, rep in units:
-        item = adapter.item("j999999999-99999", request_for(conn, filt, aid, rep))
+    reserved = 0.0
+    for i, (aid, rep) in enumerate(units):
+        request = request_for(conn, filt, aid, rep)
+        if budget is not None:
+            worst = spec.cost(math.ceil(len(request.prompt.encode("utf-8")) / RESERVE_BYTES_PER_TOKEN),
+                              spec.max_output_tokens, batch=True)
+            if reserved + worst > budget + 1e-12:
+                if current:
+                    chunks.append(current)
+                return chunks, reserved, len(units) - i
+            reserved += worst
+        item = adapter.item("j999999999-99999", request)
         n = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8")) + 1
         if n > max_bytes:
             raise BatchUnavailable(f"article {aid} alone ({n} bytes) exceeds the batch size limit ({max_bytes} bytes)")
@@ -252,7 +279,7 @@ def split_jobs(conn: sqlite3.Connection, filt: Filter, adapter: BatchAdapter, un
         size += n
     if current:
         chunks.append(current)
-    return chunks
+    return chunks, reserved, 0
 
 
 # ---- the run --------------------------------------------------------------------------------------
@@ -278,6 +305,7 @@ class BatchSummary:
     seconds: float = 0.0
     waiting: int = 0               # jobs left open (--batch-no-wait, or interrupted)
     rounds: int = 0
+    budget_left_out: int = 0       # units not sent because of --max-cost
     notes: list[str] = field(default_factory=list)
 
 
@@ -294,6 +322,7 @@ class BatchOptions:
     params: dict | None = None
     progress: bool = True
     concurrency: int = 16          # for --batch-retry sync
+    max_cost: float | None = None  # USD: never submit jobs whose worst-case cost could pass it
 
 
 class BatchRun:
@@ -305,6 +334,7 @@ class BatchRun:
         self.summary = BatchSummary()
         self.max_requests, self.max_bytes = limits(spec, adapter)
         self.bar = None
+        self.reserved = 0.0            # worst-case USD of the jobs this process submitted (--max-cost)
         self.started = time.perf_counter()
 
     # -- one job ---------------------------------------------------------------------------------
@@ -354,7 +384,10 @@ class BatchRun:
         units = {cid: (aid, rep) for cid, aid, rep in job_units(row)}
         results: list[ItemResult] = []
         if remote.state != "failed":
-            results = await self.adapter.results(row["remote_id"])
+            try:
+                results = await self.adapter.results(row["remote_id"])
+            except JobNotFound as e:
+                remote = RemoteState("failed", str(e))
         seen: set[str] = set()
         failures: Counter = Counter()
         for res in results:
@@ -437,12 +470,17 @@ class BatchRun:
                     row = self._row(row["id"])
                 try:
                     remote = await self.adapter.poll(row["remote_id"])
+                except JobNotFound as e:
+                    remote = RemoteState("failed", str(e))
                 except (RateLimited, TransientError) as e:
                     self._note(f"job {row['id']}: status not available ({_short(str(e), 160)}); polling again")
                     continue
                 self.summary.polls += 1
                 if remote.state in REMOTE_ENDED:
-                    await self._collect(self._row(row["id"]), remote)
+                    try:
+                        await self._collect(self._row(row["id"]), remote)
+                    except (RateLimited, TransientError) as e:
+                        self._note(f"job {row['id']}: results not available yet ({_short(str(e), 160)}); trying again")
                 elif remote.state == "running" and row["state"] != RUNNING:
                     _set(self.conn, row["id"], state=RUNNING)
             if once or not open_jobs(self.conn, self.filt, self.spec):
@@ -460,9 +498,17 @@ class BatchRun:
         self.summary.prefiltered = max(self.summary.prefiltered, prefiltered)
         if not units:
             return 0
-        chunks = split_jobs(self.conn, self.filt, self.adapter, units, self.max_requests, self.max_bytes)
-        create_jobs(self.conn, self._open_run(), self.spec.provider, chunks)
-        return len(units)
+        budget = None if self.o.max_cost is None else max(self.o.max_cost - self.reserved, 0.0)
+        chunks, reserved, left_out = split_jobs(self.conn, self.filt, self.spec, self.adapter, units,
+                                                self.max_requests, self.max_bytes, budget)
+        self.reserved += reserved
+        if left_out:
+            self.summary.budget_left_out = left_out
+            self._note(f"--max-cost ${self.o.max_cost:g}: {left_out} label(s) not sent, their worst-case cost would "
+                       f"pass it (raise --max-cost and run the same command to send them)")
+        if chunks:
+            create_jobs(self.conn, self._open_run(), self.spec.provider, chunks)
+        return sum(len(c) for c in chunks)
 
     async def run(self) -> BatchSummary:
         resumed = open_jobs(self.conn, self.filt, self.spec)
@@ -535,9 +581,10 @@ def run_batch(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_
         if retry:
             from stages.label import label_articles
             ids = list(dict.fromkeys(aid for aid, _ in retry))
+            left = None if options.max_cost is None else max(options.max_cost - engine.reserved, 1e-9)
             sync = label_articles(conn, filt, spec, ids, purpose="label", repeats=options.repeats,
                                   concurrency=options.concurrency, seed=options.seed, params=options.params,
-                                  progress=options.progress)
+                                  progress=options.progress, max_cost=left)
             summary.retried_sync = len(retry)
             summary.notes.append(f"{len(retry)} failed batch item(s) retried as sync requests (run {sync.run_id}): "
                                  f"{sync.ok} ok, {sync.invalid} invalid, {sync.error} error, ${sync.cost_usd:.4f}")
@@ -680,7 +727,7 @@ def main_batch(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article
         rounds=getattr(args, "batch_rounds", 3), poll_s=getattr(args, "batch_poll", 30.0),
         max_poll_s=max(getattr(args, "batch_max_poll", 600.0), getattr(args, "batch_poll", 30.0)),
         wait=not getattr(args, "batch_no_wait", False), seed=args.seed, params=params, progress=True,
-        concurrency=args.concurrency)
+        concurrency=args.concurrency, max_cost=args.max_cost)
     try:
         summary = run_batch(conn, filt, spec, article_ids, options)
     except BatchUnavailable as e:
@@ -722,6 +769,8 @@ def describe(s: BatchSummary, spec: OracleSpec, filt: Filter, target: int | None
              f"cached, {s.output_tokens} output)"]
     if s.prefiltered:
         parts.append(f"{s.prefiltered} skipped by the prefilter")
+    if s.budget_left_out:
+        parts.append(f"{s.budget_left_out} label(s) not sent: --max-cost reached (raise it and run again)")
     if s.waiting:
         parts.append(f"{s.waiting} job(s) still open at the provider: run the same command again to collect them "
                      f"({TURNAROUND.get(spec.provider, '')})")

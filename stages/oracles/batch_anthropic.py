@@ -15,7 +15,7 @@ from datetime import timezone
 from typing import Any
 
 from stages.oracles.base import OracleRequest, OracleSpec
-from stages.oracles.batch import ItemResult, RemoteState
+from stages.oracles.batch import ItemResult, RemoteState, provider_error
 
 MAX_REQUESTS = 100_000
 MAX_BYTES = 256_000_000
@@ -63,7 +63,7 @@ class AnthropicBatches:
         try:
             batch = await self._client.messages.batches.retrieve(remote_id)
         except Exception as e:   # noqa: BLE001
-            raise self.oracle._map_error(e) from None
+            raise provider_error(self.oracle, e, remote_id) from None
         c = batch.request_counts
         detail = (f"{batch.processing_status}: {c.succeeded} succeeded, {c.errored} errored, {c.expired} expired, "
                   f"{c.canceled} canceled, {c.processing} processing")
@@ -85,7 +85,7 @@ class AnthropicBatches:
                 else:   # expired | canceled
                     out.append(ItemResult(line.custom_id, failure=result.type, message=f"the item was {result.type}"))
         except Exception as e:   # noqa: BLE001
-            raise self.oracle._map_error(e) from None
+            raise provider_error(self.oracle, e, remote_id) from None
         return out
 
     async def aclose(self) -> None:

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from stages.oracles.base import OracleRequest, OracleSpec, TransientError
-from stages.oracles.batch import ItemResult, RemoteState
+from stages.oracles.batch import ItemResult, RemoteState, provider_error
 
 INLINE_MAX_BYTES = 20_000_000 - 200_000   # the documented 20 MB, less room for the request envelope
 
@@ -63,7 +63,7 @@ class GeminiBatches:
         try:
             return await self._client.aio.batches.get(name=remote_id)
         except Exception as e:   # noqa: BLE001
-            raise self.oracle._map_error(e) from None
+            raise provider_error(self.oracle, e, remote_id) from None
 
     async def poll(self, remote_id: str) -> RemoteState:
         job = await self._get(remote_id)

@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from stages.oracles.base import OracleRequest, OracleSpec, TransientError
-from stages.oracles.batch import ItemResult, RemoteState
+from stages.oracles.batch import ItemResult, RemoteState, provider_error
 
 MAX_REQUESTS = 50_000
 MAX_BYTES = 200_000_000
@@ -64,7 +64,7 @@ class OpenAIBatches:
         try:
             return await self._client.batches.retrieve(remote_id)
         except Exception as e:   # noqa: BLE001
-            raise self.oracle._map_error(e) from None
+            raise provider_error(self.oracle, e, remote_id) from None
 
     async def poll(self, remote_id: str) -> RemoteState:
         batch = await self._retrieve(remote_id)
@@ -84,7 +84,7 @@ class OpenAIBatches:
             try:
                 text = (await self._client.files.content(file_id)).text
             except Exception as e:   # noqa: BLE001
-                raise self.oracle._map_error(e) from None
+                raise provider_error(self.oracle, e, remote_id) from None
             for line in text.splitlines():
                 if not line.strip():
                     continue
