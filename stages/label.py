@@ -746,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(msg: str, code: int = 1) -> int:
-    print(f"error: {msg}", file=sys.stderr)
+    print("error: " + " ".join(msg.split()), file=sys.stderr)  # one line, whatever the provider wrote
     return code
 
 
@@ -891,6 +891,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in notes:
         print(n)
     print(f"database: {args.db} (sqlite3 {args.db} 'select * from {filt.view_name} limit 3')")
+    if args.target_count and summary.ok_total < args.target_count and not summary.stopped_reason:
+        print(f"target not reached: {summary.ok_total}/{args.target_count} valid labels, and every one of the {len(ids)} "
+              f"eligible articles in {args.db} has been tried (ingest more with --source; 'error' labels are retried "
+              f"by the next run)")
     if summary.stopped_reason == "quota":
         return _fail(f"stopped: {summary.stopped_message}", 1)
     if summary.stopped_reason == "budget":
