@@ -1,0 +1,20 @@
+-- coverage: the label set one coverage report describes, materialised once per run so every
+-- figure is computed over exactly the same labels: the valid labels of one filter, oracle, prompt
+-- version and repeat, on articles that are not duplicates.
+-- Parameters: :filter_id, :oracle, :prompt_sha256, :repeat.
+CREATE TEMP TABLE coverage_labels (
+    label_id     INTEGER PRIMARY KEY,
+    article_id   TEXT NOT NULL,
+    source       TEXT,
+    content_type TEXT
+);
+INSERT INTO coverage_labels (label_id, article_id, source, content_type)
+SELECT l.id, l.article_id, a.source, l.content_type
+FROM labels l
+JOIN articles a ON a.id = l.article_id
+WHERE l.filter_id = :filter_id
+  AND l.oracle = :oracle
+  AND l.prompt_sha256 = :prompt_sha256
+  AND l."repeat" = :repeat
+  AND l.status = 'ok'
+  AND a.dup_of IS NULL;

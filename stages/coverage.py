@@ -1,0 +1,537 @@
+"""Step 3 of the workflow: how the ground truth is distributed, before selecting from it.
+
+For one filter and one label set (oracle, prompt version, repeat; by default the oracle with the
+most valid labels), per dimension: the histogram over every score bin 0-10 (empty bins included),
+missing and sparse bins, mean, sd, median, IQR, skew, the share in the 4-7 band and the counts at
+the extremes; the tier distribution computed from the filter's config; the correlation matrix
+between dimensions; labels per source; and the coverage gaps in words. Writes a JSON file with
+every figure, reports/<filter>_v<N>_coverage.md (leading with the gaps) and two PNG plots.
+
+    python -m stages.coverage --db gt.db --filter filters/uplifting/v1
+    python -m stages.coverage --labeled-file labeled_articles.jsonl --output coverage_report.json
+
+Binning: a score s falls in bin floor(s), so 6.5 counts in bin 6 and bin 10 holds only 10.0.
+Bands: extremes low = bins 0-2 (s < 3), middle = bins 4-7 (4 <= s < 8), high = bins 8-10 (s >= 8).
+
+Speed: the label set is materialised once in SQL, then each label's scores come back packed into
+one integer (sql/queries/coverage_packed_scores.sql), so 1M labels (8M score rows) cost one pass
+over label_scores and 1M fetched rows instead of 8M; the statistics are numpy/scipy on that matrix.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from stages import report, store
+from stages.filters import Filter, FilterError, load_filter
+
+QUERIES = Path(__file__).resolve().parent.parent / "sql" / "queries"
+BINS = list(range(11))  # score bins 0..10 (bin = floor(score))
+HALF_POINTS = [k / 2 for k in range(21)]
+PACK_BASE = 21          # round(2 x score) is 0..20: one base-21 digit per dimension
+PACK_CHUNK = 14         # 21^14 < 2^63: at most 14 dimensions per packed integer
+STRONG_CORRELATION = 0.8
+OFFLINE_ORACLES = ("local-embed", "local-llm")
+DEFAULT_SPARSE_SHARE = 0.02
+
+
+class CoverageError(Exception):
+    """The coverage could not be computed; the message is one line for the user."""
+
+
+# ---- named queries ----------------------------------------------------------------------------
+
+def query_text(name: str) -> str:
+    return (QUERIES / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def run_script(conn: sqlite3.Connection, name: str, params: Mapping[str, Any] | None = None) -> None:
+    """Run every statement of sql/queries/<name>.sql with named parameters (executescript takes none)."""
+    buffer = ""
+    for line in query_text(name).splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            buffer = ""
+            used = {k: v for k, v in (params or {}).items() if f":{k}" in statement}
+            conn.execute(statement, used)
+    if buffer.strip() and not all(l.strip().startswith("--") or not l.strip() for l in buffer.splitlines()):
+        raise ValueError(f"sql/queries/{name}.sql ends with an incomplete statement")
+
+
+# ---- the label set ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelSet:
+    filter_id: str
+    oracle: str
+    prompt_sha256: str
+    repeat: int
+
+
+def materialise_label_set(conn: sqlite3.Connection, label_set: LabelSet) -> int:
+    """Create the temp table coverage_labels for this run; returns its number of labels."""
+    conn.execute("DROP TABLE IF EXISTS temp.coverage_labels")
+    run_script(conn, "coverage_label_set", {
+        "filter_id": label_set.filter_id, "oracle": label_set.oracle,
+        "prompt_sha256": label_set.prompt_sha256, "repeat": label_set.repeat,
+    })
+    return conn.execute("SELECT COUNT(*) FROM temp.coverage_labels").fetchone()[0]
+
+
+def _tuples(conn: sqlite3.Connection) -> sqlite3.Cursor:
+    """A cursor yielding plain tuples: sqlite3.Row objects cost a second per million rows."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    return cursor
+
+
+def has_off_grid_scores(conn: sqlite3.Connection, dimensions: Sequence[str]) -> bool:
+    """Whether label_scores holds any score of these dimensions that is not a whole or half point."""
+    return any(conn.execute(query_text("coverage_off_grid_values"), {"dimension": d}).fetchone()[0]
+               for d in dimensions)
+
+
+def score_matrix(conn: sqlite3.Connection, dimensions: Sequence[str]) -> np.ndarray:
+    """Scores of every label in coverage_labels as a (labels x dimensions) float array, rows in
+    label_id order. Whole and half points travel packed; other values are read exactly."""
+    n = conn.execute("SELECT COUNT(*) FROM temp.coverage_labels").fetchone()[0]
+    matrix = np.empty((n, len(dimensions)), dtype=np.float64)
+    conn.execute("DROP TABLE IF EXISTS temp.coverage_dimensions")
+    conn.execute("""CREATE TEMP TABLE coverage_dimensions (
+                        dimension TEXT PRIMARY KEY, chunk INTEGER NOT NULL, place INTEGER NOT NULL) WITHOUT ROWID""")
+    chunks = [list(range(i, min(i + PACK_CHUNK, len(dimensions)))) for i in range(0, len(dimensions), PACK_CHUNK)]
+    conn.executemany("INSERT INTO temp.coverage_dimensions VALUES (?, ?, ?)",
+                     [(dimensions[k], c, PACK_BASE ** j) for c, ks in enumerate(chunks) for j, k in enumerate(ks)])
+    for c, ks in enumerate(chunks):
+        rows = _tuples(conn).execute(query_text("coverage_packed_scores"), {"chunk": c}).fetchall()
+        if len(rows) != n:
+            # an ok label always carries every dimension (store.insert_label); anything else is a broken db
+            raise CoverageError(f"{n - len(rows)} valid labels have no scores for some dimensions: the database is "
+                                "inconsistent (re-import or relabel them)")
+        packed = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+        del rows
+        for j, k in enumerate(ks):
+            matrix[:, k] = (packed // PACK_BASE ** j) % PACK_BASE / 2.0
+    if has_off_grid_scores(conn, dimensions):
+        label_ids = np.fromiter((r[0] for r in _tuples(conn).execute(
+            "SELECT label_id FROM temp.coverage_labels ORDER BY label_id")), dtype=np.int64, count=n)
+        column = {d: k for k, d in enumerate(dimensions)}
+        for label_id, dimension, score in _tuples(conn).execute(query_text("coverage_exact_scores")):
+            if dimension in column:
+                matrix[int(np.searchsorted(label_ids, label_id)), column[dimension]] = score
+    return matrix
+
+
+# ---- figures ----------------------------------------------------------------------------------
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def dimension_figures(x: np.ndarray, sparse_share: float) -> dict:
+    """Every figure of one dimension's scores."""
+    from scipy import stats
+
+    n = int(x.size)
+    bins = np.clip(np.floor(x), 0, 10).astype(np.int64)
+    histogram = np.bincount(bins, minlength=11)
+    doubled = x * 2
+    on_grid = doubled == np.round(doubled)
+    grid_counts = np.bincount(np.round(doubled[on_grid]).astype(np.int64), minlength=21)
+    values = {f"{v:g}": int(c) for v, c in zip(HALF_POINTS, grid_counts)}
+    if not on_grid.all():
+        other, counts = np.unique(x[~on_grid], return_counts=True)
+        values.update({repr(float(v)): int(c) for v, c in zip(other, counts)})
+    values = dict(sorted(values.items(), key=lambda kv: float(kv[0])))
+    sparse_limit = sparse_share * n
+    if n:
+        q1, median, q3 = (float(v) for v in np.percentile(x, [25, 50, 75]))
+        mean = float(x.mean())
+        with np.errstate(all="ignore"):
+            sd = float(x.std(ddof=1)) if n > 1 else math.nan
+            # undefined for a constant column (scipy warns and returns nan; say so plainly)
+            skew = float(stats.skew(x, bias=False)) if n > 2 and sd > 0 else math.nan
+    else:
+        q1 = median = q3 = mean = sd = skew = math.nan
+    low, mid, high = int(histogram[0:3].sum()), int(histogram[4:8].sum()), int(histogram[8:11].sum())
+    return {
+        "n": n,
+        "histogram": {str(b): int(histogram[b]) for b in BINS},
+        "values": values,
+        "half_point_scores": int(((x != np.floor(x)) & on_grid).sum()),
+        "other_scores": int((~on_grid).sum()),
+        "missing_bins": [b for b in BINS if histogram[b] == 0],
+        "sparse_bins": [b for b in BINS if 0 < histogram[b] < sparse_limit],
+        "mean": _finite(mean), "sd": _finite(sd), "median": _finite(median),
+        "q1": _finite(q1), "q3": _finite(q3), "iqr": _finite(q3 - q1), "skew": _finite(skew),
+        "min": float(x.min()) if n else None, "max": float(x.max()) if n else None,
+        "count_0_2": low, "count_4_7": mid, "count_8_10": high,
+        "share_0_2": low / n if n else None, "share_4_7": mid / n if n else None,
+        "share_8_10": high / n if n else None,
+    }
+
+
+def overall_scores(filt: Filter, scores: Mapping[str, np.ndarray], content_types: np.ndarray) -> np.ndarray:
+    """Filter.overall for whole columns at once: the same weighted sum in the same order, the same
+    gatekeeper and content-type caps (tests hold it equal to Filter.overall and the score view)."""
+    value = np.zeros(len(content_types), dtype=np.float64)
+    for d in filt.dimensions:
+        value = value + d.weight * scores[d.name]
+    for g in filt.gatekeepers:
+        value = np.where(scores[g.dimension] < g.below, np.minimum(value, g.max_overall), value)
+    for content_type, cap in filt.content_type_caps.items():
+        value = np.where(content_types == content_type, np.minimum(value, cap), value)
+    return value
+
+
+def tier_indices(filt: Filter, overall: np.ndarray) -> np.ndarray:
+    """Filter.tier for a whole column, as indices into filt.tiers: the first tier (highest
+    threshold first) the score reaches, else the last."""
+    conditions = [overall >= t.min_overall for t in filt.tiers[:-1]]
+    return np.select(conditions, list(range(len(filt.tiers) - 1)), default=len(filt.tiers) - 1)
+
+
+def correlation_matrix(matrix: np.ndarray) -> list[list[float | None]]:
+    """Pearson correlations between dimensions (None where a dimension has no spread)."""
+    if matrix.shape[0] < 2:
+        return [[None] * matrix.shape[1] for _ in range(matrix.shape[1])]
+    with np.errstate(all="ignore"):
+        r = np.corrcoef(matrix, rowvar=False)
+    r = np.atleast_2d(r)
+    return [[_finite(float(v)) for v in row] for row in r]
+
+
+def _runs(bins: Sequence[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for b in bins:
+        if out and b == out[-1][1] + 1:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((b, b))
+    return out
+
+
+def _bins_phrase(runs: list[tuple[int, int]], verb: str) -> str:
+    parts = [f"{a}-{b}" if a != b else f"{a}" for a, b in runs]
+    plural = len(runs) > 1 or runs[0][0] != runs[0][1]
+    return f"{'bins' if plural else 'bin'} {', '.join(parts)} {'are' if plural else 'is'} {verb}"
+
+
+def gap_sentences(coverage: dict) -> list[str]:
+    """The coverage gaps in words, one sentence per dimension or tier that has one."""
+    sentences = []
+    share = coverage["sparse_share"]
+    for name, fig in coverage["dimensions"].items():
+        n = fig["n"]
+        if not n:
+            continue
+        clauses = []
+        missing = fig["missing_bins"]
+        hist = fig["histogram"]
+        top = max(b for b in BINS if hist[str(b)] > 0)
+        bottom = min(b for b in BINS if hist[str(b)] > 0)
+        if top < 10:
+            clauses.append(f"{name} has no article above {fig['max']:g} ({_bins_phrase([(top + 1, 10)], 'empty')})")
+        if bottom > 0:
+            clauses.append(f"{name} has no article below {fig['min']:g} ({_bins_phrase([(0, bottom - 1)], 'empty')})")
+        inner = [b for b in missing if bottom < b < top]
+        if inner:
+            clauses.append(f"{name}: {_bins_phrase(_runs(inner), 'empty')}")
+        sparse = fig["sparse_bins"]
+        if sparse:
+            detail = ", ".join(f"{b}: {hist[str(b)]:,} ({report.pct(hist[str(b)], n)})" for b in sparse)
+            noun = "bins" if len(sparse) > 1 else "bin"
+            verb = "are" if len(sparse) > 1 else "is"
+            clauses.append(f"{noun} {', '.join(str(b) for b in sparse)} {verb} sparse "
+                           f"(under {share:.1%} of {n:,} labels; {detail})")
+        if clauses:
+            first, rest = clauses[0], clauses[1:]
+            if not first.startswith(name):
+                first = f"{name}: {first}"
+            sentences.append("; ".join([first] + [c.removeprefix(f"{name}: ") for c in rest]) + ".")
+    tiers = coverage["tiers"]
+    total = sum(tiers["counts"].values())
+    for tier, count in tiers["counts"].items():
+        if total and count == 0:
+            sentences.append(f"Tier {tier} has no article (it needs overall >= {tiers['thresholds'][tier]:g}).")
+        elif total and count < share * total:
+            sentences.append(f"Tier {tier} is sparse: {count:,} labels ({report.pct(count, total)}).")
+    return sentences
+
+
+def warning_sentences(coverage: dict) -> list[str]:
+    out = []
+    names = coverage["correlation"]["dimensions"]
+    r = coverage["correlation"]["matrix"]
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            if r[i][j] is not None and abs(r[i][j]) >= STRONG_CORRELATION:
+                out.append(f"{a} and {names[j]} are strongly correlated (r = {r[i][j]:.2f}): "
+                           "a selection that covers one largely covers the other.")
+    for name, fig in coverage["dimensions"].items():
+        if fig["n"] and fig["sd"] is not None and fig["sd"] == 0:
+            out.append(f"{name} has the same score ({fig['min']:g}) on every label.")
+    if coverage["oracle"] in OFFLINE_ORACLES:
+        out.append(f"These labels come from the offline oracle {coverage['oracle']}, which runs a small local "
+                   "model so the pipeline works without a key: it is not a substitute for a real LLM oracle.")
+    return out
+
+
+def compute_coverage(conn: sqlite3.Connection, filt: Filter, *, oracle: str | None = None, repeat: int = 0,
+                     sparse_share: float = DEFAULT_SPARSE_SHARE) -> dict:
+    """Every coverage figure of one label set, as a JSON-ready dict. Raises store.StoreError when
+    there are no valid labels to describe."""
+    chosen_oracle, prompt_sha256 = store.choose_label_set(conn, filt, oracle)
+    label_set = LabelSet(filt.id, chosen_oracle, prompt_sha256, repeat)
+    n = materialise_label_set(conn, label_set)
+    if n == 0:
+        repeats = [r[0] for r in conn.execute(
+            """SELECT DISTINCT "repeat" FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ?
+               AND status = 'ok' ORDER BY 1""", (filt.id, chosen_oracle, prompt_sha256))]
+        raise store.StoreError(f"no valid labels of {filt.id} by {chosen_oracle} with repeat {repeat} "
+                               f"(repeats with labels: {', '.join(map(str, repeats)) or 'none'})")
+    dims = filt.dimension_names
+    matrix = score_matrix(conn, dims)
+    content_types = np.array([r[0] for r in _tuples(conn).execute(query_text("coverage_label_facts"))], dtype=object)
+    scores = {d: matrix[:, k] for k, d in enumerate(dims)}
+    tier_counts = np.bincount(tier_indices(filt, overall_scores(filt, scores, content_types)),
+                              minlength=len(filt.tiers))
+    ct_values, ct_counts = np.unique(np.where(content_types == None, "(none)", content_types).astype(str),  # noqa: E711
+                                     return_counts=True)
+    sources = {r[0]: int(r[1]) for r in conn.execute(query_text("coverage_sources"))}
+    coverage = {
+        "filter": filt.id,
+        "oracle": chosen_oracle,
+        "prompt_sha256": prompt_sha256,
+        "repeat": repeat,
+        "labels": n,  # one label per article: (article, oracle, prompt, repeat) is unique in labels
+        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "binning": "a score s falls in bin floor(s): 6.5 counts in bin 6, bin 10 holds only 10",
+        "bands": {"0_2": "bins 0-2 (score < 3)", "4_7": "bins 4-7 (4 <= score < 8)", "8_10": "bins 8-10 (score >= 8)"},
+        "sparse_share": sparse_share,
+        "sparse_rule": f"a bin is sparse when it holds at least one label but under {sparse_share:.1%} of them",
+        "dimensions": {d: dimension_figures(scores[d], sparse_share) for d in dims},
+        "tiers": {
+            "thresholds": {t.name: t.min_overall for t in filt.tiers},
+            "counts": {t.name: int(c) for t, c in zip(filt.tiers, tier_counts)},
+            "shares": {t.name: int(c) / n for t, c in zip(filt.tiers, tier_counts)},
+        },
+        "correlation": {"method": "pearson", "dimensions": dims, "matrix": correlation_matrix(matrix)},
+        "sources": sources,
+        "content_types": dict(sorted(zip(ct_values.tolist(), (int(c) for c in ct_counts)), key=lambda kv: -kv[1])),
+    }
+    coverage["gaps"] = gap_sentences(coverage)
+    coverage["warnings"] = warning_sentences(coverage)
+    return coverage
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+
+def report_stem(filt: Filter) -> str:
+    return f"{filt.name}_v{filt.version}_coverage"
+
+
+def render_markdown(coverage: dict, images: Mapping[str, str] | None = None) -> str:
+    dims = coverage["dimensions"]
+    n = coverage["labels"]
+    lines = [
+        f"# Coverage of {coverage['filter']}",
+        "",
+        f"{n:,} valid labels by **{coverage['oracle']}** (prompt {coverage['prompt_sha256'][:12]}, repeat "
+        f"{coverage['repeat']}), one per article; generated {coverage['generated_at']}.",
+        "",
+        "## Coverage gaps",
+        "",
+    ]
+    if coverage["gaps"]:
+        lines += [f"- {g}" for g in coverage["gaps"]]
+    else:
+        lines.append(f"No gaps: every dimension has labels in every bin 0-10, each holding at least "
+                     f"{coverage['sparse_share']:.1%} of the labels, and every tier has labels.")
+    if coverage["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in coverage["warnings"]]
+    lines += ["", "## Per dimension", ""]
+    lines.append(report.md_table(
+        ["dimension", "mean", "sd", "median", "IQR", "skew", "4-7 share", "0-2", "8-10", "half points",
+         "empty bins", "sparse bins"],
+        [[d, f["mean"], f["sd"], f["median"], f["iqr"], f["skew"], report.pct(f["count_4_7"], f["n"]),
+          f["count_0_2"], f["count_8_10"], f["half_point_scores"],
+          ", ".join(map(str, f["missing_bins"])) or "none", ", ".join(map(str, f["sparse_bins"])) or "none"]
+         for d, f in dims.items()],
+        align="lrrrrrrrrrll"))
+    lines += ["## Histogram (labels per score bin)", ""]
+    lines.append(report.md_table(["dimension"] + [str(b) for b in BINS],
+                                 [[d] + [f["histogram"][str(b)] for b in BINS] for d, f in dims.items()]))
+    if images:
+        lines += [f"![{title}]({path})" for title, path in images.items()]
+        lines.append("")
+    tiers = coverage["tiers"]
+    lines += ["## Tiers", "", "Computed from the filter's current config (weights, gatekeepers, content-type caps, "
+              "thresholds), as the score view computes them.", ""]
+    lines.append(report.md_table(["tier", "overall >=", "labels", "share"],
+                                 [[t, tiers["thresholds"][t], c, report.pct(c, n)] for t, c in tiers["counts"].items()],
+                                 floatfmt="g"))
+    corr = coverage["correlation"]
+    lines += ["## Correlations between dimensions (Pearson)", ""]
+    lines.append(report.md_table([""] + corr["dimensions"],
+                                 [[a] + row for a, row in zip(corr["dimensions"], corr["matrix"])]))
+    lines += ["## Sources", ""]
+    lines.append(report.md_table(["source", "labels", "share"],
+                                 [[s, c, report.pct(c, n)] for s, c in coverage["sources"].items()]))
+    lines += ["## Content types", ""]
+    lines.append(report.md_table(["content type", "labels", "share"],
+                                 [[s, c, report.pct(c, n)] for s, c in coverage["content_types"].items()]))
+    lines += ["## Definitions", "",
+              f"- Binning: {coverage['binning']}.",
+              f"- Bands: 0-2 = {coverage['bands']['0_2']}; 4-7 = {coverage['bands']['4_7']}; "
+              f"8-10 = {coverage['bands']['8_10']}.",
+              f"- Sparse: {coverage['sparse_rule']}.",
+              "- sd is the sample standard deviation; skew is the adjusted Fisher-Pearson coefficient "
+              "(as pandas); quartiles interpolate linearly.",
+              ""]
+    return "\n".join(lines)
+
+
+def write_plots(coverage: dict, stem: Path) -> dict[str, Path]:
+    dims = coverage["dimensions"]
+    counts = [[f["histogram"][str(b)] for b in BINS] for f in dims.values()]
+    heatmap_path = stem.with_name(stem.name + "_heatmap.png")
+    histograms_path = stem.with_name(stem.name + "_histograms.png")
+    report.heatmap(counts, list(dims), BINS, title=f"{coverage['filter']}: labels per score bin ({coverage['oracle']})",
+                   xlabel="score bin (floor)", ylabel="dimension", colorbar_label="labels", path=heatmap_path)
+    report.histograms({d: {coverage["oracle"]: row} for d, row in zip(dims, counts)}, BINS,
+                      title=f"{coverage['filter']}: score histograms ({coverage['labels']:,} labels)",
+                      xlabel="score bin", ylabel="labels", path=histograms_path)
+    return {"heatmap": heatmap_path, "histograms": histograms_path}
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.coverage",
+        description="Analyse the coverage of the ground truth in gt.db: per-dimension score histograms "
+                    "(bins 0-10, floor binning: 6.5 -> bin 6), missing and sparse bins, mean, sd, median, IQR, "
+                    "skew, 4-7 share, extremes, tiers, correlations, sources and the gaps in words. Writes a JSON "
+                    "file, a markdown report and two PNG plots.",
+    )
+    parser.add_argument("--db", default=store.default_db_path(), help="gt.db path (default: $GT_DB, else gt.db)")
+    parser.add_argument("--filter", default="filters/uplifting/v1", help="filter package directory "
+                        "(default: filters/uplifting/v1)")
+    parser.add_argument("--labeled-file", help="a labelled JSONL file (the spec's labeled_articles.jsonl shape) to "
+                        "import into gt.db first; its labels are then the ones analysed unless --oracle says otherwise")
+    parser.add_argument("--oracle", help="analyse this oracle's labels (default: the oracle with the most valid labels; "
+                        "within it the prompt version with the most labels)")
+    parser.add_argument("--repeat", type=int, default=0, help="which repeat of repeated labelling to analyse (default 0)")
+    parser.add_argument("--sparse-share", type=float, default=DEFAULT_SPARSE_SHARE,
+                        help="a non-empty bin holding under this share of the labels is reported as sparse "
+                             f"(default {DEFAULT_SPARSE_SHARE})")
+    parser.add_argument("--report-dir", default="reports", help="where the markdown report and plots go "
+                        "(default reports/; files <filter>_v<N>_coverage.md, _heatmap.png, _histograms.png)")
+    parser.add_argument("--output", help="JSON file with every figure (default: <report-dir>/<filter>_v<N>_coverage.json)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return parser
+
+
+def _error(what: str) -> int:
+    print(f"error: {what}", file=sys.stderr)
+    return 1
+
+
+def _import_labeled_file(conn: sqlite3.Connection, filt: Filter, path: Path) -> tuple[str | None, str]:
+    """Import the file; returns (oracle of the imported labels or None, a one-line note)."""
+    from stages.labeled_file import import_labeled_file
+
+    summary = import_labeled_file(conn, filt, path)
+    note = (f"imported {path}: {summary.records:,} records, {summary.imported_labels:,} new valid labels, "
+            f"{summary.invalid_labels:,} invalid")
+    if summary.problems:
+        note += f", {len(summary.problems):,} records not imported (first: {summary.problems[0]})"
+    if not summary.label_runs:
+        return None, note
+    marks = ",".join("?" * len(summary.label_runs))
+    row = conn.execute(
+        f"""SELECT oracle, COUNT(*) AS n FROM labels WHERE run_id IN ({marks}) AND status = 'ok'
+            GROUP BY oracle ORDER BY n DESC, oracle LIMIT 1""", summary.label_runs).fetchone()
+    return (row[0] if row else None), note
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 <= args.sparse_share < 1:
+        parser.error("--sparse-share must be a share between 0 and 1, e.g. 0.02")
+    if args.repeat < 0:
+        parser.error("--repeat must be 0 or more")
+    started = time.perf_counter()
+    try:
+        filt = load_filter(args.filter)
+    except FilterError as e:
+        return _error(f"{e.problems[0]}, {e.path} (fix the filter package or pass --filter filters/<name>/v<N>)")
+    db = Path(args.db)
+    notes = []
+    try:
+        if args.labeled_file:
+            labeled = Path(args.labeled_file)
+            if not labeled.is_file():
+                return _error(f"no such labelled file, {labeled} (pass the path of a labeled_articles.jsonl)")
+            conn = store.connect(db)
+            imported_oracle, note = _import_labeled_file(conn, filt, labeled)
+            notes.append(note)
+            oracle = args.oracle or imported_oracle
+        else:
+            if not db.is_file():
+                return _error(f"no database, {db} (run `make ingest` and `make label` first, or pass --db PATH)")
+            conn = store.connect(db, readonly=True)
+            oracle = args.oracle
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA cache_size = -262144")
+        coverage = compute_coverage(conn, filt, oracle=oracle, repeat=args.repeat, sparse_share=args.sparse_share)
+    except store.StoreError as e:
+        return _error(f"{e}, {db}")
+    except sqlite3.DatabaseError as e:
+        return _error(f"cannot read the database ({e}), {db} (is it a gt.db made by this project?)")
+    coverage["db"] = str(db)
+    report_dir = Path(args.report_dir)
+    stem = report_dir / report_stem(filt)
+    output = Path(args.output) if args.output else stem.with_suffix(".json")
+    images: dict[str, Path] = {}
+    try:
+        if not args.no_plots:
+            images = write_plots(coverage, stem)
+        md_path = stem.with_suffix(".md")
+        relative = {f"{coverage['filter']} {k}": Path(p).name for k, p in images.items()}
+        report.write_text_atomic(md_path, render_markdown(coverage, relative))
+        coverage["report"] = str(md_path)
+        coverage["plots"] = {k: str(p) for k, p in images.items()}
+        report.write_json_atomic(output, coverage)
+    except OSError as e:
+        return _error(f"cannot write the report ({e.strerror}), {e.filename} (pass --report-dir/--output somewhere writable)")
+    for note in notes:
+        print(note)
+    gaps = coverage["gaps"]
+    print(f"{len(gaps)} coverage gap{'s' if len(gaps) != 1 else ''}" + (":" if gaps else "."))
+    for g in gaps[:12]:
+        print(f"  - {g}")
+    if len(gaps) > 12:
+        print(f"  ... {len(gaps) - 12} more in the report")
+    print(f"Read {coverage['labels']:,} valid labels of {filt.id} by {coverage['oracle']} (prompt "
+          f"{coverage['prompt_sha256'][:12]}, repeat {coverage['repeat']}) from {db}; wrote the figures to {output}, "
+          f"the report to {md_path}" + (f" and plots to {report_dir}/" if images else "")
+          + f" in {time.perf_counter() - started:.1f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

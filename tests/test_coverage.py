@@ -1,0 +1,336 @@
+"""Coverage stage: its figures against an independent pandas computation on a fixed labelled set
+(zeros, half points, empty and sparse bins, capped content types, a gatekeeper, a source-less
+article), the gap sentences, the label-set rules (other oracles, repeats, invalid labels and
+duplicates stay out), the CLI's outputs and errors, and --labeled-file with off-grid scores."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages import coverage, store
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample" / "articles.jsonl"
+MAIN, OTHER = "gemini-pro", "claude-haiku"
+N_MAIN = 40
+SPARSE = 0.05  # with 40 labels a bin holding 1 label (2.5%) is sparse
+
+
+def fixed_scores(filt) -> pd.DataFrame:
+    """The fixed labelled set: 40 labels, one per article, built so that
+    - agency has many zeros and a 10 (bins 0 and 10 used),
+    - progress has exactly one label in bin 9 (sparse) and bin 10 empty,
+    - justice never goes above 7.5 (bins 8-10 empty; 7.5 must count in bin 7),
+    - wonder has no 0 (lowest 1) and nothing in bin 5 (an interior gap),
+    - every dimension has half points, content types include the capped ones, collective_benefit
+      under 3 trips the gatekeeper, and one article has no source."""
+    rng = np.random.default_rng(1234)
+    halves = np.arange(0, 21) / 2
+    data = {d: rng.choice(halves, size=N_MAIN) for d in filt.dimension_names}
+    data["agency"][:8] = 0.0
+    data["agency"][8] = 10.0
+    data["agency"][9] = 6.5
+    progress = rng.choice(np.arange(0, 18) / 2, size=N_MAIN)  # 0 .. 8.5
+    progress[0] = 9.5
+    data["progress"] = progress
+    data["justice"] = rng.choice(np.arange(0, 16) / 2, size=N_MAIN)  # 0 .. 7.5
+    data["justice"][:3] = 7.5
+    wonder_values = np.array([1, 1.5, 2, 3, 3.5, 4, 4.5, 6, 6.5, 7, 8, 9, 10])
+    data["wonder"] = rng.choice(wonder_values, size=N_MAIN)
+    data["wonder"][:len(wonder_values)] = wonder_values
+    frame = pd.DataFrame(data)
+    frame.loc[0:5, "collective_benefit"] = [2.5, 2.0, 0.5, 2.5, 1.0, 0.0]
+    for d in filt.dimension_names:  # the high profiles: some labels reach the impact tier
+        if d not in ("justice", "progress", "wonder"):
+            frame.loc[30:34, d] = [9.0, 8.5, 9.5, 10.0, 8.0]
+    types = list(filt.content_types)
+    frame["content_type"] = [types[i % len(types)] for i in range(N_MAIN)]
+    frame.loc[31, "content_type"] = "corporate_finance"  # a high scorer capped at 2.0
+    frame["article_id"] = [f"art-{i:03d}" for i in range(N_MAIN)]
+    frame["source"] = ["Wikinews" if i % 3 else "VOA Learning English" for i in range(N_MAIN)]
+    frame.loc[39, "source"] = None
+    return frame
+
+
+def add_article(conn, article_id: str, source: str | None, dup_of: str | None = None) -> None:
+    conn.execute(
+        "INSERT INTO articles (id, title, text, source, content_hash, chars, dup_of) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (article_id, f"title {article_id}", "synthetic test text " * 20, source, f"hash-{article_id}", 400, dup_of),
+    )
+
+
+def build_fixed_db(db_path: Path, filt) -> pd.DataFrame:
+    """gt.db with the fixed set by MAIN, plus labels that must stay out of the default analysis:
+    fewer labels by OTHER, repeat 1 labels, an invalid label and a labelled duplicate article."""
+    frame = fixed_scores(filt)
+    conn = store.connect(db_path)
+    store.register_filter(conn, filt)
+    run = store.start_run(conn, purpose="label", filt=filt, oracle=MAIN, provider="gemini", model="gemini-2.5-pro")
+    other_run = store.start_run(conn, purpose="calibrate", filt=filt, oracle=OTHER, provider="anthropic",
+                                model="claude-haiku-4-5")
+    for row in frame.itertuples(index=False):
+        add_article(conn, row.article_id, row.source)
+        scores = {d: getattr(row, d) for d in filt.dimension_names}
+        store.insert_label(conn, run_id=run, article_id=row.article_id, filt=filt, oracle=MAIN, status="ok",
+                           scores=scores, content_type=row.content_type, cost_usd=0.0002, input_tokens=900,
+                           output_tokens=150)
+    for k in range(5):  # a second repeat of five articles, far from the first answers
+        store.insert_label(conn, run_id=run, article_id=f"art-{k:03d}", filt=filt, oracle=MAIN, status="ok",
+                           repeat=1, scores={d: 10.0 for d in filt.dimension_names}, content_type="other")
+    for k in range(12):  # another oracle on 12 articles: 12 < 40, so not the default label set
+        store.insert_label(conn, run_id=other_run, article_id=f"art-{k:03d}", filt=filt, oracle=OTHER, status="ok",
+                           scores={d: (k % 4) * 2.5 for d in filt.dimension_names}, content_type="other",
+                           cost_usd=0.001, input_tokens=800, output_tokens=100)
+    add_article(conn, "art-invalid", "Wikinews")
+    store.insert_label(conn, run_id=run, article_id="art-invalid", filt=filt, oracle=MAIN, status="invalid",
+                       raw_response="{}", error="scores: missing agency")
+    add_article(conn, "art-dup", "Wikinews", dup_of="art-000")
+    store.insert_label(conn, run_id=run, article_id="art-dup", filt=filt, oracle=MAIN, status="ok",
+                       scores={d: 10.0 for d in filt.dimension_names}, content_type="other")
+    store.finish_run(conn, run)
+    store.finish_run(conn, other_run)
+    conn.close()
+    return frame
+
+
+@pytest.fixture(scope="module")
+def fixed(tmp_path_factory, uplifting):
+    db = tmp_path_factory.mktemp("coverage") / "gt.db"
+    frame = build_fixed_db(db, uplifting)
+    conn = store.connect(db, readonly=True)
+    result = coverage.compute_coverage(conn, uplifting, sparse_share=SPARSE)
+    conn.close()
+    return db, frame, result
+
+
+# ---- figures against pandas -------------------------------------------------------------------
+
+def test_label_set_is_the_main_oracle_repeat_0_without_invalid_or_duplicates(fixed, uplifting):
+    _, frame, result = fixed
+    assert result["oracle"] == MAIN
+    assert result["prompt_sha256"] == uplifting.prompt_sha256
+    assert result["labels"] == N_MAIN == len(frame)
+
+
+def test_histograms_count_every_bin_including_zeros_and_half_points(fixed, uplifting):
+    _, frame, result = fixed
+    for d in uplifting.dimension_names:
+        expected = np.floor(frame[d]).astype(int).value_counts().reindex(range(11), fill_value=0)
+        got = result["dimensions"][d]["histogram"]
+        assert [got[str(b)] for b in range(11)] == expected.tolist(), d
+        assert sum(got.values()) == N_MAIN
+        # exact values: every half point 0..10 listed, zeros included
+        values = frame[d].value_counts()
+        exact = result["dimensions"][d]["values"]
+        assert set(exact) == {f"{k / 2:g}" for k in range(21)}
+        for k in range(21):
+            assert exact[f"{k / 2:g}"] == int(values.get(k / 2, 0)), (d, k / 2)
+        assert result["dimensions"][d]["half_point_scores"] == int((frame[d] % 1 == 0.5).sum())
+    # half points go to the bin below (floor): 6.5 -> bin 6, 7.5 -> bin 7
+    agency = result["dimensions"]["agency"]
+    assert agency["histogram"]["0"] == int((frame["agency"] < 1).sum()) >= 8
+    assert agency["histogram"]["10"] == int((frame["agency"] == 10).sum()) >= 1
+    assert result["dimensions"]["justice"]["histogram"]["7"] == int(((frame["justice"] >= 7) & (frame["justice"] < 8)).sum()) >= 3
+
+
+def test_moments_quartiles_bands_and_extremes_match_pandas(fixed, uplifting):
+    _, frame, result = fixed
+    for d in uplifting.dimension_names:
+        s = frame[d]
+        f = result["dimensions"][d]
+        assert f["n"] == len(s)
+        assert f["mean"] == pytest.approx(s.mean(), abs=1e-12)
+        assert f["sd"] == pytest.approx(s.std(), abs=1e-12)
+        assert f["median"] == pytest.approx(s.median(), abs=1e-12)
+        assert f["q1"] == pytest.approx(s.quantile(0.25), abs=1e-12)
+        assert f["q3"] == pytest.approx(s.quantile(0.75), abs=1e-12)
+        assert f["iqr"] == pytest.approx(s.quantile(0.75) - s.quantile(0.25), abs=1e-12)
+        assert f["skew"] == pytest.approx(s.skew(), abs=1e-12)
+        assert f["share_4_7"] == pytest.approx(((s >= 4) & (s < 8)).mean(), abs=1e-12)
+        assert f["count_0_2"] == int((s < 3).sum())
+        assert f["count_8_10"] == int((s >= 8).sum())
+        assert f["min"] == s.min() and f["max"] == s.max()
+
+
+def test_missing_and_sparse_bins(fixed):
+    _, frame, result = fixed
+    dims = result["dimensions"]
+    assert dims["justice"]["missing_bins"] == [8, 9, 10]
+    assert dims["wonder"]["missing_bins"] == [0, 5]
+    assert 10 in dims["progress"]["missing_bins"] and 9 not in dims["progress"]["missing_bins"]
+    assert 9 in dims["progress"]["sparse_bins"]  # one label of 40 = 2.5% < 5%
+    for name, f in dims.items():
+        counts = np.floor(frame[name]).astype(int).value_counts()
+        expected_sparse = sorted(int(b) for b, c in counts.items() if c < SPARSE * N_MAIN)
+        assert f["sparse_bins"] == expected_sparse, name
+
+
+def test_tiers_match_filter_overall_row_by_row_and_the_score_view(fixed, uplifting):
+    db, frame, result = fixed
+    by_python = pd.Series([
+        uplifting.tier(uplifting.overall({d: row[d] for d in uplifting.dimension_names}, row["content_type"]))
+        for _, row in frame.iterrows()
+    ]).value_counts()
+    expected = {t: int(by_python.get(t, 0)) for t in uplifting.tier_names}
+    assert result["tiers"]["counts"] == expected
+    assert sum(expected.values()) == N_MAIN and expected["impact"] >= 1 and expected["not_uplifting"] >= 1
+    conn = store.connect(db, readonly=True)
+    view = store.scores_frame(conn, uplifting, oracle=MAIN, repeat=0)
+    conn.close()
+    view = view[view["article_id"].isin(frame["article_id"])]
+    assert view["tier"].value_counts().reindex(uplifting.tier_names, fill_value=0).to_dict() == expected
+    # the capped corporate_finance high scorer is not in the top tier
+    assert result["tiers"]["thresholds"] == {t.name: t.min_overall for t in uplifting.tiers}
+
+
+def test_vectorised_overall_equals_filter_overall(fixed, uplifting):
+    _, frame, _ = fixed
+    got = coverage.overall_scores(uplifting, {d: frame[d].to_numpy() for d in uplifting.dimension_names},
+                                  frame["content_type"].to_numpy(dtype=object))
+    want = [uplifting.overall({d: r[d] for d in uplifting.dimension_names}, r["content_type"]) for _, r in frame.iterrows()]
+    assert got.tolist() == want  # same arithmetic in the same order: exactly equal
+
+
+def test_correlations_match_pandas(fixed, uplifting):
+    _, frame, result = fixed
+    expected = frame[uplifting.dimension_names].corr()
+    got = np.array(result["correlation"]["matrix"], dtype=float)
+    assert result["correlation"]["dimensions"] == uplifting.dimension_names
+    np.testing.assert_allclose(got, expected.to_numpy(), atol=1e-12)
+
+
+def test_per_source_counts_match_pandas(fixed):
+    _, frame, result = fixed
+    expected = frame["source"].fillna("(no source)").value_counts().to_dict()
+    assert result["sources"] == expected
+    assert result["sources"]["(no source)"] == 1
+
+
+# ---- the gaps in words ------------------------------------------------------------------------
+
+def test_gap_sentences(fixed):
+    _, _, result = fixed
+    gaps = result["gaps"]
+    justice = next(g for g in gaps if g.startswith("justice"))
+    assert justice.startswith("justice has no article above 7.5 (bins 8-10 are empty)")
+    wonder = next(g for g in gaps if g.startswith("wonder"))
+    assert "wonder has no article below 1 (bin 0 is empty)" in wonder
+    assert "bin 5 is empty" in wonder
+    progress = next(g for g in gaps if g.startswith("progress"))
+    assert "progress has no article above 9.5 (bin 10 is empty)" in progress
+    assert "9: 1 (2.5%)" in progress and "sparse" in progress
+    # a dimension with every bin filled and none sparse has no sentence
+    for name, f in result["dimensions"].items():
+        if not f["missing_bins"] and not f["sparse_bins"]:
+            assert not any(g.startswith(name) for g in gaps)
+
+
+def test_repeat_and_oracle_choose_other_label_sets(fixed, uplifting):
+    db, _, _ = fixed
+    conn = store.connect(db, readonly=True)
+    second = coverage.compute_coverage(conn, uplifting, repeat=1)
+    other = coverage.compute_coverage(conn, uplifting, oracle=OTHER)
+    with pytest.raises(store.StoreError, match="repeat 7"):
+        coverage.compute_coverage(conn, uplifting, repeat=7)
+    with pytest.raises(store.StoreError, match="nobody"):
+        coverage.compute_coverage(conn, uplifting, oracle="nobody")
+    conn.close()
+    assert second["labels"] == 5 and second["dimensions"]["agency"]["histogram"]["10"] == 5
+    assert other["oracle"] == OTHER and other["labels"] == 12
+    assert other["dimensions"]["wonder"]["histogram"] == {str(b): (3 if b in (0, 2, 5, 7) else 0) for b in range(11)}
+
+
+# ---- the command line -------------------------------------------------------------------------
+
+def test_cli_writes_json_report_and_plots(fixed, tmp_path, capsys):
+    db, frame, _ = fixed
+    out = tmp_path / "cov.json"
+    rc = coverage.main(["--db", str(db), "--filter", "filters/uplifting/v1", "--output", str(out),
+                        "--report-dir", str(tmp_path / "reports"), "--sparse-share", str(SPARSE)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["labels"] == N_MAIN and data["dimensions"]["justice"]["missing_bins"] == [8, 9, 10]
+    md = (tmp_path / "reports" / "uplifting_v1_coverage.md").read_text()
+    body = md.split("\n## ")
+    assert body[1].startswith("Coverage gaps")  # the report leads with the gaps
+    assert "justice has no article above 7.5" in body[1]
+    assert "| justice |" in md and "## Tiers" in md and "## Sources" in md
+    for png in ("uplifting_v1_coverage_heatmap.png", "uplifting_v1_coverage_histograms.png"):
+        raw = (tmp_path / "reports" / png).read_bytes()
+        assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 5000
+    printed = capsys.readouterr().out
+    assert "justice has no article above 7.5" in printed and str(out) in printed
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    rc = coverage.main(["--db", str(tmp_path / "missing.db"), "--report-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: no database") and err.count("\n") == 1
+    assert not (tmp_path / "missing.db").exists()  # a read stage never creates an empty gt.db
+    empty = tmp_path / "empty.db"
+    store.connect(empty).close()
+    rc = coverage.main(["--db", str(empty), "--report-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no valid labels of uplifting/v1" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        coverage.main(["--db", str(empty), "--sparse-share", "3"])
+    assert e.value.code == 2
+
+
+def test_labeled_file_with_off_grid_scores_is_imported_and_read_exactly(tmp_path, uplifting):
+    """Imported files may carry any 0-10 score: those labels are read exactly, not as half points."""
+    records = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()[:24]]
+    records = [r for r in records if len(r["text"]) >= uplifting.min_chars][:20]
+    rng = np.random.default_rng(5)
+    rows = []
+    for i, r in enumerate(records):
+        scores = {d: float(rng.choice([0.0, 2.5, 6.25, 7.3, 10.0, 3.0])) for d in uplifting.dimension_names}
+        rows.append(scores)
+        r["uplifting_analysis"] = {
+            "dimensions": {d: {"score": s, "evidence": "test evidence"} for d, s in scores.items()},
+            "content_type": "other", "analyzed_by": "other-tool",
+        }
+    path = tmp_path / "labeled_articles.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    out = tmp_path / "coverage_report.json"
+    rc = coverage.main(["--db", str(tmp_path / "gt.db"), "--labeled-file", str(path), "--output", str(out),
+                        "--report-dir", str(tmp_path / "reports"), "--no-plots"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    frame = pd.DataFrame(rows)
+    assert data["oracle"] == "other-tool" and data["labels"] == len(records)
+    for d in uplifting.dimension_names:
+        f = data["dimensions"][d]
+        assert f["mean"] == pytest.approx(frame[d].mean(), abs=1e-12)
+        assert f["median"] == pytest.approx(frame[d].median(), abs=1e-12)
+        assert f["other_scores"] == int(frame[d].isin([6.25, 7.3]).sum())
+        assert f["histogram"]["7"] == int((frame[d] == 7.3).sum())
+        if (frame[d] == 6.25).any():
+            assert f["values"]["6.25"] == int((frame[d] == 6.25).sum())
+    np.testing.assert_allclose(np.array(data["correlation"]["matrix"], dtype=float),
+                               frame.corr().to_numpy(), atol=1e-12)
+    # a second run imports nothing new and describes the same labels
+    rc = coverage.main(["--db", str(tmp_path / "gt.db"), "--labeled-file", str(path), "--output", str(out),
+                        "--report-dir", str(tmp_path / "reports"), "--no-plots"])
+    assert rc == 0 and json.loads(out.read_text())["labels"] == len(records)
+
+
+def test_single_label_pool_has_undefined_spread_not_a_crash(tmp_path, uplifting):
+    db = tmp_path / "one.db"
+    conn = store.connect(db)
+    store.register_filter(conn, uplifting)
+    run = store.start_run(conn, purpose="label", filt=uplifting, oracle="local-embed", provider="local", model="minilm")
+    add_article(conn, "only", "Wikinews")
+    store.insert_label(conn, run_id=run, article_id="only", filt=uplifting, oracle="local-embed", status="ok",
+                       scores={d: 5.0 for d in uplifting.dimension_names}, content_type="other")
+    result = coverage.compute_coverage(conn, uplifting)
+    conn.close()
+    agency = result["dimensions"]["agency"]
+    assert agency["mean"] == 5.0 and agency["sd"] is None and agency["skew"] is None and agency["iqr"] == 0.0
+    assert any("offline oracle local-embed" in w for w in result["warnings"])
+    assert math.isclose(sum(result["tiers"]["shares"].values()), 1.0)
