@@ -20,7 +20,8 @@ Rejected (one line `file:line: what (what to do)` each, all counted, exit code 1
 JSON, records without text, lines that are not UTF-8, empty files, globs matching nothing, texts
 longer than --max-chars (default 200,000), and a record whose id is already used by an article
 with different text (the first one stays; ids are never silently renamed, since labels and
-selections refer to them). Re-ingesting the same files inserts nothing. Rows are written in
+selections refer to them). An imported analysis that is broken (a missing dimension, a score out
+of 0-10) is stored as an invalid label and also reported. Re-ingesting the same files inserts nothing. Rows are written in
 batches, each in one transaction: a killed ingest leaves whole batches and a rerun completes it.
 """
 from __future__ import annotations

@@ -271,6 +271,25 @@ def test_near_duplicates_share_a_cluster_across_ingests(tmp_path, conn, upliftin
     assert s2.near_dup_clusters == 2 and s2.near_dup_articles == 2
 
 
+def test_an_article_close_to_two_clusters_merges_them_under_the_first(tmp_path, conn, uplifting, sample_records):
+    base = max(sample_records[:80], key=lambda r: len(r["text"].split(" ")) if len(r["text"]) < 12000 else 0)
+    n_words = len(base["text"].split(" "))
+    # each edit spoils 5 shingles: 'between' differs from base and from 'far' by about 7.5% of the
+    # shingles (Jaccard ~0.86), 'far' from base by 15% (Jaccard ~0.74)
+    edits = round(0.015 * n_words)
+    positions = [int(n_words * (i + 0.5) / (2 * edits)) for i in range(2 * edits)]
+    far = _edited(base["text"], *[(p, f"changed{i}") for i, p in enumerate(positions)])
+    between = _edited(base["text"], *[(p, f"changed{i}") for i, p in enumerate(positions) if i % 2 == 0])
+    first = write_jsonl(tmp_path / "first.jsonl", [article(base), article(base, id="far", text=far)])
+    ingest.ingest_files(conn, [first], uplifting)
+    assert dict(conn.execute("SELECT id, near_dup_cluster FROM articles")) == {base["id"]: None, "far": None}
+    second = write_jsonl(tmp_path / "second.jsonl", [article(base, id="between", text=between)])
+    s = ingest.ingest_files(conn, [second], uplifting)
+    assert dict(conn.execute("SELECT id, near_dup_cluster FROM articles")) == \
+        {base["id"]: base["id"], "far": base["id"], "between": base["id"]}
+    assert s.near_dup_clusters == 1
+
+
 def test_parallel_workers_give_the_same_result(tmp_path, uplifting, sample_records):
     records = [article(r) for r in sample_records[:120]]
     records += [article(sample_records[5], id="near", text=_edited(sample_records[5]["text"], (4, "also")))]
