@@ -251,7 +251,8 @@ def sample_db(db_path, uplifting):
     return db_path
 
 
-def test_killed_run_resumes_to_exactly_the_target_without_duplicates(sample_db, tmp_path, cli_env, fake_env, uplifting):
+def test_killed_run_resumes_to_exactly_the_target_without_duplicates(sample_db, tmp_path, cli_env, fake_env, uplifting,
+                                                                     capsys):
     fake_env.latency_s = 0.15
     try:
         oracles = write_oracles(tmp_path)
@@ -282,6 +283,10 @@ def test_killed_run_resumes_to_exactly_the_target_without_duplicates(sample_db, 
         c2 = store.connect(sample_db)
         assert {a for a, _ in rows} == set(eligible_article_ids(c2, uplifting, seed=7)[:25])
         assert fake_env.requests <= 25 + 4  # at most the in-flight requests were lost
+        from stages.label import main
+        assert main(["--db", str(sample_db), "--status"]) == 0
+        shown = capsys.readouterr().out
+        assert "running?" in shown and "done" in shown  # the killed run, then the one that finished
         conn.close()
         c2.close()
     finally:
@@ -359,3 +364,22 @@ def test_missing_key_and_unknown_oracle_fail_before_any_work(sample_db, tmp_path
     assert fake_env.requests == 0
     conn = store.connect(sample_db)
     assert conn.execute("SELECT COUNT(*) FROM label_runs").fetchone()[0] == 0
+
+
+def test_rate_limiter_keeps_the_pace_and_a_pause_holds_everyone():
+    import asyncio
+    from stages.oracles.ratelimit import RateLimiter
+
+    async def go():
+        limiter = RateLimiter(rpm=6000, headroom=1.0)       # 100 requests/s, 1 s of burst
+        t0 = time.monotonic()
+        await asyncio.gather(*[limiter.acquire() for _ in range(150)])
+        paced = time.monotonic() - t0
+        limiter.pause(0.3)
+        t1 = time.monotonic()
+        await asyncio.gather(*[limiter.acquire() for _ in range(3)])
+        return paced, time.monotonic() - t1
+
+    paced, paused = asyncio.run(go())
+    assert paced >= 0.45       # 100 go at once (the burst), the other 50 at 100/s
+    assert paused >= 0.29
