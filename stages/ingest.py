@@ -180,7 +180,7 @@ def _read_items(path: str, fmt: str) -> Iterator[tuple[str, int, Any]]:
                 yield path, start, row
                 start = reader.line_num + 1
         except csv.Error as e:
-            yield path, reader.line_num, _Problem(path, reader.line_num, f"unreadable CSV: {e} (fix the quoting of this row)")
+            yield path, reader.line_num, _Problem(path, reader.line_num, f"unreadable CSV: {e} (fix the quoting of this row; the rest of the file was not read)")
 
 
 def _pick(record: dict, names: tuple[str, ...]) -> Any:
