@@ -17,7 +17,10 @@ Anthropic the tool definition and the rubric) is read from cache by every reques
 only if it reaches the model's minimum cacheable length (options.cache_min_tokens in oracles.yaml);
 this is the best case (warm cache all along), not a guarantee.
 
-    .venv/bin/python bench/batch_cost.py [--labels 20000] [--filter filters/uplifting/v1]
+    .venv/bin/python bench/batch_cost.py [--labels 20000] [--filter filters/uplifting/v1] [--fake-n 2000]
+
+`--fake-n N` also measures the batch machinery itself (plan, split, submit, poll, collect, store)
+for N labels per provider against the loopback fake server's batch endpoints.
 """
 from __future__ import annotations
 
@@ -122,13 +125,68 @@ def cost_rows(specs, m: dict, n: int) -> list[dict]:
     return rows
 
 
-def main() -> int:
+SERVER_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.fakes.server import FakeProviderServer
+srv = FakeProviderServer(keep_log=False).start()
+srv.batches.configure(polls_to_finish=1)
+print(srv.url, flush=True)
+sys.stdin.read()   # runs until the benchmark closes our stdin
+"""
+
+
+def fake_run(n: int, oracle: str, seed: int) -> dict:
+    """The batch path end to end (plan, split, submit, poll, collect, store) for n labels against the
+    fake server's batch endpoints, the server in its own process: wall time, our CPU, our peak RSS."""
+    import dataclasses
+    import importlib.util
+    import resource
+    import subprocess
+    import time
+    from stages import store
+    from stages.filters import load_filter
+    from stages.oracles import registry
+    from stages.oracles.batch import BatchOptions, run_batch
+    spec_file = importlib.util.spec_from_file_location("bench_label", ROOT / "bench" / "label.py")
+    bench_label = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(bench_label)   # its synthesise(): articles from the sample's paragraphs
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT.format(root=str(ROOT))], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip()
+    try:
+        os.environ.update({"GEMINI_BASE_URL": url, "ANTHROPIC_BASE_URL": url, "OPENAI_BASE_URL": f"{url}/v1",
+                           "GEMINI_API_KEY": "fake", "ANTHROPIC_API_KEY": "fake", "OPENAI_API_KEY": "fake"})
+        with tempfile.TemporaryDirectory() as tmp:
+            conn = store.connect(Path(tmp) / "gt.db")
+            filt = load_filter(ROOT / "filters" / "uplifting" / "v1")
+            store.register_filter(conn, filt)
+            ids = bench_label.synthesise(conn, n, seed)
+            spec = dataclasses.replace(registry.resolve(oracle, registry.load_registry()), rpm=None, tpm=None)
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            c0, t0 = usage.ru_utime + usage.ru_stime, time.perf_counter()
+            summary = run_batch(conn, filt, spec, ids, BatchOptions(poll_s=0.2, max_poll_s=1.0, progress=False))
+            wall = time.perf_counter() - t0
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = usage.ru_utime + usage.ru_stime - c0
+            return {"oracle": oracle, "labels": n, "ok": summary.ok, "jobs": summary.jobs_submitted, "wall_s": wall,
+                    "cpu_s": cpu, "peak_rss_mb": usage.ru_maxrss / 1024, "polls": summary.polls}
+    finally:
+        proc.stdin.close()
+        proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--labels", type=int, default=20000, help="labels to price (default: %(default)s)")
     p.add_argument("--filter", default=str(ROOT / "filters" / "uplifting" / "v1"), help="filter package")
     p.add_argument("--sample", default=str(ROOT / "data" / "sample" / "articles.jsonl"), help="articles (JSONL)")
+    p.add_argument("--fake-n", type=int, default=0,
+                   help="also run this many labels through the batch path against the fake server, per provider, "
+                        "and print wall time, CPU and peak memory (default: 0, skip)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the synthesised articles for --fake-n")
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     from stages.filters import load_filter
     from stages.oracles.registry import load_registry
@@ -167,6 +225,16 @@ def main() -> int:
         print(f"The rubric ({m['rubric']} tokens) is shorter than these models' minimum cacheable prefix, so their "
               f"cache discount is zero; with a prefix long enough to cache, batch + cache would cost: "
               + ", ".join(f"{r['oracle']} ${r['batch_cache_if_cacheable']:,.2f}" for r in missed) + ".")
+    if args.fake_n:
+        print()
+        print(f"The batch path against the loopback fake server ({args.fake_n:,} synthesised articles per provider; "
+              f"the server in its own process; jobs finish at the first poll; shared 2-core machine, noisy):")
+        print("| oracle | labels ok | jobs | wall s | our CPU s | CPU ms per label | our peak RSS MB (process, so far) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for oracle in ("gemini-flash", "claude-haiku", "gpt-4o-mini"):
+            r = fake_run(args.fake_n, oracle, args.seed)
+            print(f"| {oracle} | {r['ok']:,} | {r['jobs']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+                  f"{1000 * r['cpu_s'] / max(r['labels'], 1):.2f} | {r['peak_rss_mb']:.0f} |")
     if args.json:
         print(json.dumps(rows, indent=1))
     return 0

@@ -149,10 +149,21 @@ def main() -> int:
                    help="articles for the concurrency-1 baseline, extrapolated (default: %(default)s)")
     p.add_argument("--bare-n", type=int, default=300,
                    help="calls of the bare provider client, to separate its CPU from ours (default: %(default)s)")
-    p.add_argument("--mode", choices=("sync",), default="sync", help="label mode to measure (sync only for now)")
+    p.add_argument("--mode", choices=("sync", "batch"), default="sync",
+                   help="sync: measure the label stage; batch: the cost of --n labels at list prices in sync vs "
+                        "batch vs batch + prompt cache per oracle, and the batch path on --fake-n labels "
+                        "(bench/batch_cost.py)")
+    p.add_argument("--fake-n", type=int, default=2000,
+                   help="with --mode batch: labels per provider through the batch path against the fake server")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args()
+    if args.mode == "batch":
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("batch_cost", ROOT / "bench" / "batch_cost.py")
+        batch_cost = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(batch_cost)
+        return batch_cost.main(["--labels", str(args.n), "--fake-n", str(args.fake_n), "--seed", str(args.seed)])
 
     import asyncio
     from stages import store
