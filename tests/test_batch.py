@@ -222,7 +222,8 @@ def _cli(db, *extra):
             "--batch-poll", "0.05", "--batch-max-poll", "0.1", *extra]
 
 
-def test_killed_process_resumes_by_polling_the_recorded_job_and_never_resubmits(tmp_path, uplifting, articles, fake):
+def test_killed_process_resumes_by_polling_the_recorded_job_and_never_resubmits(tmp_path, uplifting, articles, fake,
+                                                                                capsys):
     db = tmp_path / "gt.db"
     conn = store.connect(db)
     store.register_filter(conn, uplifting)
@@ -247,11 +248,13 @@ def test_killed_process_resumes_by_polling_the_recorded_job_and_never_resubmits(
         proc.wait()
     assert fake.batches.creates["gemini"] == 1
 
-    status = subprocess.run([sys.executable, "-m", "stages.label", "--db", str(db), "--status"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    from stages.label import main
+    capsys.readouterr()
+    assert main(["--db", str(db), "--status"]) == 0      # make label-status
+    status = capsys.readouterr().out
     remote_id = sqlite3.connect(db).execute("SELECT remote_id FROM batch_jobs").fetchone()[0]
-    assert status.returncode == 0 and "open batch jobs" in status.stdout and remote_id in status.stdout
-    live = status.stdout.split("provider state, polled now:")[1]
+    assert "open batch jobs" in status and remote_id in status
+    live = status.split("provider state, polled now:")[1]
     assert remote_id in live and "JOB_STATE_RUNNING" in live     # what Gemini says about it now
 
     fake.batches.configure(polls_to_finish=1)           # the provider finishes the job
