@@ -228,6 +228,10 @@ def _bins_phrase(runs: list[tuple[int, int]], verb: str) -> str:
     return f"{'bins' if plural else 'bin'} {', '.join(parts)} {'are' if plural else 'is'} {verb}"
 
 
+def _labels(count: int) -> str:
+    return f"{count:,} label{'' if count == 1 else 's'}"
+
+
 def gap_sentences(coverage: dict) -> list[str]:
     """The coverage gaps in words, one sentence per dimension or tier that has one."""
     sentences = []
@@ -249,12 +253,12 @@ def gap_sentences(coverage: dict) -> list[str]:
         if inner:
             clauses.append(f"{name}: {_bins_phrase(_runs(inner), 'empty')}")
         sparse = fig["sparse_bins"]
-        if sparse:
-            detail = ", ".join(f"{b}: {hist[str(b)]:,} ({report.pct(hist[str(b)], n)})" for b in sparse)
-            noun = "bins" if len(sparse) > 1 else "bin"
-            verb = "are" if len(sparse) > 1 else "is"
-            clauses.append(f"{noun} {', '.join(str(b) for b in sparse)} {verb} sparse "
-                           f"(under {share:.1%} of {n:,} labels; {detail})")
+        if len(sparse) == 1:
+            b = sparse[0]
+            clauses.append(f"bin {b} is sparse ({_labels(hist[str(b)])}, {report.pct(hist[str(b)], n)})")
+        elif sparse:
+            clauses.append("sparse bins: " + ", ".join(
+                f"{b} ({_labels(hist[str(b)])}, {report.pct(hist[str(b)], n)})" for b in sparse))
         if clauses:
             first, rest = clauses[0], clauses[1:]
             if not first.startswith(name):
@@ -266,7 +270,7 @@ def gap_sentences(coverage: dict) -> list[str]:
         if total and count == 0:
             sentences.append(f"Tier {tier} has no article (it needs overall >= {tiers['thresholds'][tier]:g}).")
         elif total and count < share * total:
-            sentences.append(f"Tier {tier} is sparse: {count:,} labels ({report.pct(count, total)}).")
+            sentences.append(f"Tier {tier} is sparse: {_labels(count)} ({report.pct(count, total)}).")
     return sentences
 
 
@@ -355,6 +359,8 @@ def render_markdown(coverage: dict, images: Mapping[str, str] | None = None) -> 
         "",
     ]
     if coverage["gaps"]:
+        lines += [f"A bin is empty when no label scores in it, sparse when it holds under "
+                  f"{coverage['sparse_share']:.1%} of the {n:,} labels (bin = floor of the score).", ""]
         lines += [f"- {g}" for g in coverage["gaps"]]
     else:
         lines.append(f"No gaps: every dimension has labels in every bin 0-10, each holding at least "

@@ -174,10 +174,11 @@ def heatmap(matrix: Sequence[Sequence[float]], row_labels: Sequence[str], col_la
 
 def histograms(panels: Mapping[str, Mapping[str, Sequence[float]]], bin_labels: Sequence[Any], *,
                title: str = "", xlabel: str = "score", ylabel: str = "articles", ncols: int = 4,
-               path: str | os.PathLike | None = None) -> Figure:
+               mark_empty: bool = True, path: str | os.PathLike | None = None) -> Figure:
     """Small-multiple bar histograms of pre-binned counts, one panel per key of `panels` (e.g. a
     dimension); each panel may hold several series side by side (e.g. two oracles, or the pool and
-    the selection), all over the same `bin_labels`. Saved to `path` when given."""
+    the selection), all over the same `bin_labels`. With `mark_empty`, bins where every series is
+    zero get a red x on the axis, so a gap is seen rather than inferred. Saved to `path` when given."""
     import numpy as np
 
     if not panels:
@@ -200,6 +201,11 @@ def histograms(panels: Mapping[str, Mapping[str, Sequence[float]]], bin_labels: 
                    color=f"C{s}")
             if label not in series_names:
                 series_names.append(label)
+        if mark_empty:
+            empty = [i for i in range(len(bin_labels)) if all(counts[i] == 0 for counts in series.values())]
+            if empty:
+                ax.plot(empty, [0] * len(empty), linestyle="none", marker="x", color="red", markersize=6,
+                        clip_on=False, zorder=3, label="_empty")
         ax.set_title(name, fontsize=9)
         ax.set_xticks(x, [str(b) for b in bin_labels], fontsize=7)
         ax.tick_params(axis="y", labelsize=7)

@@ -223,7 +223,7 @@ def test_gap_sentences(fixed):
     assert "bin 5 is empty" in wonder
     progress = next(g for g in gaps if g.startswith("progress"))
     assert "progress has no article above 9.5 (bin 10 is empty)" in progress
-    assert "9: 1 (2.5%)" in progress and "sparse" in progress
+    assert "bin 9 is sparse (1 label, 2.5%)" in progress
     # a dimension with every bin filled and none sparse has no sentence
     for name, f in result["dimensions"].items():
         if not f["missing_bins"] and not f["sparse_bins"]:
