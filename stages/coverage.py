@@ -38,8 +38,8 @@ from stages.filters import Filter, FilterError, load_filter
 QUERIES = Path(__file__).resolve().parent.parent / "sql" / "queries"
 BINS = list(range(11))  # score bins 0..10 (bin = floor(score))
 HALF_POINTS = [k / 2 for k in range(21)]
-PACK_BASE = 21          # round(2 x score) is 0..20: one base-21 digit per dimension
-PACK_CHUNK = 14         # 21^14 < 2^63: at most 14 dimensions per packed integer
+PACK_BASE = 22          # digit = round(2 x score) + 1 in 1..21; 0 means the label has no score there
+PACK_CHUNK = 14         # 22^14 < 2^63: at most 14 dimensions per packed integer
 STRONG_CORRELATION = 0.8
 OFFLINE_ORACLES = ("local-embed", "local-llm")
 DEFAULT_SPARSE_SHARE = 0.02
@@ -122,7 +122,12 @@ def score_matrix(conn: sqlite3.Connection, dimensions: Sequence[str]) -> np.ndar
         packed = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         del rows
         for j, k in enumerate(ks):
-            matrix[:, k] = (packed // PACK_BASE ** j) % PACK_BASE / 2.0
+            digits = (packed // PACK_BASE ** j) % PACK_BASE
+            unscored = int((digits == 0).sum())
+            if unscored:
+                raise CoverageError(f"{unscored:,} labels of this set have no {dimensions[k]} score: they were made "
+                                    "with another dimension list (relabel them, or pick another set with --oracle)")
+            matrix[:, k] = (digits - 1) / 2.0
     if has_off_grid_scores(conn, dimensions):
         label_ids = np.fromiter((r[0] for r in _tuples(conn).execute(
             "SELECT label_id FROM temp.coverage_labels ORDER BY label_id")), dtype=np.int64, count=n)
@@ -504,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA cache_size = -262144")
         coverage = compute_coverage(conn, filt, oracle=oracle, repeat=args.repeat, sparse_share=args.sparse_share)
-    except store.StoreError as e:
+    except (store.StoreError, CoverageError) as e:
         return _error(f"{e}, {db}")
     except sqlite3.DatabaseError as e:
         return _error(f"cannot read the database ({e}), {db} (is it a gt.db made by this project?)")

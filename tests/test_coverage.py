@@ -334,3 +334,16 @@ def test_single_label_pool_has_undefined_spread_not_a_crash(tmp_path, uplifting)
     assert agency["mean"] == 5.0 and agency["sd"] is None and agency["skew"] is None and agency["iqr"] == 0.0
     assert any("offline oracle local-embed" in w for w in result["warnings"])
     assert math.isclose(sum(result["tiers"]["shares"].values()), 1.0)
+
+
+def test_a_label_without_a_dimension_is_an_error_not_a_zero(tmp_path, uplifting, capsys):
+    """Labels made under another dimension list must not be read as zeros on the missing one."""
+    db = tmp_path / "gt.db"
+    build_fixed_db(db, uplifting)
+    conn = store.connect(db)
+    conn.execute("""DELETE FROM label_scores WHERE dimension = 'wonder' AND label_id IN (
+                        SELECT id FROM labels WHERE oracle = ? AND "repeat" = 0 LIMIT 3)""", (MAIN,))
+    conn.close()
+    rc = coverage.main(["--db", str(db), "--report-dir", str(tmp_path), "--no-plots"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "3 labels of this set have no wonder score" in err and err.count("\n") == 1
