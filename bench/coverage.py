@@ -16,15 +16,20 @@ wall time and peak memory of that process (target: under 10 s on 2 cores).
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# run as `python bench/coverage.py`, bench/ is first on sys.path and bench/select.py would shadow
+# the standard library's `select` (which subprocess imports): keep only the project root
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -127,6 +132,31 @@ def build(db: Path, n_labels: int, seed: int) -> dict:
             "score_rows": (n_labels + n_other) * len(dims)}
 
 
+def plain_sql_baseline(db: Path) -> tuple[float, float]:
+    """The straightforward way, for comparison: histograms by GROUP BY dimension, score over
+    labels joined to label_scores, tiers and correlation sums through the filter's score view.
+    Returns (wall seconds, CPU seconds of this process)."""
+    filt = load_filter(FILTER_DIR)
+    conn = store.connect(db, readonly=True)
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA cache_size = -262144")
+    dims = filt.dimension_names
+    products = ", ".join(f'SUM("{a}" * "{b}")' for i, a in enumerate(dims) for b in dims[i + 1:])
+    where = "oracle = ? AND prompt_sha256 = ? AND \"repeat\" = 0"
+    args = (MAIN_ORACLE, filt.prompt_sha256)
+    wall, cpu = time.perf_counter(), time.process_time()
+    conn.execute(
+        f"""SELECT s.dimension, s.score, COUNT(*) FROM labels l JOIN label_scores s ON s.label_id = l.id
+            JOIN articles a ON a.id = l.article_id
+            WHERE l.filter_id = ? AND l.{where.replace('"repeat"', 'l."repeat"')} AND l.status = 'ok'
+              AND a.dup_of IS NULL GROUP BY 1, 2""", (filt.id, *args)).fetchall()
+    conn.execute(f'SELECT tier, COUNT(*) FROM "{filt.view_name}" WHERE {where} GROUP BY tier', args).fetchall()
+    conn.execute(f'SELECT COUNT(*), {products} FROM "{filt.view_name}" WHERE {where}', args).fetchall()
+    result = time.perf_counter() - wall, time.process_time() - cpu
+    conn.close()
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", default=str(ROOT / "data" / "bench" / "coverage_gt.db"),
@@ -135,6 +165,8 @@ def main() -> int:
     parser.add_argument("--rebuild", action="store_true", help="rebuild the synthetic gt.db even if it exists")
     parser.add_argument("--seed", type=int, default=42, help="seed of the synthetic scores")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the stage (the best and all are printed)")
+    parser.add_argument("--baseline", action="store_true", help="also time the plain-SQL way (GROUP BY over "
+                        "label_scores, tiers and correlations through the score view) on the same database")
     args = parser.parse_args()
 
     db = Path(args.db)
@@ -153,20 +185,29 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "stages.coverage", "--db", str(db), "--filter", str(FILTER_DIR),
                "--output", os.path.join(out, "coverage.json"), "--report-dir", out]
-        times = []
+        times, cpus = [], []
         for _ in range(args.repeats):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             times.append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             if proc.returncode != 0:
                 print(proc.stdout + proc.stderr)
                 print(f"coverage stage failed with exit code {proc.returncode}")
                 return 1
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "")
-    print(f"coverage stage on {args.labels:,} labels ({args.labels * 8:,} score rows), {os.cpu_count()} cores: "
-          f"best {min(times):.2f} s, runs {', '.join(f'{t:.2f}' for t in times)} s "
-          f"(whole process incl. Python start-up and imports; target < 10 s); peak RSS {peak_mib:.0f} MiB")
+    load = os.getloadavg()[0]
+    print(f"coverage stage on {args.labels:,} labels ({args.labels * 8:,} score rows), {os.cpu_count()} cores, "
+          f"load average {load:.1f}: wall best {min(times):.2f} s (runs {', '.join(f'{t:.2f}' for t in times)} s), "
+          f"CPU best {min(cpus):.2f} s (runs {', '.join(f'{t:.2f}' for t in cpus)} s); whole process incl. Python "
+          f"start-up, imports, report and plots; target < 10 s; peak RSS {peak_mib:.0f} MiB")
+    if args.baseline:
+        wall, cpu = plain_sql_baseline(db)
+        print(f"plain-SQL baseline (histogram GROUP BY + tiers and correlation sums through the score view), "
+              f"queries only: wall {wall:.2f} s, CPU {cpu:.2f} s")
     return 0
 
 
