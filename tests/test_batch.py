@@ -316,6 +316,26 @@ def test_max_cost_limits_what_is_submitted(conn, uplifting, articles, fake):
 
 # ---- the command line ----------------------------------------------------------------------------
 
+def test_no_key_reaches_gt_db_or_the_output(tmp_path, uplifting, articles, fake, monkeypatch, capfd):
+    secret = "sk-test-DO-NOT-LEAK-batch-1a2b3c4d"
+    for k, v in fake.env(api_key=secret).items():
+        monkeypatch.setenv(k, v)
+    db = tmp_path / "gt.db"
+    conn = store.connect(db)
+    store.register_filter(conn, uplifting)
+    add_articles(conn, articles[:4])
+    fake.batches.configure(fail_every=2, expire_next=1)
+    from stages.label import main
+    for oracle in PROVIDER_ORACLES.values():
+        assert main(["--db", str(db), "--llm", oracle, "--mode", "batch", "--batch-poll", "0.01"]) == 0
+    assert main(["--db", str(db), "--status"]) == 0
+    out = capfd.readouterr()
+    conn.close()
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("gt.db"))
+    assert secret.encode() not in stored and secret not in out.out + out.err
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM labels WHERE status = 'ok'").fetchone()[0] == 12
+
+
 def test_batch_mode_is_refused_for_an_oracle_without_batch_prices(tmp_path, uplifting, articles, fake, capsys):
     db = tmp_path / "gt.db"
     conn = store.connect(db)

@@ -370,7 +370,8 @@ class BatchRun:
         try:
             remote_id = await self.adapter.submit(items, tag)
         except (RateLimited, TransientError) as e:
-            _set(self.conn, row["id"], error=_short(str(e)))
+            from stages.label import scrub_secrets
+            _set(self.conn, row["id"], error=scrub_secrets(_short(str(e)), self.spec))
             self._note(f"job {row['id']}: not accepted yet ({_short(str(e), 160)}); will try again")
             return False
         _set(self.conn, row["id"], remote_id=remote_id, state=SUBMITTED, error=None)
@@ -446,6 +447,8 @@ class BatchRun:
             store.finish_run(self.conn, run_id, "done")
 
     def _note(self, message: str) -> None:
+        from stages.label import scrub_secrets
+        message = scrub_secrets(message, self.spec) or ""   # provider messages may echo request details
         self.summary.notes.append(message)
         if self.o.progress:
             if self.bar is not None:
