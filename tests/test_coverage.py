@@ -347,3 +347,20 @@ def test_a_label_without_a_dimension_is_an_error_not_a_zero(tmp_path, uplifting,
     rc = coverage.main(["--db", str(db), "--report-dir", str(tmp_path), "--no-plots"])
     err = capsys.readouterr().err
     assert rc == 1 and "3 labels of this set have no wonder score" in err and err.count("\n") == 1
+
+
+# ---- the shared report helpers the stage writes with ----------------------------------------------
+
+def test_report_helpers_write_whole_files_and_plain_tables(tmp_path):
+    from stages import report
+
+    table = report.md_table(["name", "n", "mean"], [["a|b", 3, 1.23456], ["c", None, float("nan")]])
+    assert table.splitlines() == ["| name | n | mean |", "|:---|---:|---:|", "| a\\|b | 3 | 1.23 |", "| c | — | — |"]
+    with pytest.raises(ValueError):
+        report.md_table(["a", "b"], [[1]])
+    path = report.write_json_atomic(tmp_path / "out" / "x.json", {"v": float("nan"), "w": np.float64(2.5)})
+    assert json.loads(path.read_text()) == {"v": None, "w": 2.5}
+    fig = report.histograms({"a": {"pool": [1, 0, 2]}}, [0, 1, 2])
+    png = report.save_figure(fig, tmp_path / "out" / "h.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["h.png", "x.json"]  # no temp files left
