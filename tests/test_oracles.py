@@ -1,0 +1,348 @@
+"""The oracle layer through the real SDK clients against the loopback fake provider server: the
+answers and token usage users get, how every provider failure surfaces, credentials checked before
+any request, keys never leaked, and the offline local-embed oracle."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import pytest
+
+from stages.filters import AnswerError
+from stages.oracles import registry
+from stages.oracles.base import (Completion, FatalError, OracleRequest, QuotaExhausted, RateLimited,
+                                 TransientError)
+from tests.conftest import ROOT, SAMPLE
+from tests.fakes import FakeProviderServer, expected_answer
+
+SECRET = "sk-test-SECRET-never-leak-0123456789"
+REMOTE = ["gemini-flash", "claude-haiku", "gpt-4o-mini", "deepseek"]
+PROVIDER_OF = {"gemini-flash": "gemini", "claude-haiku": "anthropic", "gpt-4o-mini": "openai"}
+
+
+def sample(n: int, min_chars: int = 400) -> list[dict]:
+    out = []
+    with open(SAMPLE, encoding="utf-8") as f:
+        for line in f:
+            a = json.loads(line)
+            if len(a["text"]) >= min_chars:
+                out.append(a)
+            if len(out) == n:
+                return out
+    return out
+
+
+def request_for(filt, article: dict, followups=()) -> OracleRequest:
+    rubric, part = filt.prompt_parts(article["title"], article["text"])
+    return OracleRequest(rubric=rubric, article=part, schema=filt.answer_schema(), followups=tuple(followups),
+                         title=article["title"], text=article["text"], filter=filt, request_id=f"{article['id']}#0")
+
+
+def spec_of(name: str, **changes):
+    return dataclasses.replace(registry.resolve(name, registry.load_registry()), **changes)
+
+
+async def call(spec, requests):
+    oracle = registry.make_oracle(spec)
+    try:
+        out = []
+        for r in requests:
+            try:
+                out.append(await oracle.complete(r))
+            except Exception as e:   # noqa: BLE001 - the test inspects what came back
+                out.append(e)
+        return out
+    finally:
+        await oracle.aclose()
+
+
+def run(spec, requests):
+    return asyncio.run(call(spec, requests))
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeProviderServer(retry_after_s=2.0, slow_s=2.0) as srv:
+        yield srv
+
+
+@pytest.fixture
+def fake(server, monkeypatch):
+    server.reset()
+    server.models_without_json_schema.clear()
+    for k, v in server.env(api_key=SECRET).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    return server
+
+
+# ---- answers and usage ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", REMOTE)
+def test_each_provider_returns_the_servers_answer_with_token_usage(name, fake, uplifting):
+    articles = sample(3)
+    spec = spec_of(name)
+    completions = run(spec, [request_for(uplifting, a) for a in articles])
+    for article, c in zip(articles, completions):
+        assert isinstance(c, Completion), c
+        assert json.loads(c.text) == expected_answer(uplifting, article["title"], article["text"])
+        uplifting.parse_answer(c.text)   # valid for the filter
+        assert c.input_tokens > 0 and c.output_tokens > 0 and c.refusal is None
+        assert spec.cost(c.input_tokens, c.output_tokens, c.cached_tokens, cache_write_tokens=c.cache_write_tokens) > 0
+    # the static rubric is sent first and identical each time, so the provider caches it
+    assert completions[0].cached_tokens == 0
+    assert all(c.cached_tokens > 0 for c in completions[1:])
+    if name == "claude-haiku":
+        assert completions[0].cache_write_tokens > 0   # Anthropic bills the first write of the cached rubric
+    assert fake.requests == 3
+
+
+def test_followups_are_sent_as_conversation_turns(fake, uplifting):
+    article = sample(1)[0]
+    plain = run(spec_of("gpt-4o-mini"), [request_for(uplifting, article)])[0]
+    correction = uplifting.corrective_message("scores/agency: missing")
+    again = run(spec_of("gpt-4o-mini"), [request_for(uplifting, article, [('{"scores": {}}', correction)])])[0]
+    assert json.loads(again.text) == json.loads(plain.text)
+    extra_chars = len('{"scores": {}}') + len(correction)
+    assert again.input_tokens - plain.input_tokens >= extra_chars // 4 - 2
+
+
+# ---- failures -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(PROVIDER_OF))
+def test_rate_limits_carry_the_providers_retry_hint(name, fake, uplifting):
+    fake.inject("rate_limit")
+    err = run(spec_of(name), [request_for(uplifting, sample(1)[0])])[0]
+    assert isinstance(err, RateLimited)
+    # Retry-After header (OpenAI, Anthropic) or RetryInfo.retryDelay in the body (Gemini)
+    assert err.retry_after == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("name", list(PROVIDER_OF))
+def test_a_spent_daily_quota_stops_with_a_resume_hint(name, fake, uplifting):
+    fake.inject("quota")
+    err = run(spec_of(name), [request_for(uplifting, sample(1)[0])])[0]
+    assert isinstance(err, QuotaExhausted)
+    assert "re-run" in err.resume_hint
+
+
+@pytest.mark.parametrize("name", list(PROVIDER_OF))
+@pytest.mark.parametrize("fault, expected", [
+    ("server_error", TransientError), ("unavailable", TransientError), ("slow", TransientError),
+    ("disconnect", TransientError), ("empty_body", TransientError),
+    ("auth", FatalError), ("bad_request", FatalError),
+])
+def test_http_faults_map_to_retryable_or_fatal_errors(name, fault, expected, fake, uplifting):
+    fake.inject(fault)
+    err = run(spec_of(name, timeout_s=0.4), [request_for(uplifting, sample(1)[0])])[0]
+    assert type(err) is expected, err
+    assert err.retryable == (expected is TransientError)
+
+
+@pytest.mark.parametrize("name", list(PROVIDER_OF))
+def test_bad_answers_come_back_as_text_the_filter_rejects(name, fake, uplifting):
+    articles = sample(4)
+    faults = ["malformed", "missing_dimension", "out_of_range", "empty"]
+    for a, fault in zip(articles, faults):
+        a["text"] += f" FAULT:{fault}"
+    completions = run(spec_of(name), [request_for(uplifting, a) for a in articles])
+    for fault, c in zip(faults, completions):
+        assert isinstance(c, Completion), (fault, c)
+        with pytest.raises(AnswerError):
+            uplifting.parse_answer(c.text)
+
+
+@pytest.mark.parametrize("name", list(PROVIDER_OF))
+def test_a_refusal_is_reported_not_raised(name, fake, uplifting):
+    fake.inject("refusal")
+    c = run(spec_of(name), [request_for(uplifting, sample(1)[0])])[0]
+    assert isinstance(c, Completion) and c.text is None and c.refusal
+
+
+def test_an_article_marker_with_a_count_faults_only_the_first_tries(fake, uplifting):
+    article = sample(1)[0]
+    article["text"] += " FAULT:server_error:1"
+    first, second = run(spec_of("claude-haiku"), [request_for(uplifting, article)] * 2)
+    assert isinstance(first, TransientError)
+    assert json.loads(second.text) == expected_answer(uplifting, article["title"], article["text"])
+
+
+def test_the_servers_rpm_limit_answers_429_with_the_wait(uplifting, monkeypatch):
+    with FakeProviderServer(rpm=2, rate_window_s=30) as limited:
+        for k, v in limited.env().items():
+            monkeypatch.setenv(k, v)
+        results = run(spec_of("gemini-flash"), [request_for(uplifting, a) for a in sample(3)])
+    assert [type(r).__name__ for r in results] == ["Completion", "Completion", "RateLimited"]
+    assert 0 < results[2].retry_after <= 30
+
+
+def test_json_schema_falls_back_to_json_object_and_remembers(fake, uplifting):
+    fake.models_without_json_schema.add("legacy")
+    articles = sample(2)
+    oracle_spec = spec_of("ollama/legacy")
+
+    async def go():
+        oracle = registry.make_oracle(oracle_spec)
+        first = await oracle.complete(request_for(uplifting, articles[0]))
+        after_first = fake.requests
+        second = await oracle.complete(request_for(uplifting, articles[1]))
+        await oracle.aclose()
+        return oracle.response_format, first, after_first, second
+
+    fmt, first, after_first, second = asyncio.run(go())
+    assert fmt == "json_object"
+    assert after_first == 2 and fake.requests == 3   # one refused json_schema request, then none
+    for a, c in zip(articles, (first, second)):
+        assert json.loads(c.text) == expected_answer(uplifting, a["title"], a["text"])
+
+
+# ---- credentials, names, configuration ------------------------------------------------------
+
+@pytest.mark.parametrize("name, env", [("gpt-4o-mini", "OPENAI_API_KEY"), ("claude-sonnet", "ANTHROPIC_API_KEY"),
+                                       ("gemini-pro", "GEMINI_API_KEY"), ("deepseek", "DEEPSEEK_API_KEY")])
+def test_a_missing_key_fails_in_one_line_before_any_request(name, env, fake, monkeypatch):
+    monkeypatch.delenv(env)
+    with pytest.raises(registry.MissingKey) as info:
+        registry.make_oracle(spec_of(name))
+    message = str(info.value)
+    assert env in message and "\n" not in message
+    assert fake.requests == 0
+
+
+def test_gemini_also_accepts_google_api_key(fake, monkeypatch, uplifting):
+    monkeypatch.delenv("GEMINI_API_KEY")
+    monkeypatch.setenv("GOOGLE_API_KEY", SECRET)
+    c = run(spec_of("gemini-flash"), [request_for(uplifting, sample(1)[0])])[0]
+    assert isinstance(c, Completion)
+
+
+def test_the_api_key_never_reaches_the_log_or_error_messages(fake, uplifting):
+    errors = []
+    for name in PROVIDER_OF:
+        for fault in ("auth", "bad_request", "rate_limit", "server_error", "quota"):
+            fake.inject(fault)
+            errors += run(spec_of(name), [request_for(uplifting, sample(1)[0])])
+    assert all(isinstance(e, Exception) for e in errors)
+    assert fake.requests == 15
+    text = repr(fake.log) + repr(fake.counts) + " ".join(f"{e} {e!r} {getattr(e, 'resume_hint', '')}" for e in errors)
+    assert SECRET not in text and SECRET[-10:] not in text
+
+
+def test_without_a_key_the_server_answers_401_and_the_oracle_fails_fast(fake, uplifting):
+    # a key the SDK sends but the server rejects reads as a fatal auth error, not a retry
+    fake.inject("auth")
+    err = run(spec_of("deepseek"), [request_for(uplifting, sample(1)[0])])[0]
+    assert isinstance(err, FatalError) and "401" in str(err)
+
+
+def test_an_unknown_name_lists_the_known_oracles():
+    with pytest.raises(registry.UnknownOracle) as info:
+        registry.resolve("gpt-5-ultra", registry.load_registry())
+    message = str(info.value)
+    for known in ("gemini-flash", "gemini-pro", "claude-sonnet", "claude-haiku", "gpt-4o-mini", "deepseek",
+                  "ollama/<model>", "local-embed", "local-llm"):
+        assert known in message
+
+
+def test_ollama_names_fill_the_pattern_and_need_no_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    spec = registry.resolve("ollama/qwen2.5:7b", registry.load_registry())
+    assert (spec.name, spec.provider, spec.model) == ("ollama/qwen2.5:7b", "openai", "qwen2.5:7b")
+    assert registry.base_url(spec) == "http://localhost:11434/v1"
+    assert spec.cost(10_000, 1_000) == 0
+    registry.check_credentials(spec)   # no key needed: does not raise
+
+
+def test_base_url_comes_from_the_environment_then_the_entry(monkeypatch):
+    known = registry.load_registry()
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("GEMINI_BASE_URL", raising=False)
+    assert registry.base_url(known["deepseek"]) == "https://api.deepseek.com/v1"
+    assert registry.base_url(known["gemini-flash"]) is None   # the SDK's default endpoint
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert registry.base_url(known["deepseek"]) == "http://127.0.0.1:9/v1"
+
+
+def test_a_malformed_registry_lists_every_problem_with_the_file(tmp_path):
+    path = tmp_path / "oracles.yaml"
+    path.write_text(
+        "oracles:\n"
+        "  a:\n    provider: mistral\n    model: m\n"
+        "  b:\n    provider: openai\n    model: m\n    input_per_m: -1\n    colour: blue\n"
+        "  c:\n    provider: gemini\n    model: gemini-x\n", encoding="utf-8")
+    with pytest.raises(registry.RegistryError) as info:
+        registry.load_registry(path)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 4 and all(line.startswith(str(path)) for line in lines)
+    joined = "\n".join(lines)
+    for expected in ("'a'", "provider must be one of", "input_per_m", "unknown field 'colour'", "'c'",
+                     "api_key_env is required"):
+        assert expected in joined
+
+
+def test_the_shipped_registry_prices_batch_and_cache_where_sold():
+    known = registry.load_registry(ROOT / "oracles.yaml")
+    for name in ("gemini-flash", "gemini-pro", "claude-sonnet", "claude-haiku", "gpt-4o-mini"):
+        spec = known[name]
+        assert spec.batch_input_per_m == pytest.approx(spec.input_per_m / 2)
+        assert spec.batch_output_per_m == pytest.approx(spec.output_per_m / 2)
+        assert 0 < spec.cache_read_per_m < spec.input_per_m
+    assert known["deepseek"].batch_input_per_m is None
+
+
+# ---- local-embed ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def embed_run(uplifting):
+    """Three clearly different articles labelled twice by local-embed (one model load)."""
+    by_title = {a["title"]: a for a in sample(400, min_chars=300)}
+    titles = [t for t in by_title if "collapse" in t.lower() or "killed" in t.lower()][:1] + \
+             [t for t in by_title if "NASA" in t or "scientists" in t.lower()][:1] + \
+             [t for t in by_title if "interview" in t.lower()][:1]
+    articles = [by_title[t] for t in titles]
+    spec = registry.resolve("local-embed", registry.load_registry())
+
+    async def twice():
+        oracle = registry.make_oracle(spec)
+        try:
+            first = await asyncio.gather(*[oracle.complete(request_for(uplifting, a)) for a in articles])
+            second = [await oracle.complete(request_for(uplifting, a)) for a in articles]
+        finally:
+            await oracle.aclose()
+        return first, second
+
+    first, second = asyncio.run(twice())
+    return articles, first, second
+
+
+def test_local_embed_answers_are_valid_free_and_deterministic(embed_run, uplifting):
+    articles, first, second = embed_run
+    assert len(articles) == 3
+    for c in first:
+        scores, content_type, evidence = uplifting.parse_answer(c.text)
+        assert set(scores) == set(uplifting.dimension_names)
+        assert content_type in uplifting.content_types
+        assert all(evidence.values())
+        assert (c.input_tokens, c.output_tokens, c.refusal) == (0, 0, None)
+    # batched together or one at a time, the same article gets the same answer
+    assert [c.text for c in first] == [c.text for c in second]
+
+
+def test_local_embed_scores_differ_between_different_articles(embed_run, uplifting):
+    _, first, _ = embed_run
+    answers = [uplifting.parse_answer(c.text) for c in first]
+    score_vectors = [tuple(a[0].values()) for a in answers]
+    assert len(set(score_vectors)) == 3
+    # evidence sentences are quoted from the article itself
+    articles = embed_run[0]
+    for article, (_, _, evidence) in zip(articles, answers):
+        blob = " ".join((article["title"] + " " + article["text"]).split())
+        assert any(e.rstrip("…")[:40] in blob for e in evidence.values())
+
+
+def test_local_embed_needs_the_article_in_the_request(uplifting):
+    spec = registry.resolve("local-embed", registry.load_registry())
+    bare = OracleRequest(rubric="r", article="a", schema=uplifting.answer_schema())
+    err = run(spec, [bare])[0]
+    assert isinstance(err, FatalError)
