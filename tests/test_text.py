@@ -101,3 +101,16 @@ def test_signatures_survive_storage_and_are_deterministic(sample_texts):
     assert (minhash_signature(sample_texts[0]).hashvalues == sig.hashvalues).all()
     assert minhash_signature("") is None and minhash_signature("...") is None
     assert minhash_signature("two words") is not None  # fewer words than a shingle: one shingle
+
+
+def test_index_finds_every_lightly_edited_copy(sample_texts):
+    """Recall at Jaccard ~0.9 (one word in 120 changed): every copy is found, nothing else is."""
+    index = NearDuplicateIndex()
+    originals = sample_texts[:40]
+    for i, text in enumerate(originals):
+        index.add(f"o{i}", minhash_signature(text))
+    for i, text in enumerate(originals):
+        tokens = text.split(" ")
+        for pos in range(60, len(tokens), 120):
+            tokens[pos] = "changed"
+        assert index.similar(minhash_signature(" ".join(tokens))) == [f"o{i}"]
