@@ -520,7 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m stages.ingest",
         description="Ingest news articles (JSONL or CSV, globs, .gz) into gt.db: clean, de-duplicate, "
                     "cluster near-duplicates, flag short texts, import labels already in the records.",
-        epilog="Exit status: 0 all records ingested; 1 some input was rejected (each problem printed as "
+        epilog="Records without an id get one from their content hash. Exact duplicates stay as rows with "
+               "dup_of set; near-duplicates share near_dup_cluster; a record whose id is already used by "
+               "different text is rejected (ids are never renamed). Re-running on the same files adds nothing. "
+               "Exit status: 0 all records ingested; 1 some input was rejected (each problem printed as "
                "file:line) or nothing could be read; 2 bad usage.")
     p.add_argument("--db", default=store.default_db_path(), help="gt.db path (default: $GT_DB, else gt.db)")
     p.add_argument("--source", action="extend", nargs="+", required=True, metavar="GLOB",
