@@ -23,6 +23,7 @@ Group counts are mapped back to concrete articles deterministically (seeded orde
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -292,16 +293,17 @@ def solve_lp(groups: Groups, program: Program, relax: frozenset = frozenset()):
 
 
 def diagnose_infeasible(groups: Groups, program: Program) -> str:
-    """Which constraint family makes the program infeasible: re-solve with each one relaxed."""
-    families = {"tier": "the tier shares", "source": "the per-source cap", "cluster": "one article per near-duplicate cluster"}
-    for key, words in families.items():
-        status, *_ = solve_lp(groups, program, frozenset({key}))
-        if status == "optimal":
-            return words
-    for a, b in (("tier", "source"), ("tier", "cluster"), ("source", "cluster")):
-        status, *_ = solve_lp(groups, program, frozenset({a, b}))
-        if status == "optimal":
-            return f"{families[a]} together with {families[b]}"
+    """Which constraint family makes the program infeasible: re-solve the LP with each relaxed."""
+    families = {"tier": "the tier shares", "source": "the per-source cap",
+                "cluster": "one article per near-duplicate cluster"}
+    culprits = [words for key, words in families.items() if solve_lp(groups, program, frozenset({key}))[0] == "optimal"]
+    if len(culprits) == 1:
+        return f"{culprits[0]} (relaxing it makes a selection possible)"
+    if culprits:
+        return f"{' together with '.join(culprits)} (relaxing any one of them makes a selection possible)"
+    for a, b in itertools.combinations(families, 2):
+        if solve_lp(groups, program, frozenset({a, b}))[0] == "optimal":
+            return f"{families[a]} and {families[b]} (only relaxing both makes a selection possible)"
     return "the target size with all constraints together"
 
 
@@ -384,11 +386,71 @@ def greedy_fill(groups: Groups, program: Program, start: np.ndarray | None = Non
     return counts
 
 
+def improve_by_swaps(groups: Groups, program: Program, counts: np.ndarray, seconds: float) -> np.ndarray:
+    """1-swap local search: take one article out, put a better one in, while the objective rises
+    and every bound still holds. Cheap on small pools, where an LP with quotas of 1-2 per cell is
+    most fractional and rounding loses most; skipped when it would be slow."""
+    g = groups.count
+    deadline = time.perf_counter() + seconds
+    counts = counts.copy()
+    n_bins = program.quota.shape[1]
+    d = groups.bins.shape[1]
+    cells = cell_counts(groups.bins, counts, n_bins)
+    tier_count = np.bincount(groups.tier, weights=counts, minlength=len(program.tier_names)).astype(np.int64)
+    src_count = np.bincount(groups.source, weights=counts, minlength=groups.source.max() + 1).astype(np.int64)
+    n_cl = int(groups.cluster.max()) + 1 if groups.cluster.max() >= 0 else 0
+    clu_count = np.zeros(max(n_cl, 1), dtype=np.int64)
+    np.add.at(clu_count, groups.cluster[groups.cluster >= 0], counts[groups.cluster >= 0])
+    dim_index = np.arange(d)
+    improved = True
+    while improved and time.perf_counter() < deadline:
+        improved = False
+        support = np.flatnonzero(counts > 0)
+        in_cells = program.value * (cells <= program.quota)   # what removing one article loses per cell
+        loss = groups.weight[support] + in_cells[dim_index[None, :], groups.bins[support]].sum(axis=1)
+        for out in support[np.argsort(loss, kind="stable")]:
+            after = cells.copy()
+            after[dim_index, groups.bins[out]] -= 1
+            open_value = program.value * (after < program.quota)
+            gain_in = groups.weight + open_value[dim_index[None, :], groups.bins].sum(axis=1)
+            lose = groups.weight[out] + (program.value[dim_index, groups.bins[out]]
+                                         * (cells[dim_index, groups.bins[out]] <= program.quota[dim_index, groups.bins[out]])).sum()
+            delta = gain_in - lose
+            ok = (counts < groups.size) & (delta > 0)
+            ok[out] = False
+            t_out = groups.tier[out]
+            other_tier = groups.tier != t_out
+            ok &= ~other_tier | ((tier_count[groups.tier] < program.tier_max[groups.tier])
+                                 & (tier_count[t_out] > program.tier_min[t_out]))
+            if program.max_per_source is not None:
+                ok &= (groups.source == groups.source[out]) | (src_count[groups.source] < program.max_per_source)
+            clustered = groups.cluster >= 0
+            same_cluster = clustered & (groups.cluster == groups.cluster[out])
+            ok &= ~clustered | same_cluster | (clu_count[np.maximum(groups.cluster, 0)] < 1)
+            if not ok.any():
+                if time.perf_counter() > deadline:
+                    break
+                continue
+            best = int(np.flatnonzero(ok)[np.argmax(delta[ok])])
+            for grp, step in ((out, -1), (best, 1)):
+                counts[grp] += step
+                cells[dim_index, groups.bins[grp]] += step
+                tier_count[groups.tier[grp]] += step
+                src_count[groups.source[grp]] += step
+                if groups.cluster[grp] >= 0:
+                    clu_count[groups.cluster[grp]] += step
+            improved = True
+            break
+    return counts
+
+
 # ---- the solve --------------------------------------------------------------------------------
 
 def solve(groups: Groups, program: Program, *, time_limit: float = 60.0, seed: int = 42,
-          workers: int = 8, use_cpsat: bool = True) -> Solution:
-    """LP bound and start, rounding, then CP-SAT with a complete hint where the bound is not reached."""
+          workers: int = 1, polish: str = "auto") -> Solution:
+    """LP bound and start, rounding, then CP-SAT with a complete hint where the bound is not reached.
+    polish: 'auto' (CP-SAT only when needed), 'always' (CP-SAT even when the LP bound already proves
+    the rounded answer optimal; tests use it), 'never'."""
     t0 = time.perf_counter()
     check_feasible(groups, program)
     status, lp_obj, lp_counts, reduced = solve_lp(groups, program)
@@ -401,15 +463,18 @@ def solve(groups: Groups, program: Program, *, time_limit: float = 60.0, seed: i
     rounded = greedy_fill(groups, program, start=floor_counts, tiebreak=-frac)
     if rounded is None:  # the floor left a bound too tight to complete: complete from scratch
         rounded = greedy_fill(groups, program)
+    best_obj = objective_value(groups.bins, rounded, groups.weight, program) if rounded is not None else -1
+    rounded_obj = best_obj
+    if rounded is not None and best_obj < bound and groups.count * int((rounded > 0).sum()) <= 5_000_000:
+        rounded = improve_by_swaps(groups, program, rounded, seconds=min(5.0, 0.2 * time_limit))
+        best_obj = objective_value(groups.bins, rounded, groups.weight, program)
     t_round = time.perf_counter() - t0 - t_lp
     timings = {"lp": t_lp, "rounding": t_round, "cpsat": 0.0}
     best = rounded
-    best_obj = objective_value(groups.bins, rounded, groups.weight, program) if rounded is not None else -1
-    rounded_obj = best_obj
     proven, free = "", 0
-    if best is not None and best_obj >= bound:
+    if best is not None and best_obj >= bound and polish != "always":
         proven = "LP bound"
-    elif use_cpsat:
+    elif polish != "never":
         left = max(0.5, time_limit - (time.perf_counter() - t0))
         cp_counts, cp_obj, cp_bound, cp_status, free = _polish(groups, program, best, best_obj, lp_obj, lp_counts,
                                                                 reduced, left, seed, workers)
@@ -491,7 +556,8 @@ def _polish(groups, program, hint, hint_obj, lp_obj, lp_counts, reduced, time_li
     solver.parameters.max_time_in_seconds = float(time_limit)
     solver.parameters.random_seed = int(seed)
     solver.parameters.num_workers = int(workers)
-    solver.parameters.interleave_search = True  # deterministic parallel search: same seed, same answer
+    # one worker: the same seed gives the same answer (parallel CP-SAT is not reproducible), and on
+    # these models it proved optimality faster than 8 workers sharing 2 cores (measured: 1.3 s vs 20 s)
     status = solver.solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None, None, None, "optimal" if status == cp_model.INFEASIBLE and hint is not None else "unknown", len(n)

@@ -1,0 +1,398 @@
+"""Select stage: the integer program's answer against brute force, constraints, determinism,
+splits, strategy directions, bad input, and the files it writes."""
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from stages import select as stage
+from stages import selection as sel
+from stages import store
+
+TIERS = ["impact", "connection", "not_uplifting"]
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+def make_pool_db(conn, filt, scores, *, sources=None, clusters=None, too_short=None, oracle="test-oracle",
+                 repeat=0, prefix="a", with_articles=True):
+    """Articles a000.. with the given score rows (one per article) as valid labels of `oracle`."""
+    names = filt.dimension_names
+    n = len(scores)
+    if with_articles:
+        with store.transaction(conn):
+            for i in range(n):
+                conn.execute(
+                    "INSERT INTO articles (id, title, text, source, content_hash, chars, near_dup_cluster, too_short) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (f"{prefix}{i:03d}", f"Title {i}", f"Body of article {i}. " * 30,
+                     sources[i] if sources is not None else f"src{i % 4}", f"hash{prefix}{i}", 600,
+                     clusters[i] if clusters is not None else None, int(too_short[i]) if too_short is not None else 0))
+    run_id = store.start_run(conn, purpose="label", filt=filt, oracle=oracle, provider=None, model=None)
+    for i in range(n):
+        store.insert_label(conn, run_id=run_id, article_id=f"{prefix}{i:03d}", filt=filt, oracle=oracle, status="ok",
+                           repeat=repeat, scores={d: float(scores[i][j]) for j, d in enumerate(names)},
+                           content_type="solutions_story")
+    store.finish_run(conn, run_id)
+
+
+def skewed_scores(n, seed, d=8):
+    rng = np.random.default_rng(seed)
+    latent = rng.gamma(1.3, 1.6, size=(n, 1))
+    return np.clip(np.rint(latent + rng.normal(0, 1.2, size=(n, d))), 0, 10)
+
+
+def run_select(db_path, out_dir, *extra):
+    return stage.main(["--db", str(db_path), "--output-dir", str(out_dir), *map(str, extra)])
+
+
+def members(db_path, name):
+    c = sqlite3.connect(db_path)
+    rows = c.execute("SELECT m.article_id, m.split FROM selection_members m JOIN selections s ON s.id = m.selection_id "
+                     "WHERE s.name = ? ORDER BY m.article_id", (name,)).fetchall()
+    c.close()
+    return rows
+
+
+def brute_force(pool: sel.Pool, program: sel.Program) -> int:
+    best = -1
+    for combo in itertools.combinations(range(pool.size), program.size):
+        idx = np.array(combo)
+        tiers = np.bincount(pool.tier[idx], minlength=len(program.tier_names))
+        if (tiers < program.tier_min).any() or (tiers > program.tier_max).any():
+            continue
+        if program.max_per_source is not None and np.bincount(pool.source[idx]).max() > program.max_per_source:
+            continue
+        cl = pool.cluster[idx]
+        cl = cl[cl >= 0]
+        if len(cl) != len(np.unique(cl)):
+            continue
+        counts = np.zeros(pool.size, dtype=np.int64)
+        counts[idx] = 1
+        best = max(best, sel.objective_value(pool.bins, counts, pool.weight, program))
+    return best
+
+
+def random_small_pool(rng, n=14, d=3, with_weight=False):
+    bins = np.minimum(rng.geometric(0.45, size=(n, d)) - 1, 10)
+    bins[rng.random((n, d)) < 0.15] = rng.integers(7, 11)          # a few high scores
+    tier = rng.integers(0, 3, size=n)
+    source = rng.integers(0, 4, size=n)
+    cluster = np.full(n, -1)
+    cluster[rng.choice(n, 4, replace=False)] = [0, 0, 1, 1]        # two near-duplicate pairs
+    weight = rng.integers(0, 4, size=n) if with_weight else None
+    return sel.Pool(bins=bins, tier=tier, source=source, cluster=cluster, weight=weight)
+
+
+# ---- the program against brute force -----------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", ["maximize_coverage", "extreme_focus", "balanced_tiers", "iqr_optimization",
+                                      "active_learning"])
+@pytest.mark.parametrize("case", range(3))
+def test_objective_equals_brute_force_optimum(strategy, case):
+    rng = np.random.default_rng(100 * case + len(strategy))
+    pool = random_small_pool(rng, with_weight=strategy == "active_learning")
+    k = 5
+    program = stage.build_program(stage.STRATEGIES[strategy], np.arange(11.0), k, TIERS, pool, tier_shares=None,
+                                  max_per_source=2 if case == 1 else None)
+    program.quota[:] = np.minimum(program.quota, 1 + case)           # tight quotas make the choice matter
+    groups = sel.aggregate(pool, program)
+    optimum = brute_force(pool, program)
+    for polish in ("auto", "always"):
+        solution = sel.solve(groups, program, time_limit=10, seed=1, polish=polish)
+        chosen = sel.pick_articles(pool, groups, solution.counts, seed=1)
+        assert solution.objective == optimum, polish
+        assert solution.status == "optimal" and solution.bound == optimum
+        assert sel.objective_value(pool.bins, chosen.astype(np.int64), pool.weight, program) == optimum
+        assert chosen.sum() == k
+
+
+def test_cp_sat_improves_a_poor_hint_and_proves_it():
+    """Where rounding falls short of the bound, CP-SAT (with reduced-cost fixing) closes the gap."""
+    rng = np.random.default_rng(7)
+    found_gap_case = False
+    for _ in range(40):
+        pool = random_small_pool(rng, n=13)
+        program = stage.build_program(stage.STRATEGIES["maximize_coverage"], np.arange(11.0), 5, TIERS, pool,
+                                      tier_shares={"impact": (0.4, 1.0)}, max_per_source=2)
+        program.quota[:] = 1
+        try:
+            groups = sel.aggregate(pool, program)
+            solution = sel.solve(groups, program, time_limit=10, seed=3)
+        except sel.SelectionError:
+            continue
+        assert solution.objective == brute_force(pool, program)
+        if solution.rounded_objective < solution.objective:
+            found_gap_case = True
+            assert solution.proven_by == "CP-SAT"
+    assert found_gap_case, "no pool where rounding alone fell short: the CP-SAT step went untested"
+
+
+# ---- the stage on gt.db -----------------------------------------------------------------------
+
+@pytest.fixture
+def pool_db(conn, uplifting, db_path):
+    """300 labelled articles with skewed scores, 6 sources, 10 near-duplicate pairs, 5 too short."""
+    n = 300
+    clusters = [f"c{i // 2}" if i < 20 else None for i in range(n)]
+    sources = [f"src{i % 6}" for i in range(n)]
+    short = [i in (21, 22, 23, 24, 25) for i in range(n)]
+    make_pool_db(conn, uplifting, skewed_scores(n, 5), sources=sources, clusters=clusters, too_short=short)
+    return db_path
+
+
+def frame_of(db_path, uplifting):
+    c = store.connect(db_path)
+    df = store.scores_frame(c, uplifting, "test-oracle")
+    arts = {r["id"]: dict(r) for r in c.execute("SELECT * FROM articles")}
+    c.close()
+    return df.set_index("article_id"), arts
+
+
+def test_constraints_hold_and_outputs_load(pool_db, tmp_path, uplifting, capsys):
+    out = tmp_path / "training"
+    rc = run_select(pool_db, out, "--target-size", 60, "--max-per-source", 11,
+                    "--tier-shares", "not_uplifting=:0.6,connection=0.2:", "--name", "c1")
+    assert rc == 0, capsys.readouterr().err
+    rows = members(pool_db, "c1")
+    assert len(rows) == 60
+    df, arts = frame_of(pool_db, uplifting)
+    ids = [a for a, _ in rows]
+    assert not any(arts[a]["too_short"] for a in ids)
+    sources = [arts[a]["source"] for a in ids]
+    assert max(sources.count(s) for s in set(sources)) <= 11
+    clusters = [arts[a]["near_dup_cluster"] for a in ids if arts[a]["near_dup_cluster"]]
+    assert len(clusters) == len(set(clusters))
+    tiers = df.loc[ids, "tier"].value_counts()
+    assert tiers.get("not_uplifting", 0) <= 36 and tiers.get("connection", 0) >= 12
+    # the JSONL splits: documented fields, every selected article once, labels in dimension order
+    seen = []
+    for split, n in (("train", 48), ("val", 6), ("test", 6)):
+        lines = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+        assert len(lines) == n
+        for rec in lines:
+            assert set(rec) == {"id", "title", "text", "labels", "dimension_names", "tier", "overall"}
+            assert rec["dimension_names"] == uplifting.dimension_names
+            assert rec["labels"] == [df.loc[rec["id"], d] for d in uplifting.dimension_names]
+            assert rec["tier"] == df.loc[rec["id"], "tier"] and rec["text"] == arts[rec["id"]]["text"]
+            seen.append(rec["id"])
+        assert {r[0] for r in rows if r[1] == split} == {rec["id"] for rec in lines}
+    assert sorted(seen) == ids
+    report = (out / "selection_report.md").read_text()
+    assert "proven optimal" in report and "maximize_coverage" in report and "extreme_focus" in report
+    coverage = (out / "coverage_comparison.md").read_text()
+    assert "random (mean of 5)" in coverage and "greedy" in coverage
+    assert (out / "coverage_comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_selection_covers_more_than_random(pool_db, tmp_path, uplifting):
+    assert run_select(pool_db, tmp_path / "o", "--target-size", 50, "--name", "cov") == 0
+    df, _ = frame_of(pool_db, uplifting)
+    chosen = df.loc[[a for a, _ in members(pool_db, "cov")]]
+    dims = uplifting.dimension_names
+    high_sel = (chosen[dims] >= 8).sum().sum()
+    rng = np.random.default_rng(0)
+    high_rand = np.mean([(df.iloc[rng.choice(len(df), 50, replace=False)][dims] >= 8).sum().sum() for _ in range(20)])
+    assert high_sel > 2 * high_rand
+    bins_sel = sum(chosen[d].floordiv(1).nunique() for d in dims)
+    bins_pool = sum(df[d].floordiv(1).nunique() for d in dims)
+    assert bins_sel == bins_pool  # 50 articles are enough to reach every bin the pool has
+
+
+def test_same_seed_same_selection_and_splits(pool_db, tmp_path):
+    assert run_select(pool_db, tmp_path / "a", "--target-size", 40, "--name", "s1", "--seed", 9) == 0
+    assert run_select(pool_db, tmp_path / "b", "--target-size", 40, "--name", "s2", "--seed", 9) == 0
+    assert members(pool_db, "s1") == members(pool_db, "s2")
+    for split in ("train", "val", "test"):
+        assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (tmp_path / "b" / f"{split}.jsonl").read_bytes()
+
+
+def test_same_name_replaces_unless_a_model_uses_it(pool_db, tmp_path, capsys):
+    assert run_select(pool_db, tmp_path / "a", "--target-size", 60, "--name", "x") == 0
+    assert run_select(pool_db, tmp_path / "a", "--target-size", 50, "--name", "x") == 0
+    assert len(members(pool_db, "x")) == 50
+    c = sqlite3.connect(pool_db)
+    assert c.execute("SELECT COUNT(*) FROM selections WHERE name = 'x'").fetchone()[0] == 1
+    sid = c.execute("SELECT id FROM selections WHERE name = 'x'").fetchone()[0]
+    c.execute("INSERT INTO models (id, base_model, selection_id) VALUES ('m1', 'minilm', ?)", (sid,))
+    c.commit()
+    c.close()
+    capsys.readouterr()
+    assert run_select(pool_db, tmp_path / "a", "--target-size", 40, "--name", "x") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model 'm1'" in err[0] and "--name" in err[0]
+    assert len(members(pool_db, "x")) == 50
+
+
+# ---- splits -----------------------------------------------------------------------------------
+
+def test_splits_keep_clusters_whole_and_cover_cells_in_proportion():
+    rng = np.random.default_rng(3)
+    n = 400
+    bins = np.minimum(rng.geometric(0.3, size=(n, 4)) - 1, 10)
+    unit = np.arange(n)
+    unit[:120] = np.repeat(np.arange(40), 3)           # 40 clusters of three articles
+    split = sel.assign_splits(bins, unit, (0.8, 0.1, 0.1), seed=5)
+    for u in range(40):
+        assert len(set(split[unit == u])) == 1
+    sizes = np.bincount(split, minlength=3)
+    assert abs(sizes[0] - 320) <= 3 and abs(sizes[1] - 40) <= 3 and abs(sizes[2] - 40) <= 3
+    for j in range(4):
+        for b in range(11):
+            in_cell = bins[:, j] == b
+            if in_cell.sum() >= 20:
+                share = np.bincount(split[in_cell], minlength=3) / in_cell.sum()
+                assert abs(share[0] - 0.8) < 0.1 and abs(share[1] - 0.1) < 0.08
+    assert (sel.assign_splits(bins, unit, (0.8, 0.1, 0.1), seed=5) == split).all()
+
+
+def test_single_articles_split_exactly():
+    bins = np.minimum(np.random.default_rng(1).geometric(0.4, size=(97, 8)) - 1, 10)
+    split = sel.assign_splits(bins, np.arange(97), (0.7, 0.2, 0.1), seed=0)
+    assert np.bincount(split, minlength=3).tolist() == sel.split_sizes(97, (0.7, 0.2, 0.1)).tolist() == [68, 19, 10]
+
+
+# ---- strategies move the distribution their way ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def strategy_pool():
+    """A pure-program pool (no gt.db): 600 articles, 4 dimensions, skewed."""
+    rng = np.random.default_rng(11)
+    scores = skewed_scores(600, 11, d=4)
+    tier = np.where(scores.mean(axis=1) >= 6, 0, np.where(scores.mean(axis=1) >= 3, 1, 2))
+    error = rng.gamma(2.0, 0.5, size=600)
+    return scores, tier, error
+
+
+def _select(strategy, scores, tier, k=80, error=None):
+    n = len(scores)
+    weight = None
+    if error is not None:
+        pct = (np.argsort(np.argsort(error)) + 1) / n
+        weight = np.minimum(7, np.floor(pct * 8)).astype(int)
+    pool = sel.Pool(bins=stage.to_bins(scores, np.arange(11.0)), tier=tier, source=np.zeros(n), cluster=np.full(n, -1),
+                    weight=weight, priority=error)
+    program = stage.build_program(stage.STRATEGIES[strategy], np.arange(11.0), k, TIERS, pool, tier_shares=None,
+                                  max_per_source=None)
+    groups = sel.aggregate(pool, program)
+    return sel.pick_articles(pool, groups, sel.solve(groups, program, seed=1).counts, seed=1)
+
+
+def test_extreme_focus_raises_the_share_of_extremes(strategy_pool):
+    scores, tier, _ = strategy_pool
+    extreme = lambda m: ((scores[m] <= 3) | (scores[m] >= 8)).mean()  # noqa: E731
+    assert extreme(_select("extreme_focus", scores, tier)) > extreme(_select("maximize_coverage", scores, tier)) + 0.05
+
+
+def test_balanced_tiers_equalises_tiers(strategy_pool):
+    scores, tier, _ = strategy_pool
+    avail = np.bincount(tier, minlength=3)
+    counts = np.bincount(tier[_select("balanced_tiers", scores, tier, k=60)], minlength=3)
+    assert avail.min() >= 20  # every tier can give its third
+    assert counts.tolist() == [20, 20, 20]
+    cov = np.bincount(tier[_select("maximize_coverage", scores, tier, k=60)], minlength=3)
+    assert cov.max() - cov.min() > 0
+
+
+def test_iqr_optimization_widens_the_spread(strategy_pool):
+    scores, tier, _ = strategy_pool
+    iqr = lambda m: np.mean([np.subtract(*np.percentile(scores[m, j], [75, 25])) for j in range(4)])  # noqa: E731
+    assert iqr(_select("iqr_optimization", scores, tier)) >= iqr(_select("maximize_coverage", scores, tier))
+
+
+def test_active_learning_prefers_high_error_articles(strategy_pool):
+    scores, tier, error = strategy_pool
+    picked = _select("active_learning", scores, tier, error=error)
+    baseline = _select("maximize_coverage", scores, tier)
+    assert error[picked].mean() > error[baseline].mean() + 0.3
+    assert error[picked].mean() > np.percentile(error, 65)
+
+
+def test_active_learning_through_the_stage_with_a_predictions_file(pool_db, tmp_path, uplifting):
+    df, _ = frame_of(pool_db, uplifting)
+    dims = uplifting.dimension_names
+    rng = np.random.default_rng(2)
+    bad = set(df.index[rng.choice(len(df), 40, replace=False)])  # the student is badly wrong on these
+    preds = tmp_path / "predictions.jsonl"
+    with preds.open("w") as f:
+        for aid, row in df.iterrows():
+            off = 4.0 if aid in bad else 0.2
+            values = [min(10.0, row[d] + off) if row[d] < 5 else row[d] - off for d in dims]
+            f.write(json.dumps({"id": aid, "predictions": values}) + "\n")
+    assert run_select(pool_db, tmp_path / "al", "--target-size", 40, "--strategy", "active_learning",
+                      "--model-predictions", preds, "--name", "al") == 0
+    chosen = {a for a, _ in members(pool_db, "al")}
+    assert len(chosen & bad) >= 25  # random would give about 5
+    assert "Student error" in (tmp_path / "al" / "selection_report.md").read_text()
+
+
+def test_difficulty_filter_keeps_the_disputed_half(conn, uplifting, db_path, tmp_path, capsys):
+    n = 40
+    scores = skewed_scores(n, 8)
+    make_pool_db(conn, uplifting, scores)
+    assert run_select(db_path, tmp_path / "h", "--target-size", 5, "--filter-by-difficulty", "hard") == 1
+    assert "second oracle" in capsys.readouterr().err
+    second = scores.copy()
+    disputed = list(range(0, n, 2))                       # a second oracle: 4 points off on half the articles ...
+    second[disputed] = np.where(second[disputed] < 5, second[disputed] + 4, second[disputed] - 4)
+    calm = list(range(1, n, 2))                           # ... and one point off on one dimension of the others
+    second[calm, 0] = np.where(second[calm, 0] < 10, second[calm, 0] + 1, 9)
+    make_pool_db(conn, uplifting, second, oracle="other-oracle", with_articles=False)
+    assert run_select(db_path, tmp_path / "h", "--target-size", 10, "--oracle", "test-oracle",
+                      "--filter-by-difficulty", "hard", "--name", "hard") == 0
+    hard = {a for a, _ in members(db_path, "hard")}
+    assert len(hard) == 10 and hard <= {f"a{i:03d}" for i in disputed}
+    assert run_select(db_path, tmp_path / "e", "--target-size", 10, "--oracle", "test-oracle",
+                      "--filter-by-difficulty", "easy", "--name", "easy") == 0
+    assert {a for a, _ in members(db_path, "easy")} <= {f"a{i:03d}" for i in calm}
+    assert not ({a for a, _ in members(db_path, "easy")} & hard)
+
+
+# ---- bad input: one line, no partial output -------------------------------------------------------
+
+@pytest.mark.parametrize("flags, code, words", [
+    (["--target-size", 400], 1, "larger than the eligible pool"),
+    (["--target-size", 10, "--train-ratio", 0.8, "--val-ratio", 0.3], 2, "must sum to 1"),
+    (["--target-size", 10, "--dimensions", "agency,hope"], 2, "unknown dimension 'hope'"),
+    (["--target-size", 50, "--tier-shares", "impact=0.9:"], 1, "tier share of impact"),
+    (["--target-size", 50, "--max-per-source", 5], 1, "per-source cap"),
+    (["--target-size", 10, "--bins", "1,2,3"], 2, "--bins"),
+    (["--target-size", 10, "--strategy", "active_learning"], 2, "needs --model-predictions"),
+    (["--target-size", 10, "--model-predictions", "no-such-model"], 1, "no such file and no model"),
+])
+def test_bad_input_one_line_no_output(pool_db, tmp_path, capsys, flags, code, words):
+    out = tmp_path / "never"
+    assert run_select(pool_db, out, *flags) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+    assert not out.exists()
+    c = sqlite3.connect(pool_db)
+    assert c.execute("SELECT COUNT(*) FROM selections").fetchone()[0] == 0
+    c.close()
+
+
+def test_predictions_for_unknown_articles_are_refused(pool_db, tmp_path, capsys):
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"id": "a000", "predictions": [1] * 8}) + "\n"
+                     + json.dumps({"article_id": "ghost", "scores": [1] * 8}) + "\n")
+    assert run_select(pool_db, tmp_path / "o", "--target-size", 10, "--strategy", "active_learning",
+                      "--model-predictions", preds) == 1
+    err = capsys.readouterr().err
+    assert "not in gt.db" in err and "'ghost'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_infeasible_program_names_the_constraint():
+    """Counting checks pass (each family alone is satisfiable) but together they are not: the
+    diagnosis re-solves with each family relaxed."""
+    n = 10
+    pool = sel.Pool(bins=np.zeros((n, 2), dtype=int), tier=np.array([0] * 5 + [1] * 5),
+                    source=np.array([0] * 5 + [1] * 5), cluster=np.full(n, -1))
+    program = sel.Program(quota=np.ones((2, 11)), value=np.ones((2, 11)), size=6, tier_names=["a", "b"],
+                          tier_min=np.array([4, 0]), tier_max=np.array([6, 6]), max_per_source=3)
+    with pytest.raises(sel.SelectionError, match="tier shares together with the per-source cap"):
+        sel.solve(sel.aggregate(pool, program), program)
