@@ -24,7 +24,10 @@ import json
 import math
 import sqlite3
 import sys
+import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +46,7 @@ PACK_CHUNK = 14         # 22^14 < 2^63: at most 14 dimensions per packed integer
 STRONG_CORRELATION = 0.8
 OFFLINE_ORACLES = ("local-embed", "local-llm")
 DEFAULT_SPARSE_SHARE = 0.02
+PARALLEL_MIN_LABELS = 200_000  # below this one connection is as fast as two
 
 
 class CoverageError(Exception):
@@ -79,12 +83,16 @@ class LabelSet:
     repeat: int
 
 
-def materialise_label_set(conn: sqlite3.Connection, label_set: LabelSet) -> int:
-    """Create the temp table coverage_labels for this run; returns its number of labels."""
+ALL_IDS = (0, 2 ** 63 - 1)
+
+
+def materialise_label_set(conn: sqlite3.Connection, label_set: LabelSet, ids: tuple[int, int] = ALL_IDS) -> int:
+    """Create the temp table coverage_labels on this connection with the labels of the set whose
+    id is in [ids[0], ids[1]); returns its number of labels."""
     conn.execute("DROP TABLE IF EXISTS temp.coverage_labels")
     run_script(conn, "coverage_label_set", {
         "filter_id": label_set.filter_id, "oracle": label_set.oracle,
-        "prompt_sha256": label_set.prompt_sha256, "repeat": label_set.repeat,
+        "prompt_sha256": label_set.prompt_sha256, "repeat": label_set.repeat, "id_from": ids[0], "id_to": ids[1],
     })
     return conn.execute("SELECT COUNT(*) FROM temp.coverage_labels").fetchone()[0]
 
@@ -136,6 +144,67 @@ def score_matrix(conn: sqlite3.Connection, dimensions: Sequence[str]) -> np.ndar
             if dimension in column:
                 matrix[int(np.searchsorted(label_ids, label_id)), column[dimension]] = score
     return matrix
+
+
+@dataclass
+class Gathered:
+    """The per-label data of a label set (or of one part of it), rows aligned."""
+    matrix: np.ndarray          # labels x dimensions
+    content_types: np.ndarray   # per label (object array; None where the oracle gave none)
+    sources: Counter            # labels per source
+
+
+def gather(conn: sqlite3.Connection, label_set: LabelSet, dimensions: Sequence[str],
+           ids: tuple[int, int] = ALL_IDS) -> Gathered:
+    """Everything the figures need from gt.db, in three queries over one materialised label set."""
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA cache_size = -262144")
+    materialise_label_set(conn, label_set, ids)
+    matrix = score_matrix(conn, dimensions)
+    content_types = np.array([r[0] for r in _tuples(conn).execute(query_text("coverage_label_facts"))], dtype=object)
+    sources = Counter({r[0]: int(r[1]) for r in _tuples(conn).execute(query_text("coverage_sources"))})
+    conn.execute("DROP TABLE IF EXISTS temp.coverage_labels")
+    return Gathered(matrix, content_types, sources)
+
+
+def _gather_on_own_connection(db_file: str, label_set: LabelSet, dimensions: Sequence[str],
+                              ids: tuple[int, int]) -> Gathered:
+    conn = store.connect(db_file, readonly=True)
+    try:
+        return gather(conn, label_set, dimensions, ids)
+    finally:
+        conn.close()
+
+
+def database_file(conn: sqlite3.Connection) -> str:
+    """The file behind the connection's main database ('' for an in-memory one)."""
+    for row in conn.execute("PRAGMA database_list"):
+        if row[1] == "main":
+            return row[2] or ""
+    return ""
+
+
+def gather_label_set(conn: sqlite3.Connection, label_set: LabelSet, dimensions: Sequence[str], *,
+                     workers: int = 1, parallel_min_labels: int = PARALLEL_MIN_LABELS) -> Gathered:
+    """Gather a label set, split by label id ranges over `workers` read-only connections in
+    threads when it is large (SQLite releases the GIL while it steps, so two connections use two
+    cores). Rows come back in label id order whatever the split, so the figures are identical."""
+    expected, lo, hi = conn.execute(
+        """SELECT COUNT(*), MIN(id), MAX(id) FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ?
+               AND status = 'ok' AND "repeat" = ?""",
+        (label_set.filter_id, label_set.oracle, label_set.prompt_sha256, label_set.repeat)).fetchone()
+    db_file = database_file(conn)
+    parts = workers if workers > 1 and db_file and expected >= max(parallel_min_labels, 1) else 1
+    if parts == 1:
+        return gather(conn, label_set, dimensions)
+    bounds = [lo + (hi + 1 - lo) * k // parts for k in range(parts)] + [hi + 1]
+    with ThreadPoolExecutor(max_workers=parts) as pool:
+        pieces = list(pool.map(
+            lambda k: _gather_on_own_connection(db_file, label_set, dimensions, (bounds[k], bounds[k + 1])),
+            range(parts)))
+    return Gathered(np.concatenate([p.matrix for p in pieces]),
+                    np.concatenate([p.content_types for p in pieces]),
+                    sum((p.sources for p in pieces), Counter()))
 
 
 # ---- figures ----------------------------------------------------------------------------------
@@ -298,27 +367,28 @@ def warning_sentences(coverage: dict) -> list[str]:
 
 
 def compute_coverage(conn: sqlite3.Connection, filt: Filter, *, oracle: str | None = None, repeat: int = 0,
-                     sparse_share: float = DEFAULT_SPARSE_SHARE) -> dict:
+                     sparse_share: float = DEFAULT_SPARSE_SHARE, workers: int = 1,
+                     parallel_min_labels: int = PARALLEL_MIN_LABELS) -> dict:
     """Every coverage figure of one label set, as a JSON-ready dict. Raises store.StoreError when
-    there are no valid labels to describe."""
+    there are no valid labels to describe, CoverageError when the labels are inconsistent."""
     chosen_oracle, prompt_sha256 = store.choose_label_set(conn, filt, oracle)
     label_set = LabelSet(filt.id, chosen_oracle, prompt_sha256, repeat)
-    n = materialise_label_set(conn, label_set)
+    dims = filt.dimension_names
+    gathered = gather_label_set(conn, label_set, dims, workers=workers, parallel_min_labels=parallel_min_labels)
+    matrix, content_types = gathered.matrix, gathered.content_types
+    n = matrix.shape[0]
     if n == 0:
         repeats = [r[0] for r in conn.execute(
             """SELECT DISTINCT "repeat" FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ?
                AND status = 'ok' ORDER BY 1""", (filt.id, chosen_oracle, prompt_sha256))]
-        raise store.StoreError(f"no valid labels of {filt.id} by {chosen_oracle} with repeat {repeat} "
-                               f"(repeats with labels: {', '.join(map(str, repeats)) or 'none'})")
-    dims = filt.dimension_names
-    matrix = score_matrix(conn, dims)
-    content_types = np.array([r[0] for r in _tuples(conn).execute(query_text("coverage_label_facts"))], dtype=object)
+        raise store.StoreError(f"no valid labels of {filt.id} by {chosen_oracle} with repeat {repeat} on articles "
+                               f"that are not duplicates (repeats with labels: {', '.join(map(str, repeats)) or 'none'})")
     scores = {d: matrix[:, k] for k, d in enumerate(dims)}
     tier_counts = np.bincount(tier_indices(filt, overall_scores(filt, scores, content_types)),
                               minlength=len(filt.tiers))
     ct_values, ct_counts = np.unique(np.where(content_types == None, "(none)", content_types).astype(str),  # noqa: E711
                                      return_counts=True)
-    sources = {r[0]: int(r[1]) for r in conn.execute(query_text("coverage_sources"))}
+    sources = dict(sorted(gathered.sources.items(), key=lambda kv: (-kv[1], kv[0])))
     coverage = {
         "filter": filt.id,
         "oracle": chosen_oracle,
@@ -452,7 +522,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default reports/; files <filter>_v<N>_coverage.md, _heatmap.png, _histograms.png)")
     parser.add_argument("--output", help="JSON file with every figure (default: <report-dir>/<filter>_v<N>_coverage.json)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--workers", type=int, default=2, help="read-only connections (threads) that gather a large "
+                        f"label set in parallel (default 2; sets under {PARALLEL_MIN_LABELS:,} labels use one)")
     return parser
+
+
+def _import_libraries() -> None:
+    import scipy.stats  # noqa: F401
+
+    report.import_plotting()
 
 
 def _error(what: str) -> int:
@@ -485,7 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sparse-share must be a share between 0 and 1, e.g. 0.02")
     if args.repeat < 0:
         parser.error("--repeat must be 0 or more")
+    if args.workers < 1:
+        parser.error("--workers must be 1 or more")
     started = time.perf_counter()
+    if not args.no_plots:
+        # matplotlib and scipy take a second to import: do it while SQLite (which releases the GIL) works
+        threading.Thread(target=_import_libraries, daemon=True).start()
     try:
         filt = load_filter(args.filter)
     except FilterError as e:
@@ -506,9 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _error(f"no database, {db} (run `make ingest` and `make label` first, or pass --db PATH)")
             conn = store.connect(db, readonly=True)
             oracle = args.oracle
-        conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute("PRAGMA cache_size = -262144")
-        coverage = compute_coverage(conn, filt, oracle=oracle, repeat=args.repeat, sparse_share=args.sparse_share)
+        coverage = compute_coverage(conn, filt, oracle=oracle, repeat=args.repeat, sparse_share=args.sparse_share,
+                                    workers=args.workers)
     except (store.StoreError, CoverageError) as e:
         return _error(f"{e}, {db}")
     except sqlite3.DatabaseError as e:

@@ -12,11 +12,20 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# matplotlib is imported inside the plot functions: it costs about a second, and a stage that
+# only writes tables (or prints --help) should not pay it
+
+
+def import_plotting() -> None:
+    """Import what the plot functions need (a stage may call this early in a background thread)."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+    import matplotlib.ticker  # noqa: F401
 
 
 # ---- text -------------------------------------------------------------------------------------
@@ -123,6 +132,8 @@ def _nan_to_none(obj: Any) -> Any:
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Render `fig` to a PNG at `path` (atomically) with the Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
 
     def write(tmp: str) -> None:
@@ -139,6 +150,7 @@ def heatmap(matrix: Sequence[Sequence[float]], row_labels: Sequence[str], col_la
     """A labelled heatmap (rows x columns), e.g. dimension x score counts, or a correlation
     matrix with cmap='RdBu_r', vmin=-1, vmax=1, fmt='{:.2f}'. Saved to `path` when given."""
     import numpy as np
+    from matplotlib.figure import Figure
 
     data = np.asarray(matrix, dtype=float)
     if data.shape != (len(row_labels), len(col_labels)):
@@ -180,6 +192,8 @@ def histograms(panels: Mapping[str, Mapping[str, Sequence[float]]], bin_labels: 
     the selection), all over the same `bin_labels`. With `mark_empty`, bins where every series is
     zero get a red x on the axis, so a gap is seen rather than inferred. Saved to `path` when given."""
     import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not panels:
         raise ValueError("histograms needs at least one panel")

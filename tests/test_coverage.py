@@ -364,3 +364,16 @@ def test_report_helpers_write_whole_files_and_plain_tables(tmp_path):
     png = report.save_figure(fig, tmp_path / "out" / "h.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["h.png", "x.json"]  # no temp files left
+
+
+def test_parallel_gathering_gives_the_same_figures(fixed, uplifting):
+    """Large sets are gathered over several read-only connections; the figures must not change."""
+    db, _, result = fixed
+    conn = store.connect(db, readonly=True)
+    for workers in (2, 3):
+        split = coverage.compute_coverage(conn, uplifting, sparse_share=SPARSE, workers=workers, parallel_min_labels=0)
+        for key in ("labels", "dimensions", "tiers", "sources", "content_types", "gaps"):
+            assert split[key] == result[key], (workers, key)
+        np.testing.assert_allclose(np.array(split["correlation"]["matrix"], dtype=float),
+                                   np.array(result["correlation"]["matrix"], dtype=float), atol=1e-12)
+    conn.close()

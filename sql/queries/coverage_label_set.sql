@@ -1,7 +1,8 @@
 -- coverage: the label set one coverage report describes, materialised once per run so every
 -- figure is computed over exactly the same labels: the valid labels of one filter, oracle, prompt
 -- version and repeat, on articles that are not duplicates.
--- Parameters: :filter_id, :oracle, :prompt_sha256, :repeat.
+-- Parameters: :filter_id, :oracle, :prompt_sha256, :repeat, and the label id range
+-- [:id_from, :id_to), so that several connections can each gather one range in parallel.
 CREATE TEMP TABLE coverage_labels (
     label_id     INTEGER PRIMARY KEY,
     article_id   TEXT NOT NULL,
@@ -17,4 +18,5 @@ WHERE l.filter_id = :filter_id
   AND l.prompt_sha256 = :prompt_sha256
   AND l."repeat" = :repeat
   AND l.status = 'ok'
+  AND l.id >= :id_from AND l.id < :id_to
   AND a.dup_of IS NULL;
