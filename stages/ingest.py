@@ -322,7 +322,7 @@ class _Ingester:
         self.summary = summary
         self.hash_of_id: dict[str, str] = {}
         self.kept_by_hash: dict[str, str] = {}
-        for article_id, chash, dup_of in conn.execute("SELECT id, content_hash, dup_of FROM articles"):
+        for article_id, chash, dup_of in conn.execute("SELECT id, content_hash, dup_of FROM articles ORDER BY rowid"):
             self.hash_of_id[article_id] = chash
             if dup_of is None:
                 self.kept_by_hash.setdefault(chash, article_id)
