@@ -383,3 +383,17 @@ def test_rate_limiter_keeps_the_pace_and_a_pause_holds_everyone():
     paced, paused = asyncio.run(go())
     assert paced >= 0.45       # 100 go at once (the burst), the other 50 at 100/s
     assert paused >= 0.29
+
+
+def test_demo_path_labels_with_the_offline_local_embed_oracle(sample_db, tmp_path, uplifting, capsys):
+    """What `make demo` runs, on a few articles: no key, no network, scores in the wide view."""
+    from stages.label import main
+    out = tmp_path / "ground_truth"
+    assert main(["--db", str(sample_db), "--llm", "local-embed", "--target-count", "6", "--random-sample",
+                 "--seed", "42", "--output-dir", str(out), "--concurrency", "6"]) == 0
+    conn = store.connect(sample_db)
+    rows = conn.execute(f"SELECT * FROM {uplifting.view_name} WHERE oracle = 'local-embed'").fetchall()
+    assert len(rows) == 6
+    assert all(0 <= r[n] <= 10 for r in rows for n in uplifting.dimension_names)
+    assert sum(1 for _ in (out / "uplifting" / "labeled_articles.jsonl").open()) == 6
+    assert "6/6 valid labels" in capsys.readouterr().out
