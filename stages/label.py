@@ -290,6 +290,7 @@ class _Run:
         self.stopping = False
         self.fatal: BaseException | None = None
         self.bar = None
+        self.owns_oracle = True
         self.started = time.perf_counter()
 
     # -- what to label ---------------------------------------------------------------------------
@@ -553,7 +554,8 @@ class _Run:
         finally:
             if self.bar is not None:
                 self.bar.close()
-            await self.oracle.aclose()
+            if self.owns_oracle:
+                await self.oracle.aclose()
         self.summary.ok_total = self.ok_total
         self.summary.seconds = time.perf_counter() - self.started
         if self.fatal is not None:
@@ -581,6 +583,7 @@ def label_articles(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, art
         raise ValueError("repeats and concurrency must be at least 1")
     if timeout is not None:
         spec = dataclasses.replace(spec, timeout_s=float(timeout))
+    owns_oracle = oracle is None  # an oracle passed in stays open for the caller
     if oracle is None:
         from stages.oracles.registry import make_oracle
         oracle = make_oracle(spec)  # raises MissingKey before any work
@@ -591,6 +594,7 @@ def label_articles(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, art
         engine = _Run(conn, filt, spec, oracle, article_ids, purpose=purpose, repeats=repeats,
                       concurrency=concurrency, max_cost=max_cost, target_valid=target_valid, seed=seed,
                       params=params, progress=progress, timeout=timeout, retry=retry or RetryPolicy(), mode=mode)
+        engine.owns_oracle = owns_oracle
         engine_box["engine"] = engine
         return await engine.run()
 
