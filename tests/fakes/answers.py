@@ -31,10 +31,34 @@ def deterministic_answer(article: str, dimensions: Sequence[str], content_types:
     return {"scores": scores, "content_type": content_type, "evidence": evidence}
 
 
-def expected_answer(filter_, title: str, text: str) -> dict[str, Any]:
-    """The answer the fake server gives for this article under this filter (tests' oracle)."""
+def expected_answer(filter_, title: str, text: str, model: str = "") -> dict[str, Any]:
+    """The answer the fake server gives for this article under this filter (tests' oracle); a
+    model id with a `noise<N>` part gets the same perturbation as on the server."""
     _, article_part = filter_.prompt_parts(title, text)
-    return deterministic_answer(article_block(article_part), filter_.dimension_names, list(filter_.content_types))
+    article = article_block(article_part)
+    return model_variant(deterministic_answer(article, filter_.dimension_names, list(filter_.content_types)),
+                         article, model)
+
+
+_NOISE = re.compile(r"noise(\d+(?:\.\d+)?)")
+
+
+def model_variant(answer: dict[str, Any], article: str, model: str) -> dict[str, Any]:
+    """Make models disagree, deterministically: a model id containing `noise<N>` (e.g.
+    `fake-flash-noise1.5`) moves every score by an offset in [-N, N] points (half-point steps, from
+    the hash of model and article, clipped to 0-10). Any other model id answers unchanged, so
+    models without `noise` agree perfectly."""
+    m = _NOISE.search(model or "")
+    if not m:
+        return answer
+    amplitude = float(m.group(1))
+    steps = int(amplitude * 2)
+    digest = hashlib.sha256(f"{model}\n{article}".encode("utf-8")).digest()
+    out = json.loads(json.dumps(answer))
+    for i, name in enumerate(out["scores"]):
+        offset = ((digest[i % len(digest)] % (2 * steps + 1)) - steps) / 2 if steps else 0.0
+        out["scores"][name] = min(10.0, max(0.0, out["scores"][name] + offset))
+    return out
 
 
 def schema_shape(schema: dict | None) -> tuple[list[str], list[str]] | None:

@@ -14,7 +14,8 @@ Routes: Gemini  POST /v1[beta]/models/{model}:generateContent  (key: x-goog-api-
 
 Answers: valid JSON for the schema the client sent (dimension names and content types are read
 from it), with scores derived from the article's hash: `answers.expected_answer(filter, title,
-text)` predicts them. Usage: tokens = characters // 4; a rubric seen before is reported as cached.
+text)` predicts them; a model id containing `noise<N>` moves each score by up to N points
+(answers.model_variant), so two models can disagree. Usage: tokens = characters // 4; a rubric seen before is reported as cached.
 
 Faults (see FAULTS), chosen per request by, in order:
   1. a marker in the article text: `FAULT:<name>` (always) or `FAULT:<name>:<n>` (first n times);
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tests.fakes.answers import (article_block, article_key, corrupt, deterministic_answer, fault_markers,
-                                 schema_shape)
+                                 model_variant, schema_shape)
 from tests.fakes.batches import FakeBatches, answer_like_sync
 
 FAULTS = (
@@ -516,7 +517,7 @@ class _Handler(BaseHTTPRequestHandler):
         fake._sleep(fake.slow_s if fault == "slow" else fake.latency_s)
 
         shape = schema_shape(req.schema) or fake._default_shape
-        answer = deterministic_answer(article, *shape)
+        answer = model_variant(deterministic_answer(article, *shape), article, req.model)
         text = corrupt(answer, fault) if fault in ANSWER_FAULTS else json.dumps(answer)
         cacheable = req.system and (dialect is not AnthropicDialect or req.extra.get("cacheable"))
         cached = cache_write = 0

@@ -1,0 +1,258 @@
+"""The calibrate stage: the recommendation rule on fixed data, and a three-model calibration through
+the real SDK clients against the loopback fake provider server (models made to disagree with the
+fake's `noise<N>` model ids), producing the report, the JSON and the plots."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages import calibrate, store
+from stages.calibrate import Rater, Thresholds
+from stages.label import label_articles
+from stages.oracles import registry
+from stages.oracles.base import OracleSpec
+from tests.fakes.server import FakeProviderServer
+from tests.test_label import add_articles, sample_articles
+
+# ---- the recommendation rule on fixed data ----------------------------------------------------
+
+
+def make_rater(filt, name: str, scores: np.ndarray, *, price_in: float, price_out: float = 0.0,
+               invalid: int = 0) -> Rater:
+    """A rater with the given scores (articles x dimensions; NaN rows: no valid answer) and label
+    rows as the label stage stores them (2000 input and 300 output tokens per answer)."""
+    dims = filt.dimension_names
+    ids = [f"a{i:03d}" for i in range(len(scores))]
+    frame = pd.DataFrame(scores, index=pd.Index(ids, name="article_id"), columns=dims)
+    frame["overall"] = [filt.overall(dict(zip(dims, row))) if np.isfinite(row).all() else np.nan for row in scores]
+    tiers = frame["overall"].map(lambda v: filt.tier(v) if pd.notna(v) else None).astype(object)
+    spec = OracleSpec(name=name, provider="openai", model=name, input_per_m=price_in, output_per_m=price_out,
+                      rpm=600)
+    status = ["ok" if np.isfinite(row).all() else "invalid" for row in scores]
+    for i in range(invalid):
+        status[i] = "invalid"
+        frame.iloc[i] = np.nan
+        tiers.iloc[i] = None
+    labels = pd.DataFrame({"article_id": ids, "status": status,
+                           "cost_usd": [spec.cost(2000, 300)] * len(ids), "latency_ms": np.linspace(500, 1500, len(ids)),
+                           "input_tokens": 2000, "output_tokens": 300, "cached_tokens": 0, "attempts": 1,
+                           "error": None, "run_id": 1})
+    return Rater(name, spec, filt.prompt_sha256, frame, tiers, {0: frame}, labels)
+
+
+def run_compare(filt, raters, reference=None, thresholds=Thresholds()):
+    info = {"requested": 60, "used": 60, "pool": 60, "seed": 1, "articles_in_db": 60, "skipped_short_or_duplicate": 0,
+            "skipped_near_duplicate": 0, "skipped_prefilter": 0, "note": None}
+    ref = calibrate.choose_reference(raters, reference)
+    return calibrate.compare(filt, raters, reference=ref, sample_info=info, titles={}, thresholds=thresholds,
+                             n_boot=100, seed=1)
+
+
+@pytest.fixture(scope="module")
+def truth(uplifting):
+    rng = np.random.default_rng(11)
+    return rng.integers(0, 11, (60, len(uplifting.dimension_names))).astype(float)
+
+
+def noisy(truth, amplitude, seed):
+    rng = np.random.default_rng(seed)
+    return np.clip(truth + rng.integers(-amplitude, amplitude + 1, truth.shape), 0, 10)
+
+
+def test_the_cheapest_model_that_agrees_with_the_strongest_is_recommended(uplifting, truth):
+    pro = make_rater(uplifting, "pro", truth, price_in=1.25, price_out=10)
+    flash = make_rater(uplifting, "flash", noisy(truth, 1, 1), price_in=0.30, price_out=2.5)
+    result = run_compare(uplifting, [flash, pro])
+    assert result["reference"] == "pro"                   # the most expensive per article by default
+    rec = result["recommendation"]
+    assert rec["model"] == "flash"
+    row = next(r for r in rec["rows"] if r["model"] == "flash")
+    assert row["qualifies"] and row["agreement"]["spearman"].value >= 0.7 and row["agreement"]["mae"].value <= 1.0
+    assert "Label with flash" in rec["verdict"]
+    # the projection prices 20,000 articles at the measured tokens
+    proj = result["models"]["flash"]["projection"]
+    assert proj["cost_sync_usd"] == pytest.approx(20_000 * flash.spec.cost(2000, 300))
+    assert proj["seconds_at_rate_limit"] == pytest.approx(20_000 / 600 * 60)
+
+
+def test_a_cheap_model_that_disagrees_loses_to_the_reference(uplifting, truth):
+    pro = make_rater(uplifting, "pro", truth, price_in=1.25, price_out=10)
+    sloppy = make_rater(uplifting, "sloppy", noisy(truth, 5, 2), price_in=0.1)
+    rec = run_compare(uplifting, [sloppy, pro])["recommendation"]
+    assert rec["model"] == "pro" and "it is the reference" in rec["verdict"]
+    row = next(r for r in rec["rows"] if r["model"] == "sloppy")
+    assert not row["qualifies"]
+    assert any(reason.startswith("mean Spearman") for reason in row["reasons"])
+    assert any(reason.startswith("mean MAE") for reason in row["reasons"])
+
+
+def test_no_model_qualifies_says_so_and_why(uplifting, truth):
+    pro = make_rater(uplifting, "pro", truth, price_in=1.25, invalid=10)     # 10 of 60 invalid: 17%
+    flash = make_rater(uplifting, "flash", noisy(truth, 1, 3), price_in=0.3, invalid=6)
+    rec = run_compare(uplifting, [flash, pro], thresholds=Thresholds(min_spearman=0.99))["recommendation"]
+    assert rec["model"] is None
+    assert rec["verdict"].startswith("No model qualifies")
+    assert "pro: invalid rate 16.7% > 5%" in rec["verdict"]
+    assert "flash: invalid rate 10.0% > 5%" in rec["verdict"] and "< 0.99" in rec["verdict"]
+
+
+def test_a_model_without_valid_answers_is_not_perfect_agreement(uplifting, truth):
+    pro = make_rater(uplifting, "pro", truth, price_in=1.25)
+    mute = make_rater(uplifting, "mute", np.full_like(truth, np.nan), price_in=0.1)
+    result = run_compare(uplifting, [mute, pro])
+    pair = result["pairs"][0]
+    assert all(s.value is None for s in pair["per_dimension"]["agency"].values())
+    assert pair["per_dimension"]["agency"]["spearman"].fmt() == "undefined (mute has no valid answers)"
+    row = next(r for r in result["recommendation"]["rows"] if r["model"] == "mute")
+    assert not row["qualifies"] and "no valid answers" in row["reasons"]
+    assert result["models"]["mute"]["labels"]["invalid_rate"].value == 1.0
+    assert result["recommendation"]["model"] == "pro"
+
+
+def test_consensus_of_three_is_the_default_reference(uplifting, truth):
+    a = make_rater(uplifting, "a", truth, price_in=3)
+    b = make_rater(uplifting, "b", noisy(truth, 1, 4), price_in=1)
+    c = make_rater(uplifting, "c", noisy(truth, 4, 5), price_in=0.1)
+    result = run_compare(uplifting, [a, b, c])
+    assert result["reference"] == "consensus"
+    frame = result["consensus"]["frame"]
+    expected = np.median(np.stack([a.scores.iloc[:, :8], b.scores.iloc[:, :8], c.scores.iloc[:, :8]]), axis=0)
+    np.testing.assert_allclose(frame[uplifting.dimension_names].to_numpy(), expected)
+    assert result["recommendation"]["model"] == "b"
+    with pytest.raises(calibrate.CalibrationError):
+        calibrate.choose_reference([a, b], "consensus")
+
+
+# ---- end to end against the fake provider server -----------------------------------------------
+
+ORACLES = {
+    # the reference: answers exactly what the fake derives from the article
+    "fake-pro": {"provider": "openai", "model": "fake-pro", "input_per_m": 2.5, "output_per_m": 10.0,
+                 "batch_input_per_m": 1.25, "batch_output_per_m": 5.0, "rpm": 500, "tpm": None,
+                 "api_key_env": "OPENAI_API_KEY", "timeout_s": 10},
+    # cheaper, a little noise (scores moved by up to 1 point): should qualify
+    "fake-flash": {"provider": "gemini", "model": "fake-flash-noise1", "input_per_m": 0.3, "output_per_m": 2.5,
+                   "batch_input_per_m": 0.15, "batch_output_per_m": 1.25, "rpm": 1000, "tpm": None,
+                   "api_key_env": "GEMINI_API_KEY", "timeout_s": 10},
+    # cheapest, very noisy (up to 5 points): should not
+    "fake-mini": {"provider": "anthropic", "model": "fake-mini-noise5", "input_per_m": 0.1, "output_per_m": 0.4,
+                  "rpm": 1000, "tpm": None, "api_key_env": "ANTHROPIC_API_KEY", "timeout_s": 10},
+}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeProviderServer(latency_s=0.0) as srv:
+        yield srv
+
+
+@pytest.fixture
+def fake_env(server, monkeypatch, tmp_path):
+    server.reset()
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "oracles.yaml"
+    path.write_text(json.dumps({"oracles": ORACLES}), encoding="utf-8")   # JSON is YAML
+    return server, path
+
+
+@pytest.fixture
+def db_with_articles(db_path, uplifting):
+    c = store.connect(db_path)
+    store.register_filter(c, uplifting)
+    add_articles(c, sample_articles(40))
+    c.close()
+    return db_path
+
+
+def test_three_models_end_to_end_report_json_plots_and_reuse(db_with_articles, fake_env, tmp_path, uplifting, capsys):
+    server, oracles = fake_env
+    out = tmp_path / "reports" / "uplifting_v1_calibration.md"
+    args = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--models", "fake-pro,fake-flash,fake-mini",
+            "--sample-size", "30", "--seed", "5", "--repeats", "2", "--bootstrap", "200", "--output", str(out),
+            "--quiet", "--concurrency", "8"]
+    assert calibrate.main(args) == 0
+    printed = capsys.readouterr().out
+    assert server.requests == 3 * 30 * 2
+
+    # the report leads with the recommendation: fake-flash, the cheapest close to the consensus
+    md = out.read_text(encoding="utf-8")
+    assert md.splitlines()[2] == "## Recommendation"
+    assert "**Label with fake-flash" in md and "Label with fake-flash" in printed
+    assert "offline stand-ins" not in md                     # no offline model here
+    for section in ("## Cost, speed and answer quality", "## Agreement between models", "## Consensus", "## Tiers",
+                    "## Score distributions", "## Dimension redundancy", "## Self-consistency (repeats)",
+                    "## Most disagreeing articles"):
+        assert section in md
+    data = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert data["reference"] == "consensus" and data["recommendation"]["model"] == "fake-flash"
+    assert set(data["models"]) == set(ORACLES) and len(data["pairs"]) == 3
+    mini = next(r for r in data["recommendation"]["rows"] if r["model"] == "fake-mini")
+    assert not mini["qualifies"] and mini["reasons"]
+    # the reference model answers what the fake derives from the article: it agrees perfectly with itself
+    pro_sc = data["models"]["fake-pro"]["self_consistency"]["r0_vs_r1"]["summary"]
+    assert pro_sc["spearman"]["value"] == pytest.approx(1.0) and pro_sc["mae"]["value"] == 0.0
+    assert data["models"]["fake-flash"]["labels"] == {"ok": 30, "invalid": 0, "error": 0, "missing": 0,
+                                                      "invalid_rate": data["models"]["fake-flash"]["labels"]["invalid_rate"]}
+    assert data["models"]["fake-pro"]["projection"]["cost_batch_usd"] < data["models"]["fake-pro"]["projection"]["cost_sync_usd"]
+    assert data["models"]["fake-mini"]["projection"]["cost_batch_usd"] is None     # no batch prices given
+    assert len(data["consensus"]["scores"]) == 30
+    for name in data["plots"].values():
+        png = out.parent / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in md
+    assert len(data["plots"]) == 1 + 3 + 3 + 3      # histograms, 3 pair + 3 consensus scatters, 3 heatmaps
+
+    # the labels are calibration runs in gt.db ...
+    conn = store.connect(db_with_articles)
+    purposes = {r[0] for r in conn.execute("SELECT DISTINCT purpose FROM label_runs")}
+    assert purposes == {"calibrate"}
+    # ... reused by a second calibration (nothing requested) and by a later label run of the same oracle
+    before = server.requests
+    assert calibrate.main(args) == 0
+    assert server.requests == before
+    sample_ids = data["sample"]["used"]
+    spec = registry.resolve("fake-pro", registry.load_registry(oracles))
+    ids = [r[0] for r in conn.execute("SELECT DISTINCT article_id FROM labels WHERE oracle = 'fake-pro'")]
+    summary = label_articles(conn, uplifting, spec, ids, purpose="label", progress=False)
+    assert summary.requested == 0 and summary.skipped_existing == sample_ids and server.requests == before
+    conn.close()
+
+
+def test_existing_labels_only_unknown_names_and_a_small_pool(db_with_articles, fake_env, tmp_path, uplifting, capsys):
+    server, oracles = fake_env
+    conn = store.connect(db_with_articles)
+    # labels already in gt.db from an oracle that is not in oracles.yaml (as an import leaves them)
+    run = store.start_run(conn, purpose="import", filt=uplifting, oracle="imported-rater", provider=None, model=None,
+                          mode="import")
+    rng = np.random.default_rng(0)
+    for (aid,) in conn.execute("SELECT id FROM articles").fetchall():
+        store.insert_label(conn, run_id=run, article_id=aid, filt=uplifting, oracle="imported-rater", status="ok",
+                           scores={d: float(rng.integers(0, 11)) for d in uplifting.dimension_names},
+                           content_type="other")
+    store.finish_run(conn, run)
+    conn.close()
+    out = tmp_path / "r.md"
+    base = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--output", str(out), "--quiet",
+            "--bootstrap", "50"]
+
+    assert calibrate.main(base + ["--models", "fake-pro,gemini-ultra"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown model 'gemini-ultra'; known: ")
+    assert "fake-flash" in err[0] and "imported-rater" in err[0]
+    assert server.requests == 0
+
+    # more articles asked than the pool holds: said, and the whole pool used; the imported labels are
+    # compared as they are, only the registry model is asked
+    assert calibrate.main(base + ["--models", "imported-rater,fake-pro", "--sample-size", "500"]) == 0
+    printed = capsys.readouterr().out
+    assert "asked for 500 articles but only 40 are eligible" in printed
+    assert server.requests == 40
+    data = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert data["sample"]["used"] == 40
+    assert data["models"]["imported-rater"]["labels"]["ok"] == 40
+    assert "asked for 500 articles" in out.read_text(encoding="utf-8")
