@@ -16,11 +16,11 @@ Bands: extremes low = bins 0-2 (s < 3), middle = bins 4-7 (4 <= s < 8), high = b
 Speed: the label set is materialised once in SQL, then each label's scores come back packed into
 one integer (sql/queries/coverage_packed_scores.sql), so 1M labels (8M score rows) cost one pass
 over label_scores and 1M fetched rows instead of 8M; the statistics are numpy/scipy on that matrix.
+A large set is gathered by two read-only connections in threads (label id ranges), one per core.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sqlite3
 import sys
