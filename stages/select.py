@@ -201,9 +201,12 @@ def build_program(strategy: Strategy, edges: np.ndarray, k: int, tier_names: lis
         t_max = np.maximum(np.maximum(math.floor(hi * k), k - others), t_min)
     else:
         t_min, t_max = np.zeros(t, dtype=np.int64), np.full(t, k, dtype=np.int64)
+    # covering an empty bin outweighs anything else one article can add, so every bin the pool
+    # reaches is covered before any quota is topped up
+    bonus = d * int(value_row.max()) + int(pool.weight.max(initial=0)) + 1
     return sel.Program(quota=np.tile(quota_row, (d, 1)), value=np.tile(value_row, (d, 1)), size=k,
                        tier_names=list(tier_names), tier_min=t_min, tier_max=np.minimum(t_max, k),
-                       max_per_source=max_per_source)
+                       max_per_source=max_per_source, bonus=np.full((d, len(edges)), bonus, dtype=np.int64))
 
 
 # ---- inputs from gt.db ------------------------------------------------------------------------
@@ -633,9 +636,10 @@ def selection_report(ctx: ReportContext) -> str:
         ["random subset (mean of 5 seeds)", f"{rand:,.0f} ({pct(rand, s.objective)})"],
         ["greedy baseline", f"{ctx.greedy_obj:,} ({pct(ctx.greedy_obj, s.objective)})" if ctx.greedy_obj is not None
          else "no feasible greedy set"]], align="ll"),
-        "The objective is the sum over (dimension, bin) cells of value x min(articles in the cell, quota), plus "
-        "the strategy's article weights; all coefficients are integers, so the floor of the LP relaxation "
-        "bounds every selection.", ""]
+        f"The objective is the sum over (dimension, bin) cells of value x min(articles in the cell, quota), plus "
+        f"a bonus of {int(ctx.program.bonus.max())} for each cell that holds at least one article (covering an "
+        f"empty bin outweighs anything else one article can add), plus the strategy's article weights; all "
+        f"coefficients are integers, so the floor of the LP relaxation bounds every selection.", ""]
     lines += ["## Strategies", "", f"This selection used **{ctx.strategy.name}**. The base quota is "
               f"ceil(K / bins) = {math.ceil(p['target_size'] / len(ctx.edges))}; extreme bins are those with a "
               "midpoint below 4 or at least 8.", "", strategy_table(), ""]

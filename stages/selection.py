@@ -1,7 +1,8 @@
 """The selection program, pure optimisation (no gt.db, no files): choose exactly K articles so that
 every (dimension, score bin) cell holds as many articles as it can, up to its quota.
 
-    maximise   sum_cells value[c] * min(count[c], quota[c])  +  sum_articles weight[i] * x[i]
+    maximise   sum_cells value[c] * min(count[c], quota[c]) + bonus[c] * min(count[c], 1)
+               + sum_articles weight[i] * x[i]
     subject to sum x = K;  tier_min[t] <= sum_{i in tier t} x <= tier_max[t];
                sum_{i in source s} x <= max_per_source;  sum_{i in cluster k} x <= 1
 
@@ -74,10 +75,12 @@ class Program:
     tier_min: np.ndarray                  # (T,) int counts
     tier_max: np.ndarray                  # (T,) int counts
     max_per_source: int | None = None
+    bonus: np.ndarray | None = None       # (D, B) int: extra value of a cell's FIRST article (covering it)
 
     def __post_init__(self):
         self.quota = np.asarray(self.quota, dtype=np.int64)
         self.value = np.asarray(self.value, dtype=np.int64)
+        self.bonus = np.zeros_like(self.value) if self.bonus is None else np.asarray(self.bonus, dtype=np.int64)
         self.tier_min = np.asarray(self.tier_min, dtype=np.int64)
         self.tier_max = np.asarray(self.tier_max, dtype=np.int64)
 
@@ -162,13 +165,8 @@ def cell_counts(bins: np.ndarray, counts: np.ndarray, n_bins: int) -> np.ndarray
 def objective_value(bins: np.ndarray, counts: np.ndarray, weight: np.ndarray, program: Program) -> int:
     """The program's objective for rows taken `counts` times (groups, or articles with 0/1)."""
     cells = cell_counts(bins, counts, program.quota.shape[1])
-    return int((program.value * np.minimum(cells, program.quota)).sum() + (weight * counts).sum())
-
-
-def objective_per_dimension(bins: np.ndarray, chosen: np.ndarray, program: Program) -> np.ndarray:
-    """Coverage part of the objective per dimension (sum over bins of value * min(count, quota))."""
-    cells = cell_counts(bins, chosen.astype(np.int64), program.quota.shape[1])
-    return (program.value * np.minimum(cells, program.quota)).sum(axis=1)
+    return int((program.value * np.minimum(cells, program.quota)).sum() + (program.bonus * (cells > 0)).sum()
+               + (weight * counts).sum())
 
 
 # ---- feasibility ------------------------------------------------------------------------------
@@ -257,25 +255,28 @@ def solve_lp(groups: Groups, program: Program, relax: frozenset = frozenset()):
     g = groups.count
     d, b = program.quota.shape
     c = d * b
-    # cell rows: y_c - sum_{groups in c} n_g <= 0
+    # cell rows: y_c - sum_{groups in c} n_g <= 0 (fill up to the quota), then z_c - sum n_g <= 0
+    # (the cell is covered at all); columns: n (G), y (C), z (C)
     cell_of = (np.arange(d)[None, :] * b + groups.bins).ravel()          # (G*D,)
     group_of = np.repeat(np.arange(g), d)
-    r_cells = np.concatenate([cell_of, np.arange(c)])
-    c_cells = np.concatenate([group_of, g + np.arange(c)])
-    v_cells = np.concatenate([-np.ones(g * d), np.ones(c)])
+    r_cells = np.concatenate([cell_of, c + cell_of, np.arange(2 * c)])
+    c_cells = np.concatenate([group_of, group_of, g + np.arange(2 * c)])
+    v_cells = np.concatenate([-np.ones(2 * g * d), np.ones(2 * c)])
+    c2 = 2 * c
     rows, cols, lo, hi, _ = _constraint_rows(groups, program, relax)
-    r_more = np.concatenate(rows) + c if rows else np.zeros(0, dtype=np.int64)
+    r_more = np.concatenate(rows) + c2 if rows else np.zeros(0, dtype=np.int64)
     c_more = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
     matrix = sp.csr_matrix(
         (np.concatenate([v_cells, np.ones(len(r_more))]),
          (np.concatenate([r_cells, r_more]), np.concatenate([c_cells, c_more]))),
-        shape=(c + len(lo), g + c))
+        shape=(c2 + len(lo), g + c2))
     pool_cells = cell_counts(groups.bins, groups.size, b)
-    var_lo = np.zeros(g + c)
-    var_hi = np.concatenate([groups.size, np.minimum(program.quota, pool_cells).ravel()]).astype(float)
-    obj = np.concatenate([groups.weight, program.value.ravel()]).astype(float)
-    row_lo = np.concatenate([np.full(c, -np.inf), np.asarray(lo, dtype=float)])
-    row_hi = np.concatenate([np.zeros(c), np.asarray(hi, dtype=float)])
+    var_lo = np.zeros(g + c2)
+    var_hi = np.concatenate([groups.size, np.minimum(program.quota, pool_cells).ravel(),
+                             np.minimum(1, pool_cells).ravel()]).astype(float)
+    obj = np.concatenate([groups.weight, program.value.ravel(), program.bonus.ravel()]).astype(float)
+    row_lo = np.concatenate([np.full(c2, -np.inf), np.asarray(lo, dtype=float)])
+    row_hi = np.concatenate([np.zeros(c2), np.asarray(hi, dtype=float)])
     model = mb.Model()
     model.helper.fill_model_from_sparse_data(var_lo, var_hi, obj, row_lo, row_hi, matrix)
     model.helper.set_maximize(True)
@@ -320,6 +321,7 @@ def greedy_fill(groups: Groups, program: Program, start: np.ndarray | None = Non
     tiebreak = np.arange(g, dtype=float) if tiebreak is None else tiebreak
     quota = program.quota.tolist()
     value = program.value.tolist()
+    bonus = program.bonus.tolist()
     cells = cell_counts(groups.bins, counts, program.quota.shape[1]).tolist()
     bins = groups.bins.tolist()
     weight = groups.weight.tolist()
@@ -340,7 +342,8 @@ def greedy_fill(groups: Groups, program: Program, start: np.ndarray | None = Non
 
     def gain(i: int) -> int:
         row = bins[i]
-        return weight[i] + sum(value[j][row[j]] for j in dims if cells[j][row[j]] < quota[j][row[j]])
+        return weight[i] + sum((value[j][row[j]] if cells[j][row[j]] < quota[j][row[j]] else 0)
+                               + (bonus[j][row[j]] if cells[j][row[j]] == 0 else 0) for j in dims)
 
     def open_(i: int) -> bool:
         return (cnt[i] < size[i] and tier_count[tier[i]] < tier_max[tier[i]]
@@ -406,15 +409,14 @@ def improve_by_swaps(groups: Groups, program: Program, counts: np.ndarray, secon
     while improved and time.perf_counter() < deadline:
         improved = False
         support = np.flatnonzero(counts > 0)
-        in_cells = program.value * (cells <= program.quota)   # what removing one article loses per cell
+        in_cells = program.value * (cells <= program.quota) + program.bonus * (cells == 1)  # loss per cell
         loss = groups.weight[support] + in_cells[dim_index[None, :], groups.bins[support]].sum(axis=1)
         for out in support[np.argsort(loss, kind="stable")]:
             after = cells.copy()
             after[dim_index, groups.bins[out]] -= 1
-            open_value = program.value * (after < program.quota)
+            open_value = program.value * (after < program.quota) + program.bonus * (after == 0)
             gain_in = groups.weight + open_value[dim_index[None, :], groups.bins].sum(axis=1)
-            lose = groups.weight[out] + (program.value[dim_index, groups.bins[out]]
-                                         * (cells[dim_index, groups.bins[out]] <= program.quota[dim_index, groups.bins[out]])).sum()
+            lose = groups.weight[out] + in_cells[dim_index, groups.bins[out]].sum()
             delta = gain_in - lose
             ok = (counts < groups.size) & (delta > 0)
             ok[out] = False
@@ -527,15 +529,16 @@ def _polish(groups, program, hint, hint_obj, lp_obj, lp_counts, reduced, time_li
     objective = []
     for j in range(d):
         for k in range(b):
-            top = int(min(program.quota[j, k], pool_cells[j, k]))
-            if top == 0 or program.value[j, k] == 0:
-                continue
-            y = model.new_int_var(0, top, f"y{j}_{k}")
             members = free_idx[groups.bins[free_idx, j] == k]
-            model.add(y <= expr(members, int(fixed_cells[j, k])))
-            objective.append((int(program.value[j, k]), y))
-            if hint is not None:
-                model.add_hint(y, int(min(hint_cells[j, k], top)))
+            for top, value, name in ((min(program.quota[j, k], pool_cells[j, k]), program.value[j, k], "y"),
+                                     (min(1, pool_cells[j, k]), program.bonus[j, k], "z")):
+                if top == 0 or value == 0:
+                    continue
+                y = model.new_int_var(0, int(top), f"{name}{j}_{k}")
+                model.add(y <= expr(members, int(fixed_cells[j, k])))
+                objective.append((int(value), y))
+                if hint is not None:
+                    model.add_hint(y, int(min(hint_cells[j, k], top)))
     fixed_weight = int((groups.weight * fixed_counts).sum())
     rows, cols, lo_r, hi_r, _ = _constraint_rows(groups, program)
     for r_members, lo_v, hi_v in zip(cols, lo_r, hi_r):
