@@ -122,13 +122,12 @@ def score_matrix(conn: sqlite3.Connection, dimensions: Sequence[str]) -> np.ndar
     conn.executemany("INSERT INTO temp.coverage_dimensions VALUES (?, ?, ?)",
                      [(dimensions[k], c, PACK_BASE ** j) for c, ks in enumerate(chunks) for j, k in enumerate(ks)])
     for c, ks in enumerate(chunks):
-        rows = _tuples(conn).execute(query_text("coverage_packed_scores"), {"chunk": c}).fetchall()
-        if len(rows) != n:
+        packed = np.fromiter((r[0] for r in _tuples(conn).execute(query_text("coverage_packed_scores"), {"chunk": c})),
+                             dtype=np.int64)  # streamed: no list of a million tuples
+        if len(packed) != n:
             # an ok label always carries every dimension (store.insert_label); anything else is a broken db
-            raise CoverageError(f"{n - len(rows)} valid labels have no scores for some dimensions: the database is "
-                                "inconsistent (re-import or relabel them)")
-        packed = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-        del rows
+            raise CoverageError(f"{n - len(packed):,} labels of this set have no scores on "
+                                f"{', '.join(dimensions[k] for k in ks)} (relabel them, or pick another set with --oracle)")
         for j, k in enumerate(ks):
             digits = (packed // PACK_BASE ** j) % PACK_BASE
             unscored = int((digits == 0).sum())
@@ -158,10 +157,10 @@ def gather(conn: sqlite3.Connection, label_set: LabelSet, dimensions: Sequence[s
            ids: tuple[int, int] = ALL_IDS) -> Gathered:
     """Everything the figures need from gt.db, in three queries over one materialised label set."""
     conn.execute("PRAGMA temp_store = MEMORY")
-    conn.execute("PRAGMA cache_size = -262144")
+    conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: one pass in index order gains nothing from more
     materialise_label_set(conn, label_set, ids)
     matrix = score_matrix(conn, dimensions)
-    content_types = np.array([r[0] for r in _tuples(conn).execute(query_text("coverage_label_facts"))], dtype=object)
+    content_types = np.fromiter((r[0] for r in _tuples(conn).execute(query_text("coverage_label_facts"))), dtype=object)
     sources = Counter({r[0]: int(r[1]) for r in _tuples(conn).execute(query_text("coverage_sources"))})
     conn.execute("DROP TABLE IF EXISTS temp.coverage_labels")
     return Gathered(matrix, content_types, sources)
@@ -218,16 +217,23 @@ def dimension_figures(x: np.ndarray, sparse_share: float) -> dict:
     from scipy import stats
 
     n = int(x.size)
-    bins = np.clip(np.floor(x), 0, 10).astype(np.int64)
-    histogram = np.bincount(bins, minlength=11)
     doubled = x * 2
-    on_grid = doubled == np.round(doubled)
-    grid_counts = np.bincount(np.round(doubled[on_grid]).astype(np.int64), minlength=21)
+    rounded = np.rint(doubled)
+    on_grid = doubled == rounded
+    all_on_grid = bool(on_grid.all())
+    # whole and half points (the usual case) are counted once on the half-point grid; the bins
+    # (floor) follow from it: bin b holds grid points 2b (b.0) and 2b+1 (b.5)
+    grid = rounded if all_on_grid else rounded[on_grid]
+    grid_counts = np.bincount(grid.astype(np.int64), minlength=21)
+    histogram = grid_counts[0::2].copy()
+    histogram[:10] += grid_counts[1::2]
     values = {f"{v:g}": int(c) for v, c in zip(HALF_POINTS, grid_counts)}
-    if not on_grid.all():
-        other, counts = np.unique(x[~on_grid], return_counts=True)
-        values.update({repr(float(v)): int(c) for v, c in zip(other, counts)})
-    values = dict(sorted(values.items(), key=lambda kv: float(kv[0])))
+    if not all_on_grid:
+        other = x[~on_grid]
+        histogram += np.bincount(np.clip(np.floor(other), 0, 10).astype(np.int64), minlength=11)
+        uniq, counts = np.unique(other, return_counts=True)
+        values.update({repr(float(v)): int(c) for v, c in zip(uniq, counts)})
+        values = dict(sorted(values.items(), key=lambda kv: float(kv[0])))
     sparse_limit = sparse_share * n
     if n:
         q1, median, q3 = (float(v) for v in np.percentile(x, [25, 50, 75]))
@@ -243,8 +249,8 @@ def dimension_figures(x: np.ndarray, sparse_share: float) -> dict:
         "n": n,
         "histogram": {str(b): int(histogram[b]) for b in BINS},
         "values": values,
-        "half_point_scores": int(((x != np.floor(x)) & on_grid).sum()),
-        "other_scores": int((~on_grid).sum()),
+        "half_point_scores": int(grid_counts[1::2].sum()),
+        "other_scores": n - int(grid_counts.sum()),
         "missing_bins": [b for b in BINS if histogram[b] == 0],
         "sparse_bins": [b for b in BINS if 0 < histogram[b] < sparse_limit],
         "mean": _finite(mean), "sd": _finite(sd), "median": _finite(median),
@@ -386,8 +392,7 @@ def compute_coverage(conn: sqlite3.Connection, filt: Filter, *, oracle: str | No
     scores = {d: matrix[:, k] for k, d in enumerate(dims)}
     tier_counts = np.bincount(tier_indices(filt, overall_scores(filt, scores, content_types)),
                               minlength=len(filt.tiers))
-    ct_values, ct_counts = np.unique(np.where(content_types == None, "(none)", content_types).astype(str),  # noqa: E711
-                                     return_counts=True)
+    content_type_counts = Counter("(none)" if c is None else c for c in content_types)
     sources = dict(sorted(gathered.sources.items(), key=lambda kv: (-kv[1], kv[0])))
     coverage = {
         "filter": filt.id,
@@ -408,7 +413,7 @@ def compute_coverage(conn: sqlite3.Connection, filt: Filter, *, oracle: str | No
         },
         "correlation": {"method": "pearson", "dimensions": dims, "matrix": correlation_matrix(matrix)},
         "sources": sources,
-        "content_types": dict(sorted(zip(ct_values.tolist(), (int(c) for c in ct_counts)), key=lambda kv: -kv[1])),
+        "content_types": dict(sorted(content_type_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
     coverage["gaps"] = gap_sentences(coverage)
     coverage["warnings"] = warning_sentences(coverage)
@@ -527,10 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import_libraries() -> None:
+def _import_libraries(plotting: bool) -> None:
     import scipy.stats  # noqa: F401
 
-    report.import_plotting()
+    if plotting:
+        report.import_plotting()
 
 
 def _error(what: str) -> int:
@@ -566,9 +572,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         parser.error("--workers must be 1 or more")
     started = time.perf_counter()
-    if not args.no_plots:
-        # matplotlib and scipy take a second to import: do it while SQLite (which releases the GIL) works
-        threading.Thread(target=_import_libraries, daemon=True).start()
+    # scipy and matplotlib take a second or two to import: do it while SQLite (which releases the GIL) works
+    threading.Thread(target=_import_libraries, args=(not args.no_plots,), daemon=True).start()
     try:
         filt = load_filter(args.filter)
     except FilterError as e:
