@@ -26,6 +26,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -135,9 +136,11 @@ def run_e2e(seed: int) -> dict:
     wall = time.perf_counter() - t0
     peak = next((int(line.split()[-1]) / 1024 for line in proc.stderr.splitlines()
                  if "Maximum resident set size" in line), float("nan"))
-    return {"returncode": proc.returncode, "wall_s": wall, "peak_rss_mb": peak,
-            "stdout_tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout else [],
-            "stderr_tail": [l for l in proc.stderr.splitlines() if l.startswith("error")][-1:], "dir": str(tmp)}
+    result = {"returncode": proc.returncode, "wall_s": wall, "peak_rss_mb": peak,
+              "stdout_tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout else [],
+              "stderr_tail": [line for line in proc.stderr.splitlines() if line.startswith("error")][-1:]}
+    shutil.rmtree(tmp, ignore_errors=True)
+    return result
 
 
 def main(argv=None) -> int:

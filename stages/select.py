@@ -343,6 +343,7 @@ class Result:
     greedy_objective: int | None
     oracle: str
     files: list[str]
+    imported: str | None = None
 
 
 def parse_dimensions(text: str | None, names: list[str]) -> list[str]:
@@ -395,9 +396,14 @@ def run(args: argparse.Namespace) -> Result:
 
     conn = store.connect(args.db)
     try:
+        imported = None
         if args.labeled_file:
             from stages.labeled_file import import_labeled_file
-            import_labeled_file(conn, filt, args.labeled_file)
+            summary = import_labeled_file(conn, filt, args.labeled_file)
+            if summary.problems and not (summary.imported_labels or summary.already_present):
+                raise SelectError(f"--labeled-file: {summary.problems[0]}")
+            imported = (f"imported {summary.imported_labels} labels ({summary.invalid_labels} invalid, "
+                        f"{summary.rejected} records rejected) from {args.labeled_file}; ")
         if conn.execute("SELECT 1 FROM filters WHERE id = ?", (filt.id,)).fetchone() is None:
             raise SelectError(f"no labels of {filt.id} in {args.db} (run make label, or pass --labeled-file)")
         store.register_filter(conn, filt)  # the score view reflects the filter's current tiers and weights
@@ -495,7 +501,7 @@ def run(args: argparse.Namespace) -> Result:
         return Result(name=name, selection_id=selection_id, output_dir=out_dir, pool_size=len(pool_df),
                       size=int(chosen.sum()), solution=solution, split_counts=counts,
                       random_objective=float(np.mean(random_objs)), greedy_objective=greedy_obj, oracle=oracle,
-                      files=files)
+                      files=files, imported=imported)
     finally:
         conn.close()
 
@@ -767,7 +773,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "the splits, selection_report.md and coverage_comparison.md (+ PNG).",
         epilog="Strategies:\n" + "\n".join(f"  {s.name:18} {s.goal}" for s in STRATEGIES.values())
                + "\n\nSelections are stored in gt.db by --name; the same name replaces the old selection in one "
-                 "transaction unless a trained model refers to it (then the stage refuses).",
+                 "transaction unless a trained model refers to it (then the stage refuses).\n"
+                 "Everything is validated and solved before anything is written; the files appear together.\n"
+                 "Exit codes: 0 done; 1 the selection could not be made (one line says why: pool too small, "
+                 "infeasible constraint, bad predictions); 2 bad flags.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", default=store.default_db_path(), help="gt.db path (default: $GT_DB, else gt.db)")
     ap.add_argument("--filter", default="filters/uplifting/v1", help="filter package (default: filters/uplifting/v1)")
@@ -818,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
     s = r.solution
     greedy = f"{100 * r.greedy_objective / s.objective:.1f}%" if r.greedy_objective is not None and s.objective else "—"
     rand = f"{100 * r.random_objective / s.objective:.1f}%" if s.objective else "—"
-    print(f"Selected {r.size} of {r.pool_size} eligible articles ({r.oracle} labels) as selection '{r.name}' "
+    print(f"{r.imported or ''}Selected {r.size} of {r.pool_size} eligible articles ({r.oracle} labels) as selection '{r.name}' "
           f"(id {r.selection_id}) in {args.db}: objective {s.objective:,}, bound {s.bound:,}, gap {100 * s.gap:.2f}%, "
           f"{s.status}{' (' + s.proven_by + ')' if s.proven_by else ''} in {s.seconds:.2f} s; random reaches {rand}, "
           f"greedy {greedy}. Wrote train/val/test.jsonl ({r.split_counts['train']}/{r.split_counts['val']}/"

@@ -396,3 +396,37 @@ def test_infeasible_program_names_the_constraint():
                           tier_min=np.array([4, 0]), tier_max=np.array([6, 6]), max_per_source=3)
     with pytest.raises(sel.SelectionError, match="tier shares together with the per-source cap"):
         sel.solve(sel.aggregate(pool, program), program)
+
+
+# ---- other inputs: a labelled file, predictions of a model in gt.db ------------------------------
+
+def test_labeled_file_is_imported_then_selected_from(pool_db, tmp_path, uplifting, capsys):
+    from stages.labeled_file import export_labeled_file
+
+    c = store.connect(pool_db)
+    exported = export_labeled_file(c, uplifting, tmp_path / "labeled_articles.jsonl")
+    c.close()
+    fresh = tmp_path / "fresh" / "gt.db"
+    rc = stage.main(["--db", str(fresh), "--labeled-file", str(tmp_path / "labeled_articles.jsonl"),
+                     "--output-dir", str(tmp_path / "out"), "--target-size", "40", "--name", "from-file"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert f"imported {exported} labels" in out.out
+    assert len(members(fresh, "from-file")) == 40
+
+
+def test_predictions_of_a_model_in_gt_db_drive_active_learning(pool_db, tmp_path, uplifting):
+    df, _ = frame_of(pool_db, uplifting)
+    dims = uplifting.dimension_names
+    worst = set(df.index[::10])                       # 30 articles the student gets badly wrong
+    c = sqlite3.connect(pool_db)
+    c.execute("INSERT INTO models (id, base_model) VALUES ('student-v1', 'minilm')")
+    c.executemany("INSERT INTO predictions (model_id, article_id, dimension, score) VALUES ('student-v1', ?, ?, ?)",
+                  [(aid, d, float(row[d]) + (5.0 if aid in worst and row[d] < 5 else -5.0 if aid in worst else 0.1))
+                   for aid, row in df.iterrows() for d in dims])
+    c.commit()
+    c.close()
+    assert run_select(pool_db, tmp_path / "o", "--target-size", 40, "--strategy", "active_learning",
+                      "--model-predictions", "student-v1", "--name", "al-db") == 0
+    chosen = {a for a, _ in members(pool_db, "al-db")}
+    assert len(chosen & worst) >= 20                  # random would give about 4
