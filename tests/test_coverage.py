@@ -377,3 +377,23 @@ def test_parallel_gathering_gives_the_same_figures(fixed, uplifting):
         np.testing.assert_allclose(np.array(split["correlation"]["matrix"], dtype=float),
                                    np.array(result["correlation"]["matrix"], dtype=float), atol=1e-12)
     conn.close()
+
+
+def test_exported_labeled_file_round_trips_to_the_same_figures(fixed, tmp_path, uplifting):
+    """The spec's path: the label stage exports labeled_articles.jsonl; coverage --labeled-file on
+    a fresh gt.db describes the same labels with the same figures."""
+    from stages.labeled_file import export_labeled_file
+
+    db, _, result = fixed
+    exported = tmp_path / "labeled_articles.jsonl"
+    conn = store.connect(db, readonly=True)
+    assert export_labeled_file(conn, uplifting, exported) == N_MAIN
+    conn.close()
+    out = tmp_path / "coverage_report.json"
+    rc = coverage.main(["--db", str(tmp_path / "fresh.db"), "--labeled-file", str(exported), "--output", str(out),
+                        "--report-dir", str(tmp_path), "--no-plots", "--sparse-share", str(SPARSE)])
+    assert rc == 0
+    again = json.loads(out.read_text())
+    assert again["oracle"] == MAIN and again["labels"] == N_MAIN
+    for key in ("dimensions", "tiers", "sources", "gaps"):
+        assert again[key] == json.loads(json.dumps(result[key])), key
