@@ -361,7 +361,7 @@ def warning_sentences(coverage: dict) -> list[str]:
     for i, a in enumerate(names):
         for j in range(i + 1, len(names)):
             if r[i][j] is not None and abs(r[i][j]) >= STRONG_CORRELATION:
-                out.append(f"{a} and {names[j]} are strongly correlated (r = {r[i][j]:.2f}): "
+                out.append(f"{a} and {names[j]} are strongly correlated (r = {r[i][j]:.2f}, |r| >= {STRONG_CORRELATION:.2f}): "
                            "a selection that covers one largely covers the other.")
     for name, fig in coverage["dimensions"].items():
         if fig["n"] and fig["sd"] is not None and fig["sd"] == 0:
@@ -455,10 +455,10 @@ def render_markdown(coverage: dict, images: Mapping[str, str] | None = None) -> 
           f["count_0_2"], f["count_8_10"], f["half_point_scores"],
           ", ".join(map(str, f["missing_bins"])) or "none", ", ".join(map(str, f["sparse_bins"])) or "none"]
          for d, f in dims.items()],
-        align="lrrrrrrrrrll"))
+        align="lrrrrrrrrrll", intfmt=","))
     lines += ["## Histogram (labels per score bin)", ""]
     lines.append(report.md_table(["dimension"] + [str(b) for b in BINS],
-                                 [[d] + [f["histogram"][str(b)] for b in BINS] for d, f in dims.items()]))
+                                 [[d] + [f["histogram"][str(b)] for b in BINS] for d, f in dims.items()], intfmt=","))
     if images:
         lines += [f"![{title}]({path})" for title, path in images.items()]
         lines.append("")
@@ -467,17 +467,17 @@ def render_markdown(coverage: dict, images: Mapping[str, str] | None = None) -> 
               "thresholds), as the score view computes them.", ""]
     lines.append(report.md_table(["tier", "overall >=", "labels", "share"],
                                  [[t, tiers["thresholds"][t], c, report.pct(c, n)] for t, c in tiers["counts"].items()],
-                                 floatfmt="g"))
+                                 floatfmt="g", intfmt=","))
     corr = coverage["correlation"]
     lines += ["## Correlations between dimensions (Pearson)", ""]
     lines.append(report.md_table([""] + corr["dimensions"],
                                  [[a] + row for a, row in zip(corr["dimensions"], corr["matrix"])]))
     lines += ["## Sources", ""]
     lines.append(report.md_table(["source", "labels", "share"],
-                                 [[s, c, report.pct(c, n)] for s, c in coverage["sources"].items()]))
+                                 [[s, c, report.pct(c, n)] for s, c in coverage["sources"].items()], intfmt=","))
     lines += ["## Content types", ""]
     lines.append(report.md_table(["content type", "labels", "share"],
-                                 [[s, c, report.pct(c, n)] for s, c in coverage["content_types"].items()]))
+                                 [[s, c, report.pct(c, n)] for s, c in coverage["content_types"].items()], intfmt=","))
     lines += ["## Definitions", "",
               f"- Binning: {coverage['binning']}.",
               f"- Bands: 0-2 = {coverage['bands']['0_2']}; 4-7 = {coverage['bands']['4_7']}; "
@@ -613,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.write_text_atomic(md_path, render_markdown(coverage, relative))
         coverage["report"] = str(md_path)
         coverage["plots"] = {k: str(p) for k, p in images.items()}
-        report.write_json_atomic(output, coverage)
+        report.write_json_atomic(output, coverage, sort_keys=False)  # bins 0..10 in order, not "0", "1", "10"
     except OSError as e:
         return _error(f"cannot write the report ({e.strerror}), {e.filename} (pass --report-dir/--output somewhere writable)")
     for note in notes:

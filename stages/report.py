@@ -30,12 +30,15 @@ def import_plotting() -> None:
 
 # ---- text -------------------------------------------------------------------------------------
 
-def fmt_cell(value: Any, floatfmt: str = ".2f") -> str:
-    """One table cell: floats with `floatfmt`, NaN/None as an em dash, pipes escaped."""
+def fmt_cell(value: Any, floatfmt: str = ".2f", intfmt: str = "") -> str:
+    """One table cell: floats with `floatfmt`, ints with `intfmt` (',' for thousands separators),
+    NaN/None as an em dash, pipes escaped."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, int):
+        return format(value, intfmt)
     if isinstance(value, float):
         if math.isnan(value):
             return "—"
@@ -44,7 +47,7 @@ def fmt_cell(value: Any, floatfmt: str = ".2f") -> str:
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align: str | None = None,
-             floatfmt: str = ".2f") -> str:
+             floatfmt: str = ".2f", intfmt: str = "") -> str:
     """A GitHub-flavoured markdown table. `align` is one letter per column (l, r, c); by default
     columns whose cells are all numbers are right-aligned."""
     headers = [str(h) for h in headers]
@@ -64,7 +67,7 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, align: st
         "| " + " | ".join(fmt_cell(h) for h in headers) + " |",
         "|" + "|".join(rule[a] for a in align) + "|",
     ]
-    lines += ["| " + " | ".join(fmt_cell(v, floatfmt) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt_cell(v, floatfmt, intfmt) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -113,9 +116,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return _write_atomic(path, write, ".tmp")
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """JSON with sorted keys and NaN written as null (strict JSON readers reject NaN)."""
-    return write_text_atomic(path, json.dumps(_nan_to_none(obj), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+def write_json_atomic(path: str | os.PathLike, obj: Any, sort_keys: bool = True) -> Path:
+    """JSON (keys sorted unless `sort_keys` is False) with NaN written as null (strict JSON
+    readers reject NaN)."""
+    return write_text_atomic(path, json.dumps(_nan_to_none(obj), indent=2, sort_keys=sort_keys,
+                                              ensure_ascii=False) + "\n")
 
 
 def _nan_to_none(obj: Any) -> Any:
