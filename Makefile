@@ -51,7 +51,7 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 ingest: $(STAMP)
-	$(PY) -m stages.ingest --db $(DB) --source '$(SOURCE)' $(ARGS)
+	$(PY) -m stages.ingest --db $(DB) --filter $(FILTER) --source '$(SOURCE)' $(ARGS)
 
 label: $(STAMP)
 	$(PY) -m stages.label --db $(DB) --filter $(FILTER) --source '$(SOURCE)' --llm $(LLM) \
@@ -87,14 +87,34 @@ bench: $(STAMP)
 	$(PY) bench/label.py
 	$(PY) bench/coverage.py
 	$(PY) bench/select.py
+	$(PY) bench/local_embed.py
 
-# The whole pipeline on the shipped sample with the offline oracles (no key, no network).
+# The whole pipeline on the shipped sample with the offline oracles (no key, no network, no GPU):
+# ingest -> label (local-embed) -> calibrate (local-embed vs local-llm) -> coverage -> select -> train -> evaluate.
 DEMO_DB := data/demo/gt.db
+DEMO_MODEL := models/uplifting_minilm_demo
 demo: $(STAMP)
 	@mkdir -p data/demo reports
 	$(PY) -m stages.ingest --db $(DEMO_DB) --source 'data/sample/*.jsonl'
+	$(PY) -m stages.label --db $(DEMO_DB) --llm local-embed --target-count 360 --random-sample --seed $(SEED) \
+		--output-dir data/demo/ground_truth
+	$(PY) -m stages.calibrate --db $(DEMO_DB) --models local-embed,local-llm --sample-size 40 --seed $(SEED)
+	$(PY) -m stages.coverage --db $(DEMO_DB) --oracle local-embed --output reports/uplifting_v1_coverage.json
+	$(PY) -m stages.select --db $(DEMO_DB) --oracle local-embed --target-size 100 --strategy maximize_coverage \
+		--seed $(SEED) --output-dir data/demo/training
+	$(PY) -m stages.train --db $(DEMO_DB) --train-file data/demo/training/train.jsonl \
+		--val-file data/demo/training/val.jsonl --test-file data/demo/training/test.jsonl \
+		--output $(DEMO_MODEL) --seed $(SEED)
+	$(PY) -m stages.evaluate --db $(DEMO_DB) --model-dir $(DEMO_MODEL) --test-file data/demo/training/test.jsonl
 	@echo
-	@echo "demo database: $(DEMO_DB)   reports: reports/"
+	@echo "demo done (offline oracles: stand-ins for a real LLM, not substitutes)."
+	@echo "  database:     $(DEMO_DB)   (sqlite3 $(DEMO_DB) 'select * from scores_uplifting_v1 limit 5')"
+	@echo "  labels:       data/demo/ground_truth/uplifting/labeled_articles.jsonl"
+	@echo "  calibration:  reports/uplifting_v1_calibration.md"
+	@echo "  coverage:     reports/uplifting_v1_coverage.md"
+	@echo "  selection:    data/demo/training/selection_report.md, data/demo/training/coverage_comparison.md"
+	@echo "  student:      $(DEMO_MODEL)/ (metrics.json, README.md)"
+	@echo "  browse:       make browse DB=$(DEMO_DB)"
 
 clean:
 	rm -rf data/demo reports models
