@@ -32,7 +32,7 @@ from stages import store
 METADATA = Path(__file__).resolve().parent.parent / "datasette" / "metadata.yaml"
 TEMPLATE_DATABASE = "gt"  # the key metadata.yaml uses for the database
 DEFAULT_PORT = 8001
-SQL_TIME_LIMIT_MS = 60_000  # the canned queries aggregate whole tables: 1M labels take seconds, not 1 s
+SQL_TIME_LIMIT_MS = 120_000  # canned queries aggregate whole tables: coverage_by_dimension took 39 s on 1M labels (loaded machine)
 
 
 class BrowseError(Exception):
