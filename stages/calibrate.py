@@ -462,7 +462,7 @@ def recommend(result: dict[str, Any], raters: list[Rater], t: Thresholds) -> dic
             ag = row["agreement"]
             verdict = (f"Label with {chosen}: the cheapest model within the thresholds against {result['reference']} "
                        f"(mean Spearman {ag['spearman'].value:.2f}, mean MAE {ag['mae'].value:.2f}, tier agreement "
-                       f"{ag['tier_agreement'].value:.0%}, invalid rate {row['invalid_rate'].fmt()}); "
+                       f"{ag['tier_agreement'].value:.0%}, invalid rate {_share(row['invalid_rate'])}); "
                        f"projected cost for {PROJECT_ARTICLES:,} articles {cost}.")
     return {"model": chosen, "verdict": verdict, "rows": rows, "reference": result["reference"]}
 
