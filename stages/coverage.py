@@ -577,7 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         filt = load_filter(args.filter)
     except FilterError as e:
-        return _error(f"{e.problems[0]}, {e.path} (fix the filter package or pass --filter filters/<name>/v<N>)")
+        hint = "" if "--filter" in e.problems[0] else " (fix the filter package, or pass --filter filters/<name>/v<N>)"
+        return _error(f"{e.problems[0]}, {e.path}{hint}")
     db = Path(args.db)
     notes = []
     try:
@@ -597,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         coverage = compute_coverage(conn, filt, oracle=oracle, repeat=args.repeat, sparse_share=args.sparse_share,
                                     workers=args.workers)
     except (store.StoreError, CoverageError) as e:
-        return _error(f"{e}, {db}")
+        return _error(f"{e} (database {db})")
     except sqlite3.DatabaseError as e:
         return _error(f"cannot read the database ({e}), {db} (is it a gt.db made by this project?)")
     coverage["db"] = str(db)
