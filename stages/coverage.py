@@ -320,18 +320,18 @@ def gap_sentences(coverage: dict) -> list[str]:
         n = fig["n"]
         if not n:
             continue
-        clauses = []
-        missing = fig["missing_bins"]
         hist = fig["histogram"]
         top = max(b for b in BINS if hist[str(b)] > 0)
         bottom = min(b for b in BINS if hist[str(b)] > 0)
+        ends = []  # the score range's empty ends: "no article above 7.5 (bins 8-10 are empty)"
         if top < 10:
-            clauses.append(f"{name} has no article above {fig['max']:g} ({_bins_phrase([(top + 1, 10)], 'empty')})")
+            ends.append(f"above {fig['max']:g} ({_bins_phrase([(top + 1, 10)], 'empty')})")
         if bottom > 0:
-            clauses.append(f"{name} has no article below {fig['min']:g} ({_bins_phrase([(0, bottom - 1)], 'empty')})")
-        inner = [b for b in missing if bottom < b < top]
+            ends.append(f"below {fig['min']:g} ({_bins_phrase([(0, bottom - 1)], 'empty')})")
+        clauses = [f"{name} has no article " + " and none ".join(ends)] if ends else []
+        inner = [b for b in fig["missing_bins"] if bottom < b < top]
         if inner:
-            clauses.append(f"{name}: {_bins_phrase(_runs(inner), 'empty')}")
+            clauses.append(_bins_phrase(_runs(inner), "empty"))
         sparse = fig["sparse_bins"]
         if len(sparse) == 1:
             b = sparse[0]
@@ -340,10 +340,9 @@ def gap_sentences(coverage: dict) -> list[str]:
             clauses.append("sparse bins: " + ", ".join(
                 f"{b} ({_labels(hist[str(b)])}, {report.pct(hist[str(b)], n)})" for b in sparse))
         if clauses:
-            first, rest = clauses[0], clauses[1:]
-            if not first.startswith(name):
-                first = f"{name}: {first}"
-            sentences.append("; ".join([first] + [c.removeprefix(f"{name}: ") for c in rest]) + ".")
+            if not ends:
+                clauses[0] = f"{name}: {clauses[0]}"
+            sentences.append("; ".join(clauses) + ".")
     tiers = coverage["tiers"]
     total = sum(tiers["counts"].values())
     for tier, count in tiers["counts"].items():
