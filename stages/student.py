@@ -248,6 +248,9 @@ def predict_scores(model, encoded: list[list[int]], pad_token_id: int, *, batch_
     import torch
 
     device_type = torch.device(device).type
+    # autocast to the dtype the base weights are in (bf16/fp16 training), off for fp32
+    weights = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    amp = weights in (torch.bfloat16, torch.float16) and (device_type == "cuda" or weights == torch.bfloat16)
     model.eval()
     # longest first: fewer pad tokens per batch; the original order is restored below
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -261,7 +264,7 @@ def predict_scores(model, encoded: list[list[int]], pad_token_id: int, *, batch_
             idx = order[start:start + batch_size]
             batch = collate([{"input_ids": encoded[i]} for i in idx], pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+            with torch.autocast(device_type=device_type, dtype=weights if amp else torch.bfloat16, enabled=amp):
                 logits = model(**batch).logits
             out[idx] = logits.float().cpu().numpy()
     return np.clip(out * SCORE_SCALE, 0.0, SCORE_SCALE)
@@ -293,7 +296,10 @@ class Student:
         base_path = config.get("base_model_path")
         if not base_path or not Path(base_path).is_dir():
             base_path = resolve_base_model(config["base_model"])
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        on_gpu = torch.device(device).type == "cuda"
+        precision = config.get("precision", "fp32")
+        # the dtype it was trained in; fp16 has no CPU kernels for everything, so fp32 there
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if on_gpu else torch.float32}.get(precision, torch.float32)
         base, _ = load_base_model(base_path, num_labels=len(dims), pad_token_id=tokenizer.pad_token_id, dtype=dtype)
         model = PeftModel.from_pretrained(base, str(model_dir)).to(device)
         model.eval()

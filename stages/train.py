@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lora-dropout", type=float, help="LoRA dropout (default: 0.05 GPU, 0.1 CPU)")
     ap.add_argument("--lora-targets", help="comma list of layer names to adapt (default: every attention and MLP "
                                            "projection of the architecture, e.g. q_proj,...,down_proj for Qwen)")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                    help="weights and autocast dtype (default auto: bf16 on a GPU that has it, fp16 on an older "
+                         "GPU, fp32 on a CPU)")
+    ap.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto",
+                    help="recompute activations in the backward pass to save memory (default auto: on a GPU)")
     ap.add_argument("--seed", type=int, default=42, help="seed for head init, shuffling and dropout (default 42)")
     return ap
 
@@ -114,6 +119,18 @@ def resolve_device(flag: str) -> str:
     if flag == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return flag
+
+
+def resolve_precision(flag: str, device: str) -> str:
+    import torch
+
+    if flag != "auto":
+        if flag == "fp16" and device == "cpu":
+            raise UsageError("--precision fp16 needs a GPU (use bf16 or fp32 on a CPU)")
+        return flag
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
 
 
 def resolve_settings(args: argparse.Namespace, device: str) -> dict:
@@ -218,7 +235,9 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
     base_path = resolve_base_model(base_name)
     set_seed(args.seed)
     tokenizer = load_tokenizer(base_path)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    precision = resolve_precision(args.precision, device)
+    checkpointing = args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and device == "cuda")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     model, fresh = load_base_model(base_path, num_labels=len(splits.dimension_names),
                                    pad_token_id=tokenizer.pad_token_id, dtype=dtype)
     targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets \
@@ -253,9 +272,9 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
         eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="mae",
         greater_is_better=False, save_total_limit=1, save_only_model=True,
         logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 4), logging_first_step=True,
-        seed=args.seed, data_seed=args.seed, bf16=device == "cuda", use_cpu=device == "cpu",
-        gradient_checkpointing=device == "cuda",
-        gradient_checkpointing_kwargs={"use_reentrant": False} if device == "cuda" else None,
+        seed=args.seed, data_seed=args.seed, bf16=precision == "bf16", fp16=precision == "fp16",
+        use_cpu=device == "cpu", gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         label_names=["labels"], remove_unused_columns=False, report_to="none", disable_tqdm=not progress,
         dataloader_num_workers=0,
     )
@@ -298,7 +317,7 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
         "grad_accum": args.grad_accum, "lora_r": settings["lora_r"], "lora_alpha": settings["lora_alpha"],
         "lora_dropout": settings["lora_dropout"], "lora_targets": targets, "modules_to_save": saved,
         "trainable_parameters": trainable, "seed": args.seed, "device": device,
-        "precision": "bf16 autocast, gradient checkpointing" if device == "cuda" else "fp32",
+        "precision": precision, "gradient_checkpointing": checkpointing,
         "data": {"source": splits.source, "selection_id": splits.selection_id, "train": len(splits.train),
                  "val": len(splits.val), "test": len(splits.test or [])},
         "versions": _versions(),
@@ -392,7 +411,7 @@ to {config['max_length']} tokens head+tail. Targets: {config['target_scaling']}.
 {report.md_table(['dimension', 'val MAE', 'test MAE', 'test RMSE', 'test Spearman'], rows)}
 
 Training: {config['epochs']} epochs, lr {config['lr']}, batch {config['batch_size']}, seed {config['seed']},
-{config['device']} ({config['precision']}), {metrics['trainable_parameters']:,} trainable of
+{config['device']} ({config['precision']}{', gradient checkpointing' if config['gradient_checkpointing'] else ''}), {metrics['trainable_parameters']:,} trainable of
 {metrics['total_parameters']:,} parameters, {metrics['train_seconds']} s. Loss curve: `loss_curve.png`.
 
 ## Use

@@ -212,3 +212,21 @@ def test_splits_of_another_filter_are_refused(tmp_path, capsys):
     rc = train.main(train_args(splits, tmp_path / "gt.db", tmp_path / "m", str(tiny_qwen_dir())))
     err = capsys.readouterr().err
     assert rc == 2 and "pass the --filter they were labelled with" in err
+
+
+def test_gpu_recipe_bf16_with_gradient_checkpointing_trains_and_reloads(tmp_path, uplifting):
+    """The GPU settings (bf16 weights and autocast, gradient checkpointing), run on the CPU."""
+    from stages import train
+    from stages.student import Student
+
+    splits = write_splits(tmp_path, uplifting.dimension_names, sizes=(8, 2, 2))
+    args = train.build_parser().parse_args(train_args(
+        splits, tmp_path / "gt.db", tmp_path / "bf16", str(tiny_qwen_dir()), "--epochs", "1", "--batch-size", "4",
+        "--max-length", "64", "--lora-r", "4", "--precision", "bf16", "--gradient-checkpointing", "on"))
+    result = train.train(args, progress=False)
+    assert result.config["precision"] == "bf16" and result.config["gradient_checkpointing"] is True
+    assert "bf16, gradient checkpointing" in (tmp_path / "bf16" / "README.md").read_text()
+    items = [(r["title"], r["text"]) for r in map(json.loads, splits["test"].read_text().splitlines())]
+    from stages.student import predict_scores
+    in_memory = predict_scores(result.model, result.encoder.encode_many(items), result.tokenizer.pad_token_id)
+    np.testing.assert_allclose(Student.load(tmp_path / "bf16").predict(items), in_memory, rtol=0, atol=1e-5)
