@@ -18,5 +18,5 @@ WHERE l.filter_id = :filter_id
   AND l.prompt_sha256 = :prompt_sha256
   AND l."repeat" = :repeat
   AND l.status = 'ok'
-  AND l.id >= :id_from AND l.id < :id_to
+  AND +l.id >= :id_from AND +l.id < :id_to  -- unary +: keep the planner on the covering index labels_label_set
   AND a.dup_of IS NULL;
