@@ -246,7 +246,7 @@ def test_an_unknown_name_lists_the_known_oracles():
 
 
 def test_ollama_names_fill_the_pattern_and_need_no_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OLLAMA_BASE_URL", raising=False)
     spec = registry.resolve("ollama/qwen2.5:7b", registry.load_registry())
     assert (spec.name, spec.provider, spec.model) == ("ollama/qwen2.5:7b", "openai", "qwen2.5:7b")
     assert registry.base_url(spec) == "http://localhost:11434/v1"
@@ -260,8 +260,13 @@ def test_base_url_comes_from_the_environment_then_the_entry(monkeypatch):
     monkeypatch.delenv("GEMINI_BASE_URL", raising=False)
     assert registry.base_url(known["deepseek"]) == "https://api.deepseek.com/v1"
     assert registry.base_url(known["gemini-flash"]) is None   # the SDK's default endpoint
+    monkeypatch.delenv("DEEPSEEK_BASE_URL", raising=False)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    assert registry.base_url(known["deepseek"]) == "http://127.0.0.1:9/v1"
+    assert registry.base_url(known["gpt-4o-mini"]) == "http://127.0.0.1:9/v1"
+    # OpenAI's override never redirects another provider's key
+    assert registry.base_url(known["deepseek"]) == "https://api.deepseek.com/v1"
+    monkeypatch.setenv("DEEPSEEK_BASE_URL", "http://127.0.0.1:8/v1")
+    assert registry.base_url(known["deepseek"]) == "http://127.0.0.1:8/v1"
 
 
 def test_a_malformed_registry_lists_every_problem_with_the_file(tmp_path):

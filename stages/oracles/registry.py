@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -183,11 +184,23 @@ def check_credentials(spec: OracleSpec) -> None:
 
 
 def base_url(spec: OracleSpec) -> str | None:
-    """GEMINI_BASE_URL / ANTHROPIC_BASE_URL / OPENAI_BASE_URL, else the entry's base_url, else
-    None (the SDK's default endpoint)."""
+    """Where requests go. An entry with its own base_url (deepseek, ollama/<model>) can only be
+    redirected by its own variable (DEEPSEEK_BASE_URL, OLLAMA_BASE_URL): a provider-wide
+    OPENAI_BASE_URL set for OpenAI must never receive another provider's key. Entries without
+    one follow GEMINI_BASE_URL / ANTHROPIC_BASE_URL / OPENAI_BASE_URL, else the SDK's default."""
+    own = os.environ.get(entry_base_url_env(spec), "").strip()
+    if own:
+        return own
+    if spec.base_url:
+        return spec.base_url
     env = BASE_URL_ENV.get(spec.provider)
-    override = os.environ.get(env, "").strip() if env else ""
-    return override or spec.base_url
+    return (os.environ.get(env, "").strip() if env else "") or None
+
+
+def entry_base_url_env(spec: OracleSpec) -> str:
+    """The variable that redirects one entry: 'deepseek' -> DEEPSEEK_BASE_URL, 'ollama/x' -> OLLAMA_BASE_URL."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", spec.name.split("/")[0]).strip("_").upper()
+    return f"{stem}_BASE_URL"
 
 
 def make_oracle(spec: OracleSpec) -> Oracle:

@@ -156,6 +156,7 @@ class FakeProviderServer:
         """Environment that points every provider SDK (via the registry) at this server."""
         return {
             "GEMINI_BASE_URL": self.url, "ANTHROPIC_BASE_URL": self.url, "OPENAI_BASE_URL": f"{self.url}/v1",
+            "DEEPSEEK_BASE_URL": f"{self.url}/v1", "OLLAMA_BASE_URL": f"{self.url}/v1",
             "GEMINI_API_KEY": api_key, "ANTHROPIC_API_KEY": api_key, "OPENAI_API_KEY": api_key,
             "DEEPSEEK_API_KEY": api_key,
         }
