@@ -66,6 +66,7 @@ class Rater:
     tiers: pd.Series                        # tier per article (None: no valid label)
     repeats: dict[int, pd.DataFrame]        # repeat -> scores (repeat 0 is `scores`)
     labels: pd.DataFrame                    # label rows of the sample, repeat 0 (status, cost, latency, tokens)
+    labels_per_second: float | None = None  # throughput of the runs that made these labels (None: unknown)
     labelled_now: int = 0                   # labels this calibration paid for
     cost_now: float = 0.0
 
@@ -170,7 +171,28 @@ def collect(conn: sqlite3.Connection, filt: Filter, name: str, spec: OracleSpec 
            FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ? AND "repeat" = 0""",
         conn, params=(filt.id, name, prompt))
     rows = rows[rows["article_id"].isin(set(sample))].reset_index(drop=True)
-    return Rater(name, spec, prompt, scores, tiers, repeats, rows)
+    return Rater(name, spec, prompt, scores, tiers, repeats, rows,
+                 labels_per_second=run_throughput(conn, rows["run_id"].dropna().unique().tolist()))
+
+
+MIN_RUN_SECONDS = 10   # run timestamps have one-second resolution: shorter runs say little about speed
+
+
+def run_throughput(conn: sqlite3.Connection, run_ids: Sequence[int]) -> float | None:
+    """Labels per second of the given label runs together (all their labels, wall time from start
+    to finish), or None when they are too short to measure or were imports."""
+    if not run_ids:
+        return None
+    marks = ",".join("?" * len(run_ids))
+    row = conn.execute(
+        f"""SELECT SUM((julianday(finished_at) - julianday(started_at)) * 86400.0),
+                   (SELECT COUNT(*) FROM labels WHERE run_id IN ({marks}))
+            FROM label_runs WHERE id IN ({marks}) AND finished_at IS NOT NULL AND mode != 'import'""",
+        [*map(int, run_ids), *map(int, run_ids)]).fetchone()
+    seconds, count = row[0], row[1]
+    if not seconds or seconds < MIN_RUN_SECONDS or not count:
+        return None
+    return count / seconds
 
 
 def label_sample(conn: sqlite3.Connection, filt: Filter, specs: dict[str, OracleSpec | None],
@@ -265,15 +287,18 @@ def cost_and_speed(r: Rater, concurrency: int) -> dict[str, Any]:
     if spec.tpm:
         limits.append(n * (tin + tout) / spec.tpm * 60)
     at_limit = max(limits) if limits else None
-    p50 = out["latency_p50_ms"] or 0.0
-    # an offline model answers one request at a time (it holds a lock); a remote one `concurrency` at a time
-    parallel = 1 if r.offline else max(concurrency, 1)
-    measured = n * p50 / 1000 / parallel
+    if r.labels_per_second:
+        measured, how = n / r.labels_per_second, "measured throughput of the runs that made the sample's labels"
+    else:
+        # no run long enough to time: median latency, `concurrency` requests in flight (offline: one at a time)
+        parallel = 1 if r.offline else max(concurrency, 1)
+        measured = n * (out["latency_p50_ms"] or 0.0) / 1000 / parallel
+        how = f"median latency with {parallel} request(s) in flight"
     out["projection"] = {
         "articles": n, "cost_sync_usd": sync, "cost_batch_usd": batch,
-        "seconds_at_rate_limit": at_limit, "seconds_at_measured_latency": measured,
+        "seconds_at_rate_limit": at_limit, "seconds_measured": measured, "measured_by": how,
         "seconds": max(x for x in (at_limit, measured) if x is not None),
-        "rpm": spec.rpm, "tpm": spec.tpm, "concurrency": parallel,
+        "rpm": spec.rpm, "tpm": spec.tpm, "labels_per_second": r.labels_per_second,
     }
     return out
 
@@ -456,20 +481,32 @@ def recommend(result: dict[str, Any], raters: list[Rater], t: Thresholds) -> dic
         row = qualifying[0]
         cost = f"${row['cost_20k_usd']:,.2f}" if row["cost_20k_usd"] is not None else "an unknown cost"
         if row["is_reference"]:
-            verdict = (f"Label with {chosen}: it is the reference and no cheaper model agrees with it within the "
-                       f"thresholds; projected cost for {PROJECT_ARTICLES:,} articles {cost}.")
+            others = [o for o in rows if not o["is_reference"]]
+            failed = [o for o in others if not o["qualifies"]]
+            if failed and len(failed) == len(others):
+                why = "; ".join(f"{o['model']}: {', '.join(o['reasons'])}" for o in failed)
+                verdict = f"Label with {chosen}, the reference model: no other model agrees with it within the thresholds ({why})"
+            else:
+                verdict = (f"Label with {chosen}, the reference model: the models that agree with it within the thresholds "
+                           f"do not cost less")
+            verdict += f"; projected cost for {PROJECT_ARTICLES:,} articles {cost}."
         else:
             ag = row["agreement"]
-            verdict = (f"Label with {chosen}: the cheapest model within the thresholds against {result['reference']} "
+            against = "the consensus" if result["reference"] == "consensus" else result["reference"]
+            verdict = (f"Label with {chosen}: the cheapest model within the thresholds against {against} "
                        f"(mean Spearman {ag['spearman'].value:.2f}, mean MAE {ag['mae'].value:.2f}, tier agreement "
                        f"{ag['tier_agreement'].value:.0%}, invalid rate {_share(row['invalid_rate'])}); "
                        f"projected cost for {PROJECT_ARTICLES:,} articles {cost}.")
+        if row["offline"]:
+            verdict += (f" {chosen} is an offline stand-in: to choose the model for real labels, calibrate paid "
+                        f"models (e.g. --models gemini-flash,gemini-pro).")
     return {"model": chosen, "verdict": verdict, "rows": rows, "reference": result["reference"]}
 
 
-def choose_reference(raters: list[Rater], requested: str | None) -> str:
-    """--strongest, else the consensus with three or more models, else the model with the highest
-    price per article (list prices on the sample's measured tokens; ties: the first listed)."""
+def choose_reference(raters: list[Rater], requested: str | None) -> tuple[str, str]:
+    """(reference, why it is the reference): --strongest, else the consensus with three or more
+    models, else the model with the highest price per article (list prices on the sample's measured
+    tokens; ties: the first listed)."""
     names = [r.name for r in raters]
     if requested:
         if requested != "consensus" and requested not in names:
@@ -477,9 +514,9 @@ def choose_reference(raters: list[Rater], requested: str | None) -> str:
                                    f"(pass one of them, or 'consensus')")
         if requested == "consensus" and len(raters) < 3:
             raise CalibrationError("--strongest consensus needs at least three models (add models to --models)")
-        return requested
+        return requested, "chosen with --strongest"
     if len(raters) >= 3:
-        return "consensus"
+        return "consensus", "three or more models: their per-dimension median; pass --strongest NAME to use one model"
 
     def price(r: Rater) -> float:
         if r.spec is None:
@@ -488,8 +525,13 @@ def choose_reference(raters: list[Rater], requested: str | None) -> str:
         tin = float(pd.to_numeric(rows["input_tokens"], errors="coerce").fillna(0).mean()) if len(rows) else 2000.0
         tout = float(pd.to_numeric(rows["output_tokens"], errors="coerce").fillna(0).mean()) if len(rows) else 300.0
         return r.spec.cost(tin, tout)
-    best = max(price(r) for r in raters)
-    return next(r.name for r in raters if price(r) == best)
+    prices = {r.name: price(r) for r in raters}
+    best = max(prices.values())
+    top = [n for n in names if prices[n] == best]
+    if len(top) > 1:
+        return top[0], (f"{', '.join(top)} cost the same per article: the first listed in --models; "
+                        f"pass --strongest NAME to choose")
+    return top[0], "the highest price per article, taken as the strongest; pass --strongest NAME to choose"
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -579,9 +621,13 @@ def plot_files(result: dict[str, Any], raters: list[Rater], stem: Path) -> dict[
         if len(red.dimensions) < 2:
             continue
         path = stem.with_name(f"{stem.name}_dimcorr_{_safe(r.name)}.png")
-        report.heatmap(red.correlation.to_numpy(dtype=float), red.dimensions, red.dimensions,
-                       title=f"{r.name}: correlation between dimensions", cmap="RdBu_r", vmin=-1, vmax=1,
-                       fmt="{:.2f}", colorbar_label="Pearson r", path=path)
+        fig = report.heatmap(red.correlation.to_numpy(dtype=float), red.dimensions, red.dimensions,
+                             title=f"{r.name}: correlation between dimensions", cmap="RdBu_r", vmin=-1, vmax=1,
+                             fmt="{:.2f}", colorbar_label="Pearson r")
+        for label in fig.axes[0].get_xticklabels():   # long dimension names overlap when horizontal
+            label.set_rotation(40)
+            label.set_horizontalalignment("right")
+        report.save_figure(fig, path)
         files[f"dimension correlation {r.name}"] = path.name
     return files
 
@@ -603,7 +649,9 @@ def render_markdown(result: dict[str, Any], raters: list[Rater], plots: dict[str
     if offline:
         out.append(f"> **{OFFLINE_SENTENCE}** ({', '.join(offline)} in this calibration.)\n")
     ref_text = ("the consensus (per-dimension median) of the models" if ref == "consensus"
-                else f"**{ref}** (the reference model)")
+                else f"**{ref}**, the reference model")
+    if result.get("reference_reason"):
+        ref_text += f" ({result['reference_reason']})"
     out.append(f"Each model was compared with {ref_text}. A model qualifies when its mean Spearman over the "
                f"{len(dims)} dimensions is at least {t.min_spearman:.2f}, its mean absolute difference at most "
                f"{t.max_mae:.1f} point, it puts at least {t.min_tier_agreement:.0%} of articles in the same tier, "
@@ -652,8 +700,9 @@ def render_markdown(result: dict[str, Any], raters: list[Rater], plots: dict[str
     out.append(f"\nCost per article is what the sample's labels cost (tokens as the provider reported them, at the "
                f"prices in oracles.yaml; cached prompt tokens included); the {PROJECT_ARTICLES:,} projection prices the "
                f"same mean tokens per article at sync and batch prices. Time is the slower of the rate limit "
-               f"(RPM/TPM in oracles.yaml) and the measured median latency at the label stage's concurrency "
-               f"(offline models: one request at a time).\n")
+               f"(RPM/TPM in oracles.yaml) and the measured speed: the throughput of the label runs that made the "
+               f"sample's labels (at their concurrency; offline models answer one request at a time on this "
+               f"machine), or the median latency where those runs were too short to time.\n")
 
     # agreement
     def agreement_table(per: dict[str, dict[str, stats.Stat]]) -> str:
@@ -742,7 +791,8 @@ def render_markdown(result: dict[str, Any], raters: list[Rater], plots: dict[str
         pc1 = red.pc1_share
         line = f"- **{r.name}**: PC1 explains {pc1.value:.0%} of the variance" if pc1.defined else \
             f"- **{r.name}**: PC1 share {pc1.fmt()}"
-        out.append(line + ("." if not red.warnings else ". **Warning:** " + "; ".join(red.warnings) + "."))
+        shown = red.warnings[:4] + ([f"{len(red.warnings) - 4} more in the JSON"] if len(red.warnings) > 4 else [])
+        out.append(line + ("." if not red.warnings else ". **Warning:** " + "; ".join(shown) + "."))
         key = f"dimension correlation {r.name}"
         if key in plots:
             out.append(f"\n  ![{key}]({plots[key]})\n")
@@ -851,10 +901,11 @@ def calibrate(conn: sqlite3.Connection, filt: Filter, models: Sequence[str], *, 
         if s is not None:
             r.labelled_now, r.cost_now = s.ok + s.invalid + s.error, s.cost_usd
         raters.append(r)
-    reference = choose_reference(raters, strongest)
+    reference, reference_reason = choose_reference(raters, strongest)
     titles = {r["id"]: r["title"] for r in conn.execute("SELECT id, title FROM articles")}
     result = compare(filt, raters, reference=reference, sample_info=info, titles=titles, thresholds=thresholds,
                      n_boot=n_boot, seed=seed, concurrency=concurrency, repeats=repeats)
+    result["reference_reason"] = reference_reason
     result["labelling"] = {name: (dataclasses.asdict(s) if s is not None else None) for name, s in summaries.items()}
     return result, raters
 

@@ -31,7 +31,9 @@ thread (asyncio.to_thread) so it fits the async oracle interface. The model load
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import io
 import json
 import threading
 import time
@@ -83,7 +85,10 @@ def load_model(threads: int = DEFAULT_THREADS, dtype: str = "auto") -> tuple[Any
         directory, name = gguf_location()
         hf_logging.disable_progress_bar()   # the dequantisation bar would garble the label progress bar
         tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=name, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=name, local_files_only=True)
+        # transformers' GGUF reader draws its own tqdm bar (no switch), which would garble the label
+        # stage's progress bar: silence stderr for the few seconds of loading (errors still raise)
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=name, local_files_only=True)
         if dtype == "bfloat16" or (dtype == "auto" and cpu_has_bf16()):
             model = model.to(torch.bfloat16)
         model.eval()
