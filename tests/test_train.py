@@ -117,7 +117,7 @@ def test_converted_tokenizer_encodes_like_the_qwen_package():
 
 def test_trained_student_is_saved_registered_and_reloads_with_identical_predictions(qwen_run, uplifting):
     from stages import store
-    from stages.student import Student, predict_scores
+    from stages.student import Student, TargetScaler, predict_scores
 
     folder, splits, result = qwen_run
     out = result.output
@@ -137,7 +137,8 @@ def test_trained_student_is_saved_registered_and_reloads_with_identical_predicti
     assert row["path"] == str(out) and json.loads(row["metrics_json"])["test"]["n"] == 4
 
     items = [(r["title"], r["text"]) for r in map(json.loads, splits["test"].read_text().splitlines())]
-    in_memory = predict_scores(result.model, result.encoder.encode_many(items), result.tokenizer.pad_token_id)
+    in_memory = predict_scores(result.model, result.encoder.encode_many(items), result.tokenizer.pad_token_id,
+                               TargetScaler(result.config["target_mean"], result.config["target_std"]))
     reloaded = Student.load(out).predict(items)
     assert reloaded.shape == (4, len(uplifting.dimension_names))
     np.testing.assert_allclose(reloaded, in_memory, rtol=0, atol=1e-5)
@@ -227,6 +228,7 @@ def test_gpu_recipe_bf16_with_gradient_checkpointing_trains_and_reloads(tmp_path
     assert result.config["precision"] == "bf16" and result.config["gradient_checkpointing"] is True
     assert "bf16, gradient checkpointing" in (tmp_path / "bf16" / "README.md").read_text()
     items = [(r["title"], r["text"]) for r in map(json.loads, splits["test"].read_text().splitlines())]
-    from stages.student import predict_scores
-    in_memory = predict_scores(result.model, result.encoder.encode_many(items), result.tokenizer.pad_token_id)
+    from stages.student import TargetScaler, predict_scores
+    in_memory = predict_scores(result.model, result.encoder.encode_many(items), result.tokenizer.pad_token_id,
+                               TargetScaler(result.config["target_mean"], result.config["target_std"]))
     np.testing.assert_allclose(Student.load(tmp_path / "bf16").predict(items), in_memory, rtol=0, atol=1e-5)
