@@ -62,6 +62,7 @@ class Evaluation:
     model_id: str
     metrics: dict | None
     floor: dict | None
+    baseline: dict | None
     predicted: int
     stored: int
     not_in_db: int
@@ -177,23 +178,27 @@ def _fmt(x, digits: int = 2) -> str:
     return "undefined" if x is None else f"{x:.{digits}f}"
 
 
-def evaluation_table(metrics: dict, floor: dict | None, dims: list[str]) -> tuple[list[str], list[list[str]]]:
-    headers = ["dimension", "MAE", "RMSE", "Spearman", "bias", "MAE true>=7 (n)", "MAE true<=2 (n)", "inter-oracle MAE"]
+def evaluation_table(metrics: dict, floor: dict | None, dims: list[str],
+                     baseline: dict | None = None) -> tuple[list[str], list[list[str]]]:
+    headers = ["dimension", "MAE", "RMSE", "Spearman", "bias", "MAE true>=7 (n)", "MAE true<=2 (n)",
+               "mean-predictor MAE", "inter-oracle MAE"]
     rows = []
     for d in dims:
         m = metrics["per_dimension"][d]
         rows.append([d, _fmt(m["mae"]), _fmt(m["rmse"]), _fmt(m["spearman"]), f"{m['bias']:+.2f}",
                      f"{_fmt(m['tail_high_mae'])} ({m['tail_high_n']})", f"{_fmt(m['tail_low_mae'])} ({m['tail_low_n']})",
+                     _fmt(baseline["per_dimension"][d]["mae"]) if baseline else "-",
                      _fmt(floor["per_dimension"].get(d)) if floor else "no calibration"])
     rows.append(["all", _fmt(metrics["mae"]), _fmt(metrics["rmse"]), _fmt(metrics["mean_spearman"]), "", "", "",
-                 _fmt(floor["mae"]) if floor else "no calibration"])
+                 _fmt(baseline["mae"]) if baseline else "-", _fmt(floor["mae"]) if floor else "no calibration"])
     return headers, rows
 
 
-def evaluation_report(model_id: str, test_file: str, metrics: dict, floor: dict | None, dims: list[str]) -> str:
+def evaluation_report(model_id: str, test_file: str, metrics: dict, floor: dict | None, dims: list[str],
+                      baseline: dict | None = None) -> str:
     from stages import report
 
-    headers, rows = evaluation_table(metrics, floor, dims)
+    headers, rows = evaluation_table(metrics, floor, dims, baseline)
     floor_line = (f"Inter-oracle MAE: {floor['oracles'][0]} vs {floor['oracles'][1]} on {floor['n']} articles "
                   f"labelled by both ({floor['source']}): the floor a student of one oracle can hope for."
                   if floor else "No two oracles labelled the same articles in gt.db (run `make calibrate`), so there "
@@ -206,7 +211,8 @@ Test MAE **{metrics['mae']:.2f}** (0-10 scale) on {metrics['n']} articles of `{t
 
 {report.md_table(headers, rows)}
 
-Bias is the mean of prediction minus oracle score. Tail MAE is measured only on articles whose oracle
+Bias is the mean of prediction minus oracle score. The mean predictor answers every article with
+the train split's mean score (the baseline a student must beat). Tail MAE is measured only on articles whose oracle
 score is >= 7 or <= 2 (count in brackets; "undefined" where there are none). {floor_line}
 """
 
@@ -239,11 +245,13 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
         ensure_registered(conn, model_id, config, model_dir)
         ids: list[str] = []
         blocks: list[np.ndarray] = []
-        metrics = floor = None
+        metrics = floor = baseline = None
         if test:
             pred = student.predict([(r.get("title", ""), r["text"]) for r in test], batch_size=args.batch_size,
                                    progress=progress)
-            metrics = dimension_metrics(np.array([r["labels"] for r in test], dtype=float), pred, dims)
+            true = np.array([r["labels"] for r in test], dtype=float)
+            metrics = dimension_metrics(true, pred, dims)
+            baseline = dimension_metrics(true, np.tile(student.scaler.mean, (len(test), 1)), dims)
             floor = find_floor(conn, args.calibration, config.get("filter"), dims)
             ids += [r["id"] for r in test]
             blocks.append(pred)
@@ -261,10 +269,11 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
         if metrics:
             from stages import report
 
-            evaluation = {"test_file": str(args.test_file), "test": metrics, "inter_oracle": floor}
+            evaluation = {"test_file": str(args.test_file), "test": metrics, "inter_oracle": floor,
+                          "mean_predictor": baseline}
             report.write_json_atomic(model_dir / "evaluation.json", evaluation)
             report_path = report.write_text_atomic(model_dir / "evaluation.md",
-                                                   evaluation_report(model_id, args.test_file, metrics, floor, dims))
+                                                   evaluation_report(model_id, args.test_file, metrics, floor, dims, baseline))
             row = conn.execute("SELECT metrics_json FROM models WHERE id = ?", (model_id,)).fetchone()
             merged = json.loads(row["metrics_json"] or "{}") if row else {}
             merged["evaluation"] = evaluation
@@ -272,7 +281,7 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
                 conn.execute("UPDATE models SET metrics_json = ? WHERE id = ?", (json.dumps(merged, default=str), model_id))
     finally:
         conn.close()
-    return Evaluation(model_id, metrics, floor, len(ids), stored, not_in_db, jsonl, report_path)
+    return Evaluation(model_id, metrics, floor, baseline, len(ids), stored, not_in_db, jsonl, report_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         from stages import report
 
         dims = list(result.metrics["per_dimension"])
-        headers, rows = evaluation_table(result.metrics, result.floor, dims)
+        headers, rows = evaluation_table(result.metrics, result.floor, dims, result.baseline)
         print(report.md_table(headers, rows))
         print()
     skipped = f" ({result.not_in_db} test articles are not in gt.db: in the JSONL only)" if result.not_in_db else ""

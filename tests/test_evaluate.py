@@ -114,6 +114,11 @@ def test_figures_match_an_independent_computation(evaluated):
     assert "| wonder |" in (evaluated["model_dir"] / "evaluation.md").read_text()
     assert "undefined (0)" in (evaluated["model_dir"] / "evaluation.md").read_text()
     assert report["mae"] == pytest.approx(np.abs(pred - true).mean(), abs=1e-3)
+    # the mean predictor: every test article gets the train split's mean score
+    train_mean = np.array([json.loads(line)["labels"] for line in evaluated["splits"]["train"].read_text().splitlines()]).mean(0)
+    baseline = json.loads((evaluated["model_dir"] / "evaluation.json").read_text())["mean_predictor"]
+    for j, d in enumerate(dims):
+        assert baseline["per_dimension"][d]["mae"] == pytest.approx(np.abs(true[:, j] - train_mean[j]).mean())
 
 
 def test_inter_oracle_floor_is_the_two_oracles_distance(evaluated):
