@@ -503,17 +503,23 @@ def recommend(result: dict[str, Any], raters: list[Rater], t: Thresholds) -> dic
     return {"model": chosen, "verdict": verdict, "rows": rows, "reference": result["reference"]}
 
 
+def check_strongest(names: Sequence[str], requested: str | None) -> None:
+    if not requested:
+        return
+    if requested != "consensus" and requested not in names:
+        raise CalibrationError(f"--strongest {requested} is not one of --models ({', '.join(names)}) "
+                               f"(pass one of them, or 'consensus')")
+    if requested == "consensus" and len(names) < 3:
+        raise CalibrationError("--strongest consensus needs at least three models (add models to --models)")
+
+
 def choose_reference(raters: list[Rater], requested: str | None) -> tuple[str, str]:
     """(reference, why it is the reference): --strongest, else the consensus with three or more
     models, else the model with the highest price per article (list prices on the sample's measured
     tokens; ties: the first listed)."""
     names = [r.name for r in raters]
     if requested:
-        if requested != "consensus" and requested not in names:
-            raise CalibrationError(f"--strongest {requested} is not one of --models ({', '.join(names)}) "
-                                   f"(pass one of them, or 'consensus')")
-        if requested == "consensus" and len(raters) < 3:
-            raise CalibrationError("--strongest consensus needs at least three models (add models to --models)")
+        check_strongest(names, requested)
         return requested, "chosen with --strongest"
     if len(raters) >= 3:
         return "consensus", "three or more models: their per-dimension median; pass --strongest NAME to use one model"
@@ -880,6 +886,7 @@ def calibrate(conn: sqlite3.Connection, filt: Filter, models: Sequence[str], *, 
         raise CalibrationError("calibration compares models: pass at least two to --models (e.g. gemini-flash,gemini-pro)")
     if len(set(models)) != len(models):
         raise CalibrationError(f"--models lists a model twice ({', '.join(models)})")
+    check_strongest(models, strongest)       # before anything is paid for
     registry = registry if registry is not None else load_registry()
     store.register_filter(conn, filt)
     specs = resolve_models(conn, filt, models, registry)

@@ -213,8 +213,11 @@ def test_three_models_end_to_end_report_json_plots_and_reuse(db_with_articles, f
     assert purposes == {"calibrate"}
     # ... reused by a second calibration (nothing requested) and by a later label run of the same oracle
     before = server.requests
-    assert calibrate.main(args) == 0
+    again, _ = calibrate.calibrate(conn, uplifting, ["fake-pro", "fake-flash", "fake-mini"], sample_size=30, seed=5,
+                                   repeats=2, n_boot=0, registry=registry.load_registry(oracles), progress=False)
     assert server.requests == before
+    assert again["recommendation"]["model"] == "fake-flash"
+    assert all(s["requested"] == 0 for s in again["labelling"].values())
     sample_ids = data["sample"]["used"]
     spec = registry.resolve("fake-pro", registry.load_registry(oracles))
     ids = [r[0] for r in conn.execute("SELECT DISTINCT article_id FROM labels WHERE oracle = 'fake-pro'")]
