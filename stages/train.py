@@ -43,7 +43,7 @@ from stages.student import (
     modules_to_save_for, predict_scores, read_split, resolve_base_model,
 )
 
-CPU_DEFAULTS = dict(epochs=4, lr=5e-4, batch_size=16, max_length=256, lora_r=8, lora_alpha=16, lora_dropout=0.1)
+CPU_DEFAULTS = dict(epochs=4, lr=3e-3, batch_size=8, max_length=256, lora_r=8, lora_alpha=16, lora_dropout=0.1)
 GPU_DEFAULTS = dict(epochs=3, lr=1e-4, batch_size=8, max_length=512, lora_r=16, lora_alpha=32, lora_dropout=0.05)
 
 
@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="where to train (default auto: cuda when a GPU is visible)")
     ap.add_argument("--epochs", type=float, help="training epochs (default: 3 on GPU, 4 on CPU)")
-    ap.add_argument("--lr", type=float, help="peak learning rate, linear decay (default: 1e-4 GPU, 5e-4 CPU)")
-    ap.add_argument("--batch-size", type=int, help="examples per device per step (default: 8 GPU, 16 CPU)")
+    ap.add_argument("--lr", type=float, help="peak learning rate, linear decay (default: 1e-4 GPU, 3e-3 CPU)")
+    ap.add_argument("--batch-size", type=int, help="examples per device per step (default: 8 on GPU and CPU)")
     ap.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
     ap.add_argument("--max-length", type=int, help="tokens per article incl. special tokens, cut head+tail "
                                                    "(default: 512 GPU, 256 CPU)")
