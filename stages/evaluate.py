@@ -24,6 +24,7 @@ import itertools
 import json
 import sqlite3
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,6 +233,7 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars: noise, not progress
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers v6 renames, not the user's concern
     student = Student.load(model_dir, device=device)
     dims, config = student.dimension_names, student.config
     model_id = config["name"]

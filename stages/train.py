@@ -28,6 +28,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import warnings
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -215,6 +216,7 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars: noise, not progress
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers v6 renames, not the user's concern
     device = resolve_device(args.device)
     settings = resolve_settings(args, device)
     try:
@@ -379,12 +381,14 @@ def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
         ax.plot([e[0] for e in evals], [e[1] for e in evals], "o-", label="val loss", color="tab:orange")
     ax.set_xlabel("step")
     ax.set_ylabel("MSE on standardised targets")
+    handles, labels = ax.get_legend_handles_labels()
     if evals and evals[0][2] is not None:
         ax2 = ax.twinx()
         ax2.plot([e[0] for e in evals], [e[2] for e in evals], "s--", color="tab:green", label="val MAE (0-10)")
         ax2.set_ylabel("val MAE (0-10 scale)")
-        ax2.legend(loc="upper right")
-    ax.legend(loc="upper center")
+        more = ax2.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, loc="lower left", fontsize="small")
     ax.set_title(f"{title}: training curve")
     report.save_figure(fig, path)
 
