@@ -29,7 +29,7 @@ MIN_BOOTSTRAP = 5       # fewer paired articles than this: no confidence interva
 DEFAULT_BOOT = 1000
 CI_LEVEL = 0.95
 SCORE_BINS = list(range(11))     # histogram bins 0..10; bin k holds scores in [k, k+1), 10 holds 10
-MIDDLE_BAND = (4.0, 7.0)         # the "4-7 band": where an uninformative rater piles its scores
+MIDDLE_BAND = (4.0, 8.0)         # the "4-7 band" = score bins 4-7 (4 <= s < 8), as in coverage: where an uninformative rater piles its scores
 PC1_WARN = 0.70
 PAIR_R_WARN = 0.90
 
@@ -118,7 +118,7 @@ def distribution(values: Any) -> dict[str, Any]:
     out["mean"] = Stat(float(v.mean()), n=int(v.size))
     out["sd"] = Stat(float(v.std(ddof=1)), n=int(v.size)) if v.size > 1 else undefined("one score only", 1)
     lo, hi = MIDDLE_BAND
-    out["share_4_7"] = Stat(float(((v >= lo) & (v <= hi)).mean()), n=int(v.size))
+    out["share_4_7"] = Stat(float(((v >= lo) & (v < hi)).mean()), n=int(v.size))
     out["min"], out["max"] = float(v.min()), float(v.max())
     return out
 
