@@ -266,7 +266,10 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
         preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         return {"mae": float(np.mean(np.abs(scaler.to_scores(preds) - scaler.to_scores(eval_pred.label_ids))))}
 
-    work = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    # one name for every process of a multi-GPU run: they share the checkpoint the best epoch is loaded from
+    work = output.parent / f".{output.name}.partial"
+    if int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(work, ignore_errors=True)  # what a killed earlier run left
     work.mkdir(parents=True, exist_ok=True)
     steps_per_epoch = max(1, -(-len(train_set) // (settings["batch_size"] * args.grad_accum)))
     total_steps = int(np.ceil(steps_per_epoch * settings["epochs"]))
