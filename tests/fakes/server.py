@@ -169,7 +169,12 @@ class FakeProviderServer:
         with self._lock:
             self._scheduled.extend([fault] * count)
 
-    def reset(self) -> None:
+    def reset(self, drain_s: float = 10.0) -> None:
+        """Forget every request. A slow request a client gave up on may still be sleeping in a
+        handler thread: wait for it first, so it is not counted in the next test."""
+        deadline = time.monotonic() + drain_s
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self._lock:
             self.log.clear()
             self.counts.clear()
@@ -462,11 +467,12 @@ class _Handler(BaseHTTPRequestHandler):
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
         try:
             status, fault, article, usage = self._answer(dialect, path_model, raw)
+            # recorded before in_flight drops, so reset() can wait for stragglers to be counted
+            fake._record(Exchange(dialect.name, path_model or "", path, status, fault, article_key(article),
+                                  started, time.monotonic() - started, usage.get("input", 0), usage.get("output", 0)))
         finally:
             with fake._lock:
                 fake.in_flight -= 1
-        fake._record(Exchange(dialect.name, path_model or "", path, status, fault, article_key(article),
-                              started, time.monotonic() - started, usage.get("input", 0), usage.get("output", 0)))
 
     def _answer(self, dialect, path_model, raw: bytes) -> tuple[int, str | None, str, dict]:
         fake = self.fake
