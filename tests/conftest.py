@@ -16,6 +16,31 @@ SAMPLE = ROOT / "data" / "sample" / "articles.jsonl"
 UPLIFTING = ROOT / "filters" / "uplifting" / "v1"
 
 
+def sample_articles(n: int, min_chars: int = 400) -> list[dict]:
+    """The first `n` sample articles of at least `min_chars` characters."""
+    import json
+    out = []
+    with open(SAMPLE, encoding="utf-8") as f:
+        for line in f:
+            a = json.loads(line)
+            if len(a["text"]) >= min_chars:
+                out.append(a)
+            if len(out) == n:
+                break
+    return out
+
+
+def add_articles(conn, articles: list[dict]) -> None:
+    """Articles straight into gt.db (the ingest stage is tested on its own)."""
+    from stages import store
+    from stages.text import content_hash
+    with store.transaction(conn):
+        for a in articles:
+            conn.execute(
+                "INSERT INTO articles (id, title, text, content_hash, chars, too_short) VALUES (?, ?, ?, ?, ?, 0)",
+                (a["id"], a["title"], a["text"], content_hash(a["title"], a["text"]), len(a["text"])))
+
+
 @pytest.fixture(scope="session")
 def uplifting():
     from stages.filters import load_filter

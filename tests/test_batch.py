@@ -21,33 +21,12 @@ from stages import store
 from stages.label import label_articles
 from stages.oracles import registry
 from stages.oracles.batch import BatchOptions, job_tag, make_adapter, open_jobs, request_for, run_batch
-from stages.text import content_hash
-from tests.conftest import ROOT, SAMPLE
+from tests.conftest import ROOT, add_articles, sample_articles
 from tests.fakes.answers import expected_answer
 from tests.fakes.server import FakeProviderServer
 
 PROVIDER_ORACLES = {"gemini": "gemini-flash", "anthropic": "claude-haiku", "openai": "gpt-4o-mini"}
 FAST = dict(poll_s=0.02, max_poll_s=0.05, progress=False)
-
-
-def sample_articles(n: int) -> list[dict]:
-    out = []
-    with open(SAMPLE, encoding="utf-8") as f:
-        for line in f:
-            a = json.loads(line)
-            if len(a["text"]) >= 400:
-                out.append(a)
-            if len(out) == n:
-                break
-    return out
-
-
-def add_articles(conn: sqlite3.Connection, articles: list[dict]) -> None:
-    with store.transaction(conn):
-        for a in articles:
-            conn.execute(
-                "INSERT INTO articles (id, title, text, content_hash, chars, too_short) VALUES (?, ?, ?, ?, ?, 0)",
-                (a["id"], a["title"], a["text"], content_hash(a["title"], a["text"]), len(a["text"])))
 
 
 def spec_for(provider: str, **options):

@@ -18,35 +18,13 @@ import pytest
 from stages import store
 from stages.label import RetryPolicy, eligible_article_ids, label_articles
 from stages.oracles import registry
-from stages.text import content_hash
-from tests.conftest import ROOT, SAMPLE
+from tests.conftest import ROOT, add_articles, sample_articles
 from tests.fakes.answers import expected_answer
 from tests.fakes.server import FakeProviderServer
 
 PROVIDER_ORACLES = {"openai": "gpt-4o-mini", "gemini": "gemini-flash", "anthropic": "claude-haiku"}
 FAST_RETRY = RetryPolicy(attempts=3, rate_limit_attempts=8, initial_s=0.01, max_s=0.05, jitter_s=0.01)
 SECRET = "sk-test-DO-NOT-LEAK-9f8e7d6c5b4a"
-
-
-def sample_articles(n: int) -> list[dict]:
-    out = []
-    with open(SAMPLE, encoding="utf-8") as f:
-        for line in f:
-            a = json.loads(line)
-            if len(a["text"]) >= 400:
-                out.append(a)
-            if len(out) == n:
-                break
-    return out
-
-
-def add_articles(conn: sqlite3.Connection, articles: list[dict]) -> None:
-    """Articles straight into gt.db (the ingest stage is tested on its own)."""
-    with store.transaction(conn):
-        for a in articles:
-            conn.execute(
-                "INSERT INTO articles (id, title, text, content_hash, chars, too_short) VALUES (?, ?, ?, ?, ?, 0)",
-                (a["id"], a["title"], a["text"], content_hash(a["title"], a["text"]), len(a["text"])))
 
 
 def unlimited(name: str):
