@@ -10,13 +10,19 @@ Random token ids stand in for text (throughput does not depend on which tokens t
 """
 from __future__ import annotations
 
-import argparse
-import gc
-import json
 import os
-import platform
 import sys
-import time
+
+# run as `python3 bench/gpu_train.py`, bench/ is first on sys.path and bench/select.py would shadow
+# the standard library's select (which torch's subprocess use needs)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path
 
 import torch
