@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DB      ?= gt.db
 FILTER  ?= filters/uplifting/v1
 SEED    ?= 42
-SOURCE  ?= data/sample/*.jsonl
+SOURCE  ?=
 LLM     ?= local-embed
 TARGET  ?= 20000
 CONCURRENCY ?= 16
@@ -51,10 +51,10 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 ingest: $(STAMP)
-	$(PY) -m stages.ingest --db $(DB) --filter $(FILTER) --source '$(SOURCE)' $(ARGS)
+	$(PY) -m stages.ingest --db $(DB) --filter $(FILTER) $(if $(SOURCE),--source '$(SOURCE)') $(ARGS)
 
 label: $(STAMP)
-	$(PY) -m stages.label --db $(DB) --filter $(FILTER) --source '$(SOURCE)' --llm $(LLM) \
+	$(PY) -m stages.label --db $(DB) --filter $(FILTER) $(if $(SOURCE),--source '$(SOURCE)') --llm $(LLM) \
 		--target-count $(TARGET) --random-sample --seed $(SEED) --concurrency $(CONCURRENCY) \
 		--mode $(MODE) --output-dir $(OUT) $(ARGS)
 
@@ -62,7 +62,7 @@ label-status: $(STAMP)
 	$(PY) -m stages.label --db $(DB) --status $(ARGS)
 
 calibrate: $(STAMP)
-	$(PY) -m stages.calibrate --db $(DB) --filter $(FILTER) --source '$(SOURCE)' --models $(MODELS) \
+	$(PY) -m stages.calibrate --db $(DB) --filter $(FILTER) $(if $(SOURCE),--source '$(SOURCE)') --models $(MODELS) \
 		--sample-size $(SAMPLE) --seed $(SEED) $(ARGS)
 
 coverage: $(STAMP)
