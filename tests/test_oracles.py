@@ -108,6 +108,39 @@ def test_followups_are_sent_as_conversation_turns(fake, uplifting):
     assert again.input_tokens - plain.input_tokens >= extra_chars // 4 - 2
 
 
+def test_openai_requests_are_what_the_sdks_chat_completions_create_sends(fake, uplifting):
+    # the oracle posts its prebuilt body through the SDK client (cheaper than create()'s per-call
+    # parameter transformation): the server must see the very same request either way
+    article = sample(1)[0]
+    request = request_for(uplifting, article, [('{"scores": {}}', uplifting.corrective_message("scores: missing"))])
+    spec = spec_of("gpt-4o-mini")
+    spec = dataclasses.replace(spec, options={**spec.options, "temperature": 0.0,
+                                              "max_tokens_param": "max_completion_tokens"})
+
+    async def go():
+        oracle = registry.make_oracle(spec)
+        sent = []
+
+        async def capture(http_request):
+            sent.append((http_request.url.path, http_request.headers, json.loads(http_request.content)))
+        oracle._client._client.event_hooks["request"].append(capture)
+        ours = await oracle.complete(request)
+        via_create = await oracle._client.chat.completions.create(**oracle.request_params(request))
+        await oracle.aclose()
+        return sent, ours, via_create
+
+    sent, ours, via_create = asyncio.run(go())
+    (path, headers, body), (create_path, create_headers, create_body) = sent
+    assert (path, body) == (create_path, create_body)
+    assert body["response_format"]["json_schema"]["schema"] == uplifting.answer_schema()
+    assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "user"]
+    assert body["temperature"] == 0.0 and body["max_completion_tokens"] == spec.max_output_tokens
+    for name in ("authorization", "content-type", "accept"):
+        assert headers.get(name) == create_headers.get(name), name
+    assert headers["authorization"] == f"Bearer {SECRET}"
+    assert ours.text == via_create.choices[0].message.content
+
+
 # ---- failures -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(PROVIDER_OF))
