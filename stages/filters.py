@@ -181,7 +181,7 @@ class Filter:
         """Return (scores, content_type, evidence) or raise AnswerError saying what is wrong."""
         if not isinstance(answer, Mapping):
             raise AnswerError(f"answer is {type(answer).__name__}, expected a JSON object")
-        validator = jsonschema.Draft202012Validator(self.answer_schema())
+        validator = _answer_validator(self)
         errors = sorted(validator.iter_errors(answer), key=lambda e: (list(e.absolute_path), e.message))
         if errors:
             e = errors[0]
@@ -243,6 +243,19 @@ class Filter:
     def tier_sql(self, column: str = "overall") -> str:
         whens = " ".join(f"WHEN {column} >= {t.min_overall!r} THEN '{t.name}'" for t in self.tiers[:-1])
         return f"(CASE {whens} ELSE '{self.tiers[-1].name}' END)" if whens else f"'{self.tiers[-1].name}'"
+
+
+# one compiled validator per answer shape: building a Draft202012Validator costs more than using it
+_VALIDATORS: dict[tuple[tuple[str, ...], tuple[str, ...]], jsonschema.Draft202012Validator] = {}
+
+
+def _answer_validator(filt: Filter) -> jsonschema.Draft202012Validator:
+    # answer_schema() depends on the dimension names and content types only, so they are the key
+    key = (tuple(filt.dimension_names), tuple(filt.content_types))
+    validator = _VALIDATORS.get(key)
+    if validator is None:
+        validator = _VALIDATORS[key] = jsonschema.Draft202012Validator(filt.answer_schema())
+    return validator
 
 
 def extract_json(raw: str) -> Any:
