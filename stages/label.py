@@ -183,14 +183,15 @@ def merge_outcomes(first: LabelOutcome, second: LabelOutcome) -> LabelOutcome:
 def store_outcome(conn: sqlite3.Connection, *, run_id: int, filt: Filter, oracle: str, article_id: str,
                   repeat: int, outcome: LabelOutcome) -> int | None:
     """Commit one label (replacing an earlier 'error' label of the same key). One transaction."""
-    store.replace_failed_label(conn, article_id, filt, oracle, repeat)
+    prompt_sha256 = filt.prompt_sha256   # hashes the whole prompt template: once per label, not twice
+    store.replace_failed_label(conn, article_id, filt, oracle, repeat, prompt_sha256=prompt_sha256)
     return store.insert_label(
         conn, run_id=run_id, article_id=article_id, filt=filt, oracle=oracle, status=outcome.status,
         repeat=repeat, scores=outcome.scores if outcome.status == "ok" else None,
         content_type=outcome.content_type, evidence=outcome.evidence, raw_response=outcome.raw_response,
         error=outcome.error, input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
         cached_tokens=outcome.cached_tokens, cost_usd=outcome.cost_usd, latency_ms=outcome.latency_ms,
-        attempts=max(outcome.attempts, 1))
+        attempts=max(outcome.attempts, 1), prompt_sha256=prompt_sha256)
 
 
 def record_completion(conn: sqlite3.Connection, *, run_id: int, filt: Filter, spec: OracleSpec,
