@@ -139,6 +139,8 @@ def test_openai_requests_are_what_the_sdks_chat_completions_create_sends(fake, u
         assert headers.get(name) == create_headers.get(name), name
     assert headers["authorization"] == f"Bearer {SECRET}"
     assert ours.text == via_create.choices[0].message.content
+    assert (ours.input_tokens, ours.output_tokens) == (via_create.usage.prompt_tokens, via_create.usage.completion_tokens)
+    assert ours.finish_reason == via_create.choices[0].finish_reason == "stop"
 
 
 # ---- failures -------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ temperature (sent only when set), max_tokens_param (default "max_tokens").
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 
@@ -53,13 +55,19 @@ class OpenAICompatOracle:
                 raise self._map_error(e2) from None
         except Exception as e:   # noqa: BLE001 - every SDK/transport failure becomes one of ours
             raise self._map_error(e) from None
-        return self._completion(response, (time.perf_counter() - started) * 1000)
+        latency_ms = (time.perf_counter() - started) * 1000
+        try:
+            body = json.loads(response.content)
+        except ValueError as e:   # a 200 whose body is not JSON (empty, truncated)
+            raise self._map_error(e) from None
+        return self._completion(body, latency_ms)
 
-    async def _create(self, request: OracleRequest) -> ChatCompletion:
+    async def _create(self, request: OracleRequest) -> httpx2.Response:
         # the same POST that chat.completions.create sends (tests check the body is identical),
         # minus its per-call walk of every parameter, the JSON schema included, against the SDK's
-        # TypedDicts: that walk was the largest CPU cost of a label (about 1 ms)
-        return await self._client.post("/chat/completions", cast_to=ChatCompletion,
+        # TypedDicts, and minus building a ChatCompletion model tree from the answer: those two
+        # were the largest CPU costs of a label. HTTP errors still raise the SDK's exceptions.
+        return await self._client.post("/chat/completions", cast_to=httpx2.Response,
                                        body=self.request_params(request), options=_POST_OPTIONS)
 
     def request_params(self, request: OracleRequest) -> dict[str, Any]:
@@ -78,28 +86,32 @@ class OpenAICompatOracle:
             kwargs["temperature"] = self.spec.options["temperature"]
         return dict(model=self.spec.model, messages=messages, response_format=response_format, **kwargs)
 
-    def _completion(self, response, latency_ms: float) -> Completion:
-        if not response.choices:
+    def _completion(self, response: dict | ChatCompletion, latency_ms: float) -> Completion:
+        """One Completion from a chat completion: its JSON body (a dict), or the SDK's
+        ChatCompletion (Batch API results)."""
+        body = response if isinstance(response, dict) else response.model_dump()
+        if not isinstance(body, dict):
+            raise TransientError(f"{self.spec.name}: unreadable response: the body is not a chat completion")
+        choices = body.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
             raise TransientError(f"{self.spec.name}: the server answered with no choices")
-        choice = response.choices[0]
-        message = choice.message
-        usage = response.usage
-        cached = 0
-        if usage is not None:
-            details = getattr(usage, "prompt_tokens_details", None)
-            cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
-            cached = cached or getattr(usage, "prompt_cache_hit_tokens", None) or 0   # DeepSeek's field
-        refusal = getattr(message, "refusal", None)
-        if not refusal and choice.finish_reason == "content_filter":
+        choice = choices[0]
+        message = _mapping(choice.get("message"))
+        usage = _mapping(body.get("usage"))
+        cached = _mapping(usage.get("prompt_tokens_details")).get("cached_tokens") or 0
+        cached = cached or usage.get("prompt_cache_hit_tokens") or 0   # DeepSeek's field
+        refusal = message.get("refusal")
+        finish_reason = choice.get("finish_reason")
+        if not refusal and finish_reason == "content_filter":
             refusal = "the server's content filter stopped the answer"
         return Completion(
-            text=None if refusal else message.content,
-            input_tokens=(usage.prompt_tokens or 0) if usage else 0,
-            output_tokens=(usage.completion_tokens or 0) if usage else 0,
+            text=None if refusal else message.get("content"),
+            input_tokens=usage.get("prompt_tokens") or 0,
+            output_tokens=usage.get("completion_tokens") or 0,
             cached_tokens=int(cached),
             latency_ms=latency_ms,
             refusal=refusal,
-            finish_reason=choice.finish_reason,
+            finish_reason=finish_reason,
         )
 
     def _map_error(self, e: Exception) -> Exception:
@@ -131,6 +143,10 @@ class OpenAICompatOracle:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _error_message(e: Exception) -> str:
