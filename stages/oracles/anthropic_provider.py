@@ -17,7 +17,8 @@ import anthropic
 
 from stages.oracles import registry
 from stages.oracles.base import (Completion, FatalError, OracleRequest, OracleSpec, QuotaExhausted,
-                                 RateLimited, TransientError, daily_quota_hint, parse_retry_after)
+                                 RateLimited, TransientError, daily_quota_hint, parse_retry_after,
+                                 sdk_error_message)
 
 TOOL_NAME = "record_scores"
 TOOL_DESCRIPTION = "Record the scores, content type and evidence for the article, exactly as the rubric asks."
@@ -92,7 +93,7 @@ class AnthropicOracle:
             return TransientError(f"{where}: connection failed: {type(e).__name__}")
         if isinstance(e, anthropic.APIStatusError):
             status = e.status_code
-            message = self._scrub(_error_message(e))
+            message = self._scrub(sdk_error_message(e))
             if status in (400, 402, 403) and any(p in message.lower() for p in _QUOTA_PHRASES):
                 return QuotaExhausted(f"{where}: usage limit reached ({status}): {message}",
                                       resume_hint=daily_quota_hint("anthropic", message[:200]))
@@ -113,11 +114,3 @@ class AnthropicOracle:
     async def aclose(self) -> None:
         await self._client.close()
 
-
-def _error_message(e: Exception) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
-        if inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(e, "message", None) or e) or type(e).__name__

@@ -157,3 +157,13 @@ def daily_quota_hint(provider: str, detail: str = "") -> str:
         when = "the provider's quota or billing balance must be raised or reset"
     extra = f" ({detail})" if detail else ""
     return f"{when}{extra}; re-run the same command to resume where it stopped"
+
+
+def sdk_error_message(e: Exception) -> str:
+    """The provider's own words from an SDK error (its JSON body's error.message when there is one)."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        if inner.get("message"):
+            return str(inner["message"])
+    return str(getattr(e, "message", None) or e) or type(e).__name__

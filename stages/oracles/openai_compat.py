@@ -20,7 +20,8 @@ from openai.types.chat import ChatCompletion
 
 from stages.oracles import registry
 from stages.oracles.base import (Completion, FatalError, OracleRequest, OracleSpec, QuotaExhausted,
-                                 RateLimited, TransientError, daily_quota_hint, parse_retry_after)
+                                 RateLimited, TransientError, daily_quota_hint, parse_retry_after,
+                                 sdk_error_message)
 
 SCHEMA_NAME = "filter_answer"
 # a local server needs no key, but the SDK insists on one; a placeholder also stops the SDK from
@@ -115,7 +116,7 @@ class OpenAICompatOracle:
         )
 
     def _map_error(self, e: Exception) -> Exception:
-        message = self._scrub(_error_message(e))
+        message = self._scrub(sdk_error_message(e))
         where = f"{self.spec.name} ({self.spec.model})"
         if isinstance(e, openai.APITimeoutError):
             return TransientError(f"{where}: timed out after {self.spec.timeout_s:g} s")
@@ -149,17 +150,9 @@ def _mapping(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _error_message(e: Exception) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error") if isinstance(body.get("error"), dict) else body
-        if inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(e, "message", None) or e) or type(e).__name__
-
 
 def _json_schema_unsupported(e: openai.BadRequestError) -> bool:
-    text = f"{getattr(e, 'param', '')} {_error_message(e)}".lower()
+    text = f"{getattr(e, 'param', '')} {sdk_error_message(e)}".lower()
     return "json_schema" in text or "response_format" in text
 
 
