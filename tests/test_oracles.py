@@ -14,6 +14,7 @@ from stages.oracles import registry
 from stages.oracles.base import (Completion, FatalError, OracleRequest, QuotaExhausted, RateLimited,
                                  TransientError)
 from tests.conftest import ROOT, SAMPLE
+from tests.conftest import sample_articles as sample
 from tests.fakes import FakeProviderServer, expected_answer
 
 SECRET = "sk-test-SECRET-never-leak-0123456789"
@@ -21,16 +22,6 @@ REMOTE = ["gemini-flash", "claude-haiku", "gpt-4o-mini", "deepseek"]
 PROVIDER_OF = {"gemini-flash": "gemini", "claude-haiku": "anthropic", "gpt-4o-mini": "openai"}
 
 
-def sample(n: int, min_chars: int = 400) -> list[dict]:
-    out = []
-    with open(SAMPLE, encoding="utf-8") as f:
-        for line in f:
-            a = json.loads(line)
-            if len(a["text"]) >= min_chars:
-                out.append(a)
-            if len(out) == n:
-                return out
-    return out
 
 
 def request_for(filt, article: dict, followups=()) -> OracleRequest:

@@ -18,7 +18,7 @@ import anthropic
 from stages.oracles import registry
 from stages.oracles.base import (Completion, FatalError, OracleRequest, OracleSpec, QuotaExhausted,
                                  RateLimited, TransientError, daily_quota_hint, parse_retry_after,
-                                 sdk_error_message)
+                                 sdk_error_message, scrub_secret)
 
 TOOL_NAME = "record_scores"
 TOOL_DESCRIPTION = "Record the scores, content type and evidence for the article, exactly as the rubric asks."
@@ -107,9 +107,7 @@ class AnthropicOracle:
         return TransientError(f"{where}: unreadable response: {type(e).__name__}: {self._scrub(str(e))}")
 
     def _scrub(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return text[:500]
+        return scrub_secret(text, self._api_key)
 
     async def aclose(self) -> None:
         await self._client.close()

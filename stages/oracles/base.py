@@ -167,3 +167,10 @@ def sdk_error_message(e: Exception) -> str:
         if inner.get("message"):
             return str(inner["message"])
     return str(getattr(e, "message", None) or e) or type(e).__name__
+
+
+def scrub_secret(text: str, secret: str | None, limit: int = 500) -> str:
+    """Provider error text made safe to store and print: the key masked, the length bounded."""
+    if secret:
+        text = text.replace(secret, "***")
+    return text[:limit]

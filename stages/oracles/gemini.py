@@ -20,7 +20,7 @@ from google.genai import types
 
 from stages.oracles import registry
 from stages.oracles.base import (Completion, FatalError, OracleRequest, OracleSpec, QuotaExhausted,
-                                 RateLimited, TransientError, daily_quota_hint, parse_retry_after)
+                                 RateLimited, TransientError, daily_quota_hint, parse_retry_after, scrub_secret)
 
 _BLOCKED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE"}
 
@@ -115,9 +115,7 @@ class GeminiOracle:
         return TransientError(f"{where}: unreadable response: {type(e).__name__}: {self._scrub(str(e))}")
 
     def _scrub(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return text[:500]
+        return scrub_secret(text, self._api_key)
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()

@@ -21,7 +21,7 @@ from openai.types.chat import ChatCompletion
 from stages.oracles import registry
 from stages.oracles.base import (Completion, FatalError, OracleRequest, OracleSpec, QuotaExhausted,
                                  RateLimited, TransientError, daily_quota_hint, parse_retry_after,
-                                 sdk_error_message)
+                                 sdk_error_message, scrub_secret)
 
 SCHEMA_NAME = "filter_answer"
 # a local server needs no key, but the SDK insists on one; a placeholder also stops the SDK from
@@ -138,9 +138,7 @@ class OpenAICompatOracle:
         return TransientError(f"{where}: unreadable response: {message}")
 
     def _scrub(self, text: str) -> str:
-        if self._api_key and self._api_key != NO_KEY:
-            text = text.replace(self._api_key, "***")
-        return text[:500]
+        return scrub_secret(text, self._api_key if self._api_key != NO_KEY else None)
 
     async def aclose(self) -> None:
         await self._client.close()
