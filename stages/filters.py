@@ -4,6 +4,7 @@ tier from scores + config. A filter package is data only: nothing in it is ever 
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -113,10 +114,11 @@ class Filter:
     def tier_names(self) -> list[str]:
         return [t.name for t in self.tiers]
 
-    @property
+    @functools.cached_property
     def prompt_sha256(self) -> str:
         """Hash of everything that shapes the oracle's answer: the prompt, the dimension list and
-        the answer schema. Labels made under different hashes are never mixed."""
+        the answer schema. Labels made under different hashes are never mixed. Computed once per
+        loaded filter (the label stage reads it for every label)."""
         return sha256_text(self.prompt_template + "\n" + json.dumps(self.answer_schema(), sort_keys=True))
 
     # ---- prompt ---------------------------------------------------------------------------

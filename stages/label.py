@@ -183,7 +183,7 @@ def merge_outcomes(first: LabelOutcome, second: LabelOutcome) -> LabelOutcome:
 def store_outcome(conn: sqlite3.Connection, *, run_id: int, filt: Filter, oracle: str, article_id: str,
                   repeat: int, outcome: LabelOutcome) -> int | None:
     """Commit one label (replacing an earlier 'error' label of the same key). One transaction."""
-    prompt_sha256 = filt.prompt_sha256   # hashes the whole prompt template: once per label, not twice
+    prompt_sha256 = filt.prompt_sha256
     store.replace_failed_label(conn, article_id, filt, oracle, repeat, prompt_sha256=prompt_sha256)
     return store.insert_label(
         conn, run_id=run_id, article_id=article_id, filt=filt, oracle=oracle, status=outcome.status,
