@@ -147,7 +147,7 @@ def fake_run(n: int, oracle: str, seed: int) -> dict:
     from stages import store
     from stages.filters import load_filter
     from stages.oracles import registry
-    from stages.oracles.batch import BatchOptions, run_batch
+    from stages.label_batch import BatchOptions, run_batch
     spec_file = importlib.util.spec_from_file_location("bench_label", ROOT / "bench" / "label.py")
     bench_label = importlib.util.module_from_spec(spec_file)
     spec_file.loader.exec_module(bench_label)   # its synthesise(): articles from the sample's paragraphs

@@ -120,9 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
     db = Path(args.db)
-    if not db.is_file():
-        print(f"error: no database, {db} (run `make ingest` / `make demo` first, or pass --db PATH)", file=sys.stderr)
-        return 1
+    try:  # read-only, never created: a missing, unreadable, locked or corrupt file gets one line, not Datasette's
+        store.connect(db, readonly=True).close()
+    except (store.StoreError, sqlite3.Error) as e:
+        return store.fail_line(e, db)
     try:
         metadata = build_metadata(db)
     except (BrowseError, OSError, yaml.YAMLError) as e:

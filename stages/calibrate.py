@@ -85,7 +85,7 @@ def draw_sample(conn: sqlite3.Connection, filt: Filter, size: int, seed: int) ->
     """A seeded random sample of labellable articles: no duplicates, one per near-duplicate cluster,
     not too short, not caught by the filter's prefilter (the label stage would skip those). The
     order is the label stage's (sha256 of seed and id), so a larger sample contains a smaller one."""
-    from stages.label import eligible_article_ids
+    from stages.labelling import eligible_article_ids
 
     ordered = eligible_article_ids(conn, filt, seed=seed, random_sample=True)
     rows = {r["id"]: r for r in conn.execute(
@@ -1000,15 +1000,17 @@ def main(argv: list[str] | None = None) -> int:
     except reg.OracleConfigError as e:
         return _fail(str(e).splitlines()[0], 2)
     try:
-        conn = store.connect(args.db)
+        conn = store.connect(args.db, create=bool(args.source))  # only ingesting --source may create gt.db
     except (store.StoreError, sqlite3.Error) as e:
-        return _fail(f"{e}, {args.db} (check --db)")
+        return store.fail_line(e, args.db)
     notes: list[str] = []
     if args.source:
         try:
             notes.append(_ingest(conn, args.source, filt))
         except FileNotFoundError as e:
             return _fail(str(e), 2)
+        except (store.StoreError, sqlite3.Error) as e:
+            return store.fail_line(e, args.db)
     output = Path(args.output or f"reports/{filt.name}_v{filt.version}_calibration.md")
     started = time.monotonic()
     log = (lambda line: print(line, file=sys.stderr)) if not args.quiet else None
@@ -1027,10 +1029,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e).splitlines()[0], 2)
     except CalibrationError as e:
         return _fail(str(e), 2 if "--" in str(e) else 1)
-    except store.StoreError as e:
-        return _fail(str(e), 1)
+    except (store.StoreError, sqlite3.Error) as e:  # database trouble (locked, read-only...) or no labels
+        return store.fail_line(e, args.db)
     except FatalError as e:
-        from stages.label import scrub_secrets
+        from stages.labelling import scrub_secrets
         return _fail(f"an oracle refused the request: {scrub_secrets(str(e))} (check the key, model id and "
                      f"oracles.yaml)", 1)
     except KeyboardInterrupt:

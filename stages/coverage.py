@@ -580,26 +580,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"{e.problems[0]}, {e.path}{hint}")
     db = Path(args.db)
     notes = []
+    if args.labeled_file and not Path(args.labeled_file).is_file():
+        return _error(f"no such labelled file, {args.labeled_file} (pass the path of a labeled_articles.jsonl)")
+    try:
+        # read-only unless importing --labeled-file (which may create gt.db); never creates it otherwise
+        conn = store.connect(db) if args.labeled_file else store.connect(db, readonly=True)
+    except (store.StoreError, sqlite3.Error) as e:
+        return store.fail_line(e, db)  # one line: missing, read-only folder, locked, corrupt, newer schema
     try:
         if args.labeled_file:
-            labeled = Path(args.labeled_file)
-            if not labeled.is_file():
-                return _error(f"no such labelled file, {labeled} (pass the path of a labeled_articles.jsonl)")
-            conn = store.connect(db)
-            imported_oracle, note = _import_labeled_file(conn, filt, labeled)
+            imported_oracle, note = _import_labeled_file(conn, filt, Path(args.labeled_file))
             notes.append(note)
             oracle = args.oracle or imported_oracle
         else:
-            if not db.is_file():
-                return _error(f"no database, {db} (run `make ingest` and `make label` first, or pass --db PATH)")
-            conn = store.connect(db, readonly=True)
             oracle = args.oracle
         coverage = compute_coverage(conn, filt, oracle=oracle, repeat=args.repeat, sparse_share=args.sparse_share,
                                     workers=args.workers)
-    except (store.StoreError, CoverageError) as e:
+    except store.DatabaseTrouble as e:  # a worker's own read-only connection failed to open
+        return _error(str(e))
+    except store.StoreError as e:
         return _error(f"{e} (database {db})")
-    except sqlite3.DatabaseError as e:
-        return _error(f"cannot read the database ({e}), {db} (is it a gt.db made by this project?)")
+    except CoverageError as e:
+        return _error(f"{e} (database {db})")
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e) or "no such column" in str(e):
+            return _error(f"cannot read the database ({e}), {db} (is it a gt.db made by this project?)")
+        return store.fail_line(e, db)
+    except sqlite3.Error as e:
+        return store.fail_line(e, db)
+    finally:
+        conn.close()
     coverage["db"] = str(db)
     report_dir = Path(args.report_dir)
     stem = report_dir / report_stem(filt)

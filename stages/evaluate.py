@@ -242,7 +242,7 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
         if list(r["dimension_names"]) != dims:
             raise StudentError(f"article {r['id']} has dimensions {r['dimension_names']}, the model {dims}, {args.test_file}")
 
-    conn = store.connect(args.db)
+    conn = store.connect(args.db, create=False)  # predictions go into an existing gt.db, never a new empty one
     try:
         ensure_registered(conn, model_id, config, model_dir)
         ids: list[str] = []
@@ -292,14 +292,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no trained student in {args.model_dir} ({CONFIG_FILE} missing: run `make train` first, "
               f"or pass --model-dir)", file=sys.stderr)
         return 1
+    try:  # a missing, locked or corrupt gt.db fails now, not after loading the model
+        store.connect(args.db, create=False).close()
+    except (store.StoreError, sqlite3.Error) as e:
+        return store.fail_line(e, args.db)
     try:
         result = evaluate(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (StudentError, store.StoreError, sqlite3.Error) as e:
+    except StudentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (store.StoreError, sqlite3.Error) as e:  # gt.db missing, locked, read-only, corrupt...
+        return store.fail_line(e, args.db)
     if result.metrics:
         from stages import report
 

@@ -1,6 +1,10 @@
 """Filter packages: load and validate `filters/<name>/v<N>/` (config.yaml + prompt.md), render the
 prompt, build the JSON schema of a valid answer, validate answers, and compute overall score and
 tier from scores + config. A filter package is data only: nothing in it is ever executed.
+
+Names from a package (filter name, version, dimensions, content types, tiers) end up in SQL views
+and in the prompt, so `load_filter` holds them to safe identifier patterns, and every SQL text built
+from them goes through `sql_literal`, `sql_identifier` and `sql_number` as well.
 """
 from __future__ import annotations
 
@@ -21,11 +25,19 @@ SCORE_MIN, SCORE_MAX = 0.0, 10.0
 ANSWER_KEYS = ("scores", "content_type", "evidence")
 _TOP_KEYS = {
     "name", "version", "description", "min_chars", "max_article_chars", "dimensions",
-    "gatekeepers", "content_types", "content_type_caps", "tiers", "prefilter",
+    "gatekeepers", "content_types", "content_type_caps", "tiers", "prefilter", "score_step",
 }
 _DIM_KEYS = {"name", "weight", "description", "low", "anchors"}
+NAME_MAX_CHARS = 40
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_NAME_RULE = f"lower-case letters, digits and underscores, starting with a letter, at most {NAME_MAX_CHARS} characters"
+_VERSION = re.compile(r"^[0-9]+(?:[._][0-9a-z]+)*$")
 _ANCHOR_KEY = re.compile(r"^(\d{1,2})(?:-(\d{1,2}))?$")
+# the placeholders the label stage fills in prompt.md; any other `{word}` would reach the model as is
+PLACEHOLDERS = ("title", "text")
+_PLACEHOLDER_LIKE = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_FILL = re.compile(r"\{(title|text)\}")
+_GRID_TOLERANCE = 1e-9  # relative: 0.3 / 0.1 is 2.9999999999999996 in floating point
 
 
 class FilterError(Exception):
@@ -39,6 +51,12 @@ class FilterError(Exception):
 
 class AnswerError(ValueError):
     """An oracle answer does not match the filter's schema; the message says what is wrong."""
+
+
+class PromptError(ValueError):
+    """The prompt template cannot carry the article (its {title} and {text} placeholders are not
+    each filled exactly once after the rubric). load_filter rejects such packages, so this only
+    fires for a Filter built or altered in code."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,7 @@ class Filter:
     max_article_chars: int
     prompt_template: str
     config: dict = field(repr=False)
+    score_step: float | None = None  # the scores' grid (config `score_step`), None: any number 0-10
 
     # ---- identity -------------------------------------------------------------------------
     @property
@@ -116,35 +135,71 @@ class Filter:
 
     @functools.cached_property
     def prompt_sha256(self) -> str:
-        """Hash of everything that shapes the oracle's answer: the prompt, the dimension list and
-        the answer schema. Labels made under different hashes are never mixed. Computed once per
-        loaded filter (the label stage reads it for every label)."""
-        return sha256_text(self.prompt_template + "\n" + json.dumps(self.answer_schema(), sort_keys=True))
+        """Hash of everything that shapes the oracle's answer: the prompt (template and the grid
+        sentence when `score_step` is set), the dimension list and the answer schema. Labels made
+        under different hashes are never mixed. Computed once per loaded filter (the label stage
+        reads it for every label)."""
+        grid = "\n" + self.grid_sentence if self.score_step is not None else ""
+        return sha256_text(self.prompt_template + grid + "\n" + json.dumps(self.answer_schema(), sort_keys=True))
 
     # ---- prompt ---------------------------------------------------------------------------
-    def prompt_parts(self, title: str, text: str) -> tuple[str, str]:
-        """(static rubric, article part): providers cache the first and bill the second."""
-        title = _neutralise(title or "")
-        body = _neutralise(head_tail_truncate(text or "", self.max_article_chars))
+    @property
+    def grid_sentence(self) -> str:
+        """The rubric's sentence about the scores' grid ("" without `score_step`)."""
+        if self.score_step is None:
+            return ""
+        return f"Scores must be multiples of {_num(self.score_step)} ({_grid_example(self.score_step)})."
+
+    @functools.cached_property
+    def _template_split(self) -> tuple[str, str]:
+        """(rubric, article template): the template cut before the block holding the placeholders,
+        the grid sentence appended to the rubric so it is cached with it."""
         cut = _first_placeholder(self.prompt_template)
+        if cut is None:
+            raise PromptError(f"{self.id}: the article did not reach the rendered prompt "
+                              "(the template holds neither {title} nor {text})")
         static, dynamic = self.prompt_template[:cut], self.prompt_template[cut:]
-        dynamic = dynamic.replace("{title}", title, 1).replace("{text}", body, 1)
+        if self.score_step is not None:
+            static = static.rstrip("\n") + "\n\n" + self.grid_sentence + "\n\n"
         return static, dynamic
 
+    def prompt_parts(self, title: str, text: str) -> tuple[str, str]:
+        """(static rubric, article part): providers cache the first and bill the second.
+
+        The article template is filled in one pass, so a title or text holding `{text}`, `{title}`
+        or any other braces is inserted as it is and never filled again. Raises PromptError unless
+        {title} and {text} were each filled exactly once: the article must provably reach the
+        prompt (a template bug once sent the rubric alone)."""
+        values = {
+            "title": _neutralise(title or ""),
+            "text": _neutralise(head_tail_truncate(text or "", self.max_article_chars)),
+        }
+        static, dynamic = self._template_split
+        filled = {name: 0 for name in PLACEHOLDERS}
+
+        def fill(m: re.Match) -> str:
+            filled[m.group(1)] += 1
+            return values[m.group(1)]
+
+        article = _FILL.sub(fill, dynamic)
+        wrong = [f"{{{name}}} {n} times" for name, n in filled.items() if n != 1]
+        if wrong:
+            raise PromptError(f"{self.id}: the article did not reach the rendered prompt "
+                              f"(the template's article part filled {', '.join(wrong)}, expected once each)")
+        return static, article
+
     def render_prompt(self, title: str, text: str) -> str:
-        static, dynamic = self.prompt_parts(title, text)
-        prompt = static + dynamic
-        # the article must provably reach the prompt (a template bug once sent the rubric alone)
-        body = _neutralise(head_tail_truncate(text or "", self.max_article_chars))
-        if (body.strip() and body not in prompt) or (title and _neutralise(title) not in prompt):
-            raise AssertionError(f"{self.id}: the article did not reach the rendered prompt")
-        return prompt
+        """The whole prompt: rubric + article part (see prompt_parts, which raises PromptError)."""
+        static, article = self.prompt_parts(title, text)
+        return static + article
 
     def corrective_message(self, problem: str) -> str:
         names = ", ".join(self.dimension_names)
+        values = (f"multiples of {_num(self.score_step)} from 0 to 10" if self.score_step is not None
+                  else "numbers 0-10")
         return (
             f"Your previous answer was not valid: {problem}. Answer again with one JSON object only, "
-            f'with keys "scores" (numbers 0-10 for {names}), "content_type" (one of '
+            f'with keys "scores" ({values} for {names}), "content_type" (one of '
             f'{", ".join(self.content_types)}) and "evidence" (one sentence for each dimension).'
         )
 
@@ -157,13 +212,21 @@ class Filter:
 
     # ---- answers --------------------------------------------------------------------------
     def answer_schema(self) -> dict:
+        """The JSON schema sent to the provider. An answer that fits it is valid (validate_answer
+        checks exactly this schema); with `score_step` each score carries `multipleOf`."""
+        return self._schema(grid=True)
+
+    def _schema(self, grid: bool) -> dict:
         names = self.dimension_names
+        score: dict[str, Any] = {"type": "number", "minimum": SCORE_MIN, "maximum": SCORE_MAX}
+        if grid and self.score_step is not None:
+            score["multipleOf"] = self.score_step
         return {
             "type": "object",
             "properties": {
                 "scores": {
                     "type": "object",
-                    "properties": {n: {"type": "number", "minimum": SCORE_MIN, "maximum": SCORE_MAX} for n in names},
+                    "properties": {n: dict(score) for n in names},
                     "required": names,
                     "additionalProperties": False,
                 },
@@ -180,7 +243,11 @@ class Filter:
         }
 
     def validate_answer(self, answer: Any) -> tuple[dict[str, float], str, dict[str, str]]:
-        """Return (scores, content_type, evidence) or raise AnswerError saying what is wrong."""
+        """Return (scores, content_type, evidence) or raise AnswerError saying what is wrong.
+
+        Valid means: fits answer_schema(). Scores are kept as the oracle gave them (3.8 stays 3.8);
+        a `score_step` grid is checked here with a relative tolerance, because jsonschema's float
+        arithmetic would reject 0.3 as a multiple of 0.1."""
         if not isinstance(answer, Mapping):
             raise AnswerError(f"answer is {type(answer).__name__}, expected a JSON object")
         validator = _answer_validator(self)
@@ -200,8 +267,8 @@ class Filter:
             v = answer["scores"][name]
             if isinstance(v, bool) or not math.isfinite(float(v)):
                 raise AnswerError(f"scores/{name}: {v!r} is not a number")
-            if float(v) * 2 != int(float(v) * 2):
-                raise AnswerError(f"scores/{name}: {v} is not a whole or half point")
+            if self.score_step is not None and not on_grid(float(v), self.score_step):
+                raise AnswerError(f"scores/{name}: {v} is not a multiple of {_num(self.score_step)}")
             scores[name] = float(v)
         return scores, answer["content_type"], {n: answer["evidence"][n] for n in self.dimension_names}
 
@@ -224,6 +291,8 @@ class Filter:
         return value
 
     def tier(self, overall: float) -> str:
+        """The first tier (highest threshold first) whose min_overall `overall` reaches; the last
+        tier also takes every overall below its own min_overall (it is usually 0)."""
         for t in self.tiers:
             if overall >= t.min_overall:
                 return t.name
@@ -231,20 +300,74 @@ class Filter:
 
     def overall_sql(self) -> str:
         """The same arithmetic as `overall`, as an SQL expression over the view's columns."""
-        expr = "0.0" + "".join(f" + {d.weight!r} * \"{d.name}\"" for d in self.dimensions)
+        expr = "0.0" + "".join(f" + {sql_number(d.weight)} * {sql_identifier(d.name)}" for d in self.dimensions)
         expr = f"({expr})"
         for g in self.gatekeepers:
-            expr = f"(CASE WHEN \"{g.dimension}\" < {g.below!r} THEN MIN({expr}, {g.max_overall!r}) ELSE {expr} END)"
+            expr = (f"(CASE WHEN {sql_identifier(g.dimension)} < {sql_number(g.below)} "
+                    f"THEN MIN({expr}, {sql_number(g.max_overall)}) ELSE {expr} END)")
         if self.content_type_caps:
             cases = " ".join(
-                f"WHEN '{ct}' THEN MIN({expr}, {cap!r})" for ct, cap in sorted(self.content_type_caps.items())
+                f"WHEN {sql_literal(ct)} THEN MIN({expr}, {sql_number(cap)})"
+                for ct, cap in sorted(self.content_type_caps.items())
             )
             expr = f"(CASE content_type {cases} ELSE {expr} END)"
         return expr
 
     def tier_sql(self, column: str = "overall") -> str:
-        whens = " ".join(f"WHEN {column} >= {t.min_overall!r} THEN '{t.name}'" for t in self.tiers[:-1])
-        return f"(CASE {whens} ELSE '{self.tiers[-1].name}' END)" if whens else f"'{self.tiers[-1].name}'"
+        """The same choice as `tier`, as an SQL expression over `column` (an identifier)."""
+        col = sql_identifier(column)
+        last = sql_literal(self.tiers[-1].name)
+        whens = " ".join(f"WHEN {col} >= {sql_number(t.min_overall)} THEN {sql_literal(t.name)}"
+                         for t in self.tiers[:-1])
+        return f"(CASE {whens} ELSE {last} END)" if whens else last
+
+
+# ---- SQL text from package values ---------------------------------------------------------------
+# SQLite views cannot take bound parameters, so every name and number from a filter package that
+# reaches a view's SQL goes through one of these three (on top of load_filter's name patterns).
+
+def sql_literal(value: str) -> str:
+    """`value` as an SQL string literal ('' escapes a quote)."""
+    value = str(value)
+    if "\x00" in value:
+        raise ValueError(f"NUL character in an SQL string literal: {value!r}")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def sql_identifier(name: str) -> str:
+    """`name` as a quoted SQL identifier ("" escapes a double quote)."""
+    name = str(name)
+    if "\x00" in name:
+        raise ValueError(f"NUL character in an SQL identifier: {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_number(value: float) -> str:
+    """A finite number as an SQL real literal (repr of the float: exact round trip)."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a number for SQL: {value!r}")
+    f = float(value)
+    if not math.isfinite(f):
+        raise ValueError(f"not a finite number for SQL: {value!r}")
+    return repr(f)
+
+
+# ---- score grid ---------------------------------------------------------------------------------
+
+def on_grid(value: float, step: float) -> bool:
+    """Whether `value` is a multiple of `step`, up to floating-point noise."""
+    k = value / step
+    return abs(k - round(k)) <= _GRID_TOLERANCE * max(1.0, abs(k))
+
+
+def _num(x: float) -> str:
+    return f"{x:.10g}"  # 3 * 0.1 prints as 0.3
+
+
+def _grid_example(step: float) -> str:
+    n = int(round(SCORE_MAX / step))
+    ks = range(n + 1) if n <= 4 else [0, 1, 2, None, n]
+    return ", ".join("..." if k is None else _num(k * step) for k in ks)
 
 
 # one compiled validator per answer shape: building a Draft202012Validator costs more than using it
@@ -252,11 +375,12 @@ _VALIDATORS: dict[tuple[tuple[str, ...], tuple[str, ...]], jsonschema.Draft20201
 
 
 def _answer_validator(filt: Filter) -> jsonschema.Draft202012Validator:
-    # answer_schema() depends on the dimension names and content types only, so they are the key
+    # the schema without its grid (validate_answer checks `multipleOf` itself, with a tolerance)
+    # depends on the dimension names and content types only, so they are the key
     key = (tuple(filt.dimension_names), tuple(filt.content_types))
     validator = _VALIDATORS.get(key)
     if validator is None:
-        validator = _VALIDATORS[key] = jsonschema.Draft202012Validator(filt.answer_schema())
+        validator = _VALIDATORS[key] = jsonschema.Draft202012Validator(filt._schema(grid=False))
     return validator
 
 
@@ -282,9 +406,11 @@ def _neutralise(s: str) -> str:
     return re.sub(r"</?\s*(article|title|text)\s*>", lambda m: m.group(0).replace("<", "‹").replace(">", "›"), s, flags=re.I)
 
 
-def _first_placeholder(template: str) -> int:
-    positions = [template.find(p) for p in ("{title}", "{text}")]
-    first = min(p for p in positions if p >= 0)
+def _first_placeholder(template: str) -> int | None:
+    positions = [p for p in (template.find("{title}"), template.find("{text}")) if p >= 0]
+    if not positions:
+        return None
+    first = min(positions)
     # cut at the start of the line holding the first placeholder's enclosing block
     block = template.rfind("<article>", 0, first)
     return block if block >= 0 else template.rfind("\n", 0, first) + 1
@@ -293,7 +419,13 @@ def _first_placeholder(template: str) -> int:
 # ---- loading ----------------------------------------------------------------------------------
 
 def load_filter(path: str | Path) -> Filter:
-    """Load and validate a filter package; raise FilterError listing every problem found."""
+    """Load and validate a filter package; raise FilterError listing every problem found.
+
+    Checked before anything is written or sent: names (filter, dimensions, content types, tiers)
+    match `^[a-z][a-z0-9_]*$` (at most 40 characters) and the version is digits with optional dots
+    or underscores, since they reach SQL views; weights, thresholds, caps and gatekeepers are
+    finite and scores/overalls lie in 0-10; `score_step`, when set, divides 10; prompt.md holds
+    {title} and {text} once each and no other `{placeholder}` (nothing would fill it)."""
     root = Path(path)
     problems: list[str] = []
     cfg_path, prompt_path = root / "config.yaml", root / "prompt.md"
@@ -315,14 +447,19 @@ def load_filter(path: str | Path) -> Filter:
         raise FilterError(cfg_path, ["config must be a YAML mapping"])
     template = prompt_path.read_text(encoding="utf-8")
 
-    for key in sorted(set(cfg) - _TOP_KEYS):
+    for key in sorted(set(cfg) - _TOP_KEYS, key=str):
         problems.append(f"unknown key '{key}' (known: {', '.join(sorted(_TOP_KEYS))})")
     name = str(cfg.get("name", ""))
-    if not _NAME.match(name):
-        problems.append("name must be lower-case letters, digits and underscores")
-    version = str(cfg.get("version", "")).lstrip("v")
+    if not _is_name(name):
+        problems.append(f"name {name!r} must be {_NAME_RULE}")
+    raw_version = cfg.get("version")
+    version = "" if raw_version is None else str(raw_version)
+    version = version[1:] if version.startswith("v") else version
     if not version:
         problems.append("version is missing")
+    elif isinstance(raw_version, bool) or len(version) > NAME_MAX_CHARS or not _VERSION.match(version):
+        problems.append(f"version {raw_version!r} must be digits, optionally with dots or underscores "
+                        "(such as 1, 2 or 1_1; a leading 'v' is dropped)")
 
     dims: list[Dimension] = []
     raw_dims = cfg.get("dimensions")
@@ -336,15 +473,15 @@ def load_filter(path: str | Path) -> Filter:
             continue
         dname = str(d.get("name", ""))
         label = f"dimension '{dname or i}'"
-        for key in sorted(set(d) - _DIM_KEYS):
+        for key in sorted(set(d) - _DIM_KEYS, key=str):
             problems.append(f"{label}: unknown key '{key}'")
-        if not _NAME.match(dname):
-            problems.append(f"{label}: name must be lower-case letters, digits and underscores")
+        if not _is_name(dname):
+            problems.append(f"{label}: name must be {_NAME_RULE}")
         if dname in seen:
             problems.append(f"{label}: listed twice")
         seen.add(dname)
         w = d.get("weight")
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
+        if not _is_number(w) or w < 0:
             problems.append(f"{label}: weight must be a non-negative number")
             w = 0.0
         anchors = d.get("anchors")
@@ -371,37 +508,73 @@ def load_filter(path: str | Path) -> Filter:
         if not isinstance(g, dict) or g.get("dimension") not in seen:
             problems.append(f"gatekeepers[{i}]: dimension must be one of the dimensions")
             continue
-        try:
-            gates.append(Gatekeeper(g["dimension"], float(g["below"]), float(g["max_overall"])))
-        except (KeyError, TypeError, ValueError):
+        if not _is_number(g.get("below")) or not _is_number(g.get("max_overall")):
             problems.append(f"gatekeepers[{i}]: needs numeric 'below' and 'max_overall'")
+            continue
+        bad = [f"{key} {g[key]!r}" for key in ("below", "max_overall") if not _in_score_range(g[key])]
+        if bad:
+            problems.append(f"gatekeepers[{i}]: {' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} outside 0-10")
+            continue
+        gates.append(Gatekeeper(g["dimension"], float(g["below"]), float(g["max_overall"])))
 
     ctypes = cfg.get("content_types") or []
-    if not isinstance(ctypes, list) or not all(isinstance(c, str) and _NAME.match(c) for c in ctypes) or not ctypes:
-        problems.append("content_types must be a non-empty list of lower_case names")
+    if not isinstance(ctypes, list) or not ctypes:
+        problems.append("content_types must be a non-empty list of names")
         ctypes = []
+    good_ctypes: list[str] = []
     for c in ctypes:
-        if c not in template:
-            problems.append(f"content type '{c}' is not mentioned in prompt.md")
+        if not isinstance(c, str) or not _is_name(c):
+            problems.append(f"content type {c!r}: name must be {_NAME_RULE}")
+        elif c in good_ctypes:
+            problems.append(f"content type '{c}': listed twice")
+        else:
+            good_ctypes.append(c)
+            if c not in template:
+                problems.append(f"content type '{c}' is not mentioned in prompt.md")
+    ctypes = good_ctypes
     caps: dict[str, float] = {}
-    for c, cap in (cfg.get("content_type_caps") or {}).items():
+    raw_caps = cfg.get("content_type_caps") or {}
+    if not isinstance(raw_caps, dict):
+        problems.append("content_type_caps must be a mapping of content type to cap")
+        raw_caps = {}
+    for c, cap in raw_caps.items():
         if c not in ctypes:
             problems.append(f"content_type_caps: '{c}' is not one of content_types")
-        elif not isinstance(cap, (int, float)):
+        elif not _is_number(cap):
             problems.append(f"content_type_caps: cap for '{c}' must be a number")
+        elif not _in_score_range(cap):
+            problems.append(f"content_type_caps: cap {cap!r} for '{c}' is outside 0-10")
         else:
             caps[c] = float(cap)
 
     tiers: list[Tier] = []
-    for i, t in enumerate(cfg.get("tiers") or []):
-        if not isinstance(t, dict) or not t.get("name") or not isinstance(t.get("min_overall"), (int, float)):
+    raw_tiers = cfg.get("tiers") or []
+    if not isinstance(raw_tiers, list):
+        problems.append("tiers must be a list")
+        raw_tiers = []
+    for i, t in enumerate(raw_tiers):
+        if not isinstance(t, dict) or not t.get("name") or not _is_number(t.get("min_overall")):
             problems.append(f"tiers[{i}]: needs a name and a numeric min_overall")
             continue
-        tiers.append(Tier(str(t["name"]), float(t["min_overall"]), str(t.get("description", ""))))
-    if not tiers:
+        tname = str(t["name"])
+        if not _is_name(tname):
+            problems.append(f"tiers[{i}]: name {tname!r} must be {_NAME_RULE}")
+            continue
+        if tname in (x.name for x in tiers):
+            problems.append(f"tiers[{i}]: '{tname}' is listed twice")
+            continue
+        if not _in_score_range(t["min_overall"]):
+            problems.append(f"tiers[{i}] '{tname}': min_overall {t['min_overall']!r} is outside 0-10")
+            continue
+        tiers.append(Tier(tname, float(t["min_overall"]), str(t.get("description", ""))))
+    if not tiers and not raw_tiers:
         problems.append("tiers must list at least one tier")
     elif [t.min_overall for t in tiers] != sorted((t.min_overall for t in tiers), reverse=True):
         problems.append("tiers must be listed from the highest min_overall to the lowest")
+
+    step = cfg.get("score_step")
+    if step is not None and not _divides_score_range(step):
+        problems.append(f"score_step {step!r} must be a positive number that divides 10 (such as 0.5 or 1)")
 
     rules: list[PrefilterRule] = []
     for i, r in enumerate(cfg.get("prefilter") or []):
@@ -412,14 +585,19 @@ def load_filter(path: str | Path) -> Filter:
         except (KeyError, TypeError, re.error) as e:
             problems.append(f"prefilter[{i}]: {e}")
 
-    for ph in ("{title}", "{text}"):
-        n = template.count(ph)
+    for ph in PLACEHOLDERS:
+        n = template.count(f"{{{ph}}}")
         if n != 1:
-            problems.append(f"prompt.md must contain the placeholder {ph} exactly once (found {n})")
+            problems.append(f"prompt.md must contain the placeholder {{{ph}}} exactly once (found {n})")
+    unknown = sorted({m.group(0) for m in _PLACEHOLDER_LIKE.finditer(template)}
+                     - {f"{{{ph}}}" for ph in PLACEHOLDERS})
+    for ph in unknown:
+        problems.append(f"prompt.md has the placeholder {ph}, which nothing fills "
+                        "(only {title} and {text} are filled; remove it or write the text out)")
 
     for key, default in (("min_chars", 300), ("max_article_chars", 12000)):
         v = cfg.get(key, default)
-        if not isinstance(v, int) or v <= 0:
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             problems.append(f"{key} must be a positive integer")
     if problems:
         raise FilterError(root, problems)
@@ -428,5 +606,23 @@ def load_filter(path: str | Path) -> Filter:
         dimensions=tuple(dims), gatekeepers=tuple(gates), content_types=tuple(ctypes),
         content_type_caps=caps, tiers=tuple(tiers), prefilter=tuple(rules),
         min_chars=int(cfg.get("min_chars", 300)), max_article_chars=int(cfg.get("max_article_chars", 12000)),
-        prompt_template=template, config=cfg,
+        prompt_template=template, config=cfg, score_step=None if step is None else float(step),
     )
+
+
+def _is_name(s: str) -> bool:
+    return len(s) <= NAME_MAX_CHARS and _NAME.match(s) is not None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _in_score_range(v: Any) -> bool:
+    return _is_number(v) and SCORE_MIN <= v <= SCORE_MAX
+
+
+def _divides_score_range(step: Any) -> bool:
+    if not _is_number(step) or not 0 < step <= SCORE_MAX:
+        return False
+    return on_grid(SCORE_MAX, float(step))

@@ -583,10 +583,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.path}: {problem}", file=sys.stderr)
         return 1
     try:
-        conn = store.connect(args.db)
+        conn = store.connect(args.db)  # ingesting may create gt.db
     except (sqlite3.Error, store.StoreError) as e:
-        print(f"error: cannot open {args.db}: {e} (check the path and permissions)", file=sys.stderr)
-        return 1
+        return store.fail_line(e, args.db)  # one line: missing folder, read-only, locked, corrupt...
     try:
         summary = ingest_files(conn, args.source, filt, min_chars=args.min_chars, max_chars=args.max_chars,
                                workers=args.workers, batch_size=args.batch_size, progress=True)
@@ -598,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         min_chars = args.min_chars if args.min_chars is not None else filt.min_chars
         _print_summary(summary, args.db, conn, min_chars)
+    except (sqlite3.Error, store.StoreError) as e:  # a write refused after opening: locked, read-only, disk full
+        return store.fail_line(e, args.db)
     finally:
         conn.close()
     return 1 if summary.problems else 0

@@ -394,7 +394,7 @@ def run(args: argparse.Namespace) -> Result:
     name = args.name or "-".join([strategy.name, str(args.target_size), f"seed{args.seed}"]
                                  + ([args.filter_by_difficulty] if args.filter_by_difficulty else []))
 
-    conn = store.connect(args.db)
+    conn = store.connect(args.db, create=bool(args.labeled_file))  # only importing --labeled-file may create gt.db
     try:
         imported = None
         if args.labeled_file:
@@ -824,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     except SelectError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (store.StoreError, sqlite3.Error) as e:  # gt.db missing, locked, read-only, corrupt...
+        return store.fail_line(e, args.db)
     s = r.solution
     greedy = f"{100 * r.greedy_objective / s.objective:.1f}%" if r.greedy_objective is not None and s.objective else "—"
     rand = f"{100 * r.random_objective / s.objective:.1f}%" if s.objective else "—"

@@ -8,10 +8,13 @@ import json
 import os
 import re
 import sqlite3
+import time
+import sys
+import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
-from stages.filters import Filter
+from stages.filters import Filter, sql_identifier, sql_literal
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -19,6 +22,17 @@ _MIGRATION = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 class StoreError(Exception):
     pass
+
+
+class FilterMismatch(StoreError):
+    """gt.db registered a filter under this name and version whose prompt, answer schema or
+    dimension list differs from the package's: labels of the two could be mixed, so the edited
+    package needs a new version. The message is one line saying what differs and what to do."""
+
+
+class DatabaseTrouble(StoreError):
+    """Raised by connect(): the database could not be opened or migrated (missing, read-only,
+    locked, corrupt, newer schema...). Its message is already the one line describe_db_error makes."""
 
 
 def default_db_path() -> str:
@@ -38,37 +52,91 @@ def schema_version() -> int:
     return max(v for v, _ in migrations())
 
 
-def connect(path: str | os.PathLike | None = None, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open gt.db, creating it and applying pending migrations. Autocommit mode: use
-    `transaction(conn)` for anything that must be all-or-nothing."""
+DEFAULT_BUSY_TIMEOUT_S = 30.0
+
+
+def busy_timeout_s() -> float:
+    """Seconds a connection waits for another process's write lock before 'database is locked':
+    $GT_DB_BUSY_TIMEOUT when set (tests use a fraction of a second), else 30."""
+    raw = os.environ.get("GT_DB_BUSY_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_BUSY_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise StoreError(f"GT_DB_BUSY_TIMEOUT={raw!r} is not a number of seconds (unset it, or set e.g. 30)")
+    return value
+
+
+def connect(path: str | os.PathLike | None = None, *, readonly: bool = False, create: bool = True,
+            busy_timeout: float | None = None) -> sqlite3.Connection:
+    """Open gt.db and apply pending migrations. Autocommit mode: use `transaction(conn)` for
+    anything that must be all-or-nothing.
+
+    create=True (the default) creates a missing file and its folder; create=False, and
+    readonly=True (opened with mode=ro, nothing migrated), never create anything: a missing
+    database raises DatabaseTrouble. busy_timeout is how many seconds to wait for another process's
+    lock (default: busy_timeout_s(), i.e. $GT_DB_BUSY_TIMEOUT or 30). Any trouble opening or
+    migrating (missing, folder, read-only, locked, corrupt, newer schema) raises DatabaseTrouble (a
+    StoreError) whose message is one line naming the path and what to do (describe_db_error)."""
     path = str(path or default_db_path())
-    if path != ":memory:":
-        parent = Path(path).parent
-        if not parent.exists():
-            parent.mkdir(parents=True, exist_ok=True)
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30)
-    else:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 30000")
-    if not readonly:
-        if path != ":memory:":
-            conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        migrate(conn)
+    memory = path == ":memory:"
+    timeout = busy_timeout_s() if busy_timeout is None else float(busy_timeout)
+    if not memory:
+        if os.path.isdir(path):
+            raise DatabaseTrouble(_folder_line(path))
+        if (readonly or not create) and not os.path.exists(path):
+            raise DatabaseTrouble(_missing_line(path))
+    conn = None
+    try:
+        if memory:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
+        elif readonly or not create:  # mode=ro / mode=rw: SQLite itself never creates the file
+            uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + ("?mode=ro" if readonly else "?mode=rw")
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout)
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        if readonly:
+            _check_version(conn)  # reads the header: a corrupt or foreign file fails here, not mid-stage
+        else:
+            if not memory:
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrate(conn)
+    except (sqlite3.Error, OSError, StoreError) as e:
+        if conn is not None:
+            conn.close()
+        raise DatabaseTrouble(describe_db_error(e, path, busy_timeout=timeout)) from e
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every sql/NNN_*.sql above the db's user_version, each in its own transaction."""
+def _database_file(conn: sqlite3.Connection) -> str:
+    for row in conn.execute("PRAGMA database_list"):
+        if row[1] == "main":
+            return row[2] or ":memory:"
+    return "gt.db"
+
+
+def _check_version(conn: sqlite3.Connection) -> int:
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     latest = schema_version()
     if current > latest:
         raise StoreError(
-            f"gt.db schema version {current} is newer than this code knows ({latest}): update the project"
+            f"database {_database_file(conn)} has schema version {current}, newer than this code knows ({latest}): "
+            f"update the project (git pull), or pass --db <a gt.db made by this version>"
         )
+    return current
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every sql/NNN_*.sql above the db's user_version, each in its own transaction."""
+    current = _check_version(conn)
     for version, path in migrations():
         if version <= current:
             continue
@@ -84,73 +152,359 @@ def migrate(conn: sqlite3.Connection) -> int:
     return current
 
 
+# ---- database trouble as one line ------------------------------------------------------------
+
+def _missing_line(path: str) -> str:
+    return f"no database at {path} (run `make ingest` first, or pass --db <existing file>)"
+
+
+def _folder_line(path: str) -> str:
+    return f"database {path} is a folder, not a file (pass --db <folder>/gt.db)"
+
+
+def _trouble(e: BaseException, path: str) -> str | None:
+    """What kind of database trouble an exception is: missing, folder, notdir, readonly, locked,
+    corrupt, full, io; None for anything else."""
+    import errno
+
+    if isinstance(e, OSError):
+        if isinstance(e, FileNotFoundError):
+            return "missing"
+        if isinstance(e, IsADirectoryError):
+            return "folder"
+        if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+            return "readonly"
+        if isinstance(e, (FileExistsError, NotADirectoryError)):  # making its folder: a file is in the way
+            return "notdir"
+        if e.errno == errno.ENOSPC:
+            return "full"
+        return None
+    if not isinstance(e, sqlite3.Error):
+        return None
+    name = getattr(e, "sqlite_errorname", "") or ""
+    msg = str(e).lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "is locked" in msg:
+        return "locked"
+    if name.startswith("SQLITE_READONLY") or "readonly database" in msg or name == "SQLITE_PERM":
+        return "readonly"
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in msg or "malformed" in msg:
+        return "corrupt"
+    if name.startswith("SQLITE_FULL") or "disk is full" in msg:
+        return "full"
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open database file" in msg:
+        if path != ":memory:" and not os.path.exists(path):
+            return "missing"
+        return "folder" if os.path.isdir(path) else "readonly"
+    if name.startswith("SQLITE_IOERR") or "disk i/o error" in msg:
+        return "io"
+    return None
+
+
+def describe_db_error(e: BaseException, path: str | os.PathLike, *, busy_timeout: float | None = None) -> str:
+    """One line (no newline) for an error met opening or using the database at `path`: what went
+    wrong, where, and what to do. Classifies sqlite3 errors and OSErrors (missing, a folder, a file
+    where its folder should be, read-only, locked, corrupt, disk full, I/O); a StoreError keeps its own message unless it wraps one of
+    those; anything else becomes 'database <path>: <error>'. busy_timeout is only quoted in the
+    'locked' line (default: busy_timeout_s())."""
+    path = str(path)
+    if isinstance(e, StoreError):
+        cause = e.__cause__
+        if isinstance(e, DatabaseTrouble) or cause is None or _trouble(cause, path) is None:
+            return " ".join(str(e).split())
+        e = cause
+    kind = _trouble(e, path)
+    detail = " ".join(str(e).split())
+    if kind == "missing":
+        return _missing_line(path)
+    if kind == "folder":
+        return _folder_line(path)
+    if kind == "notdir":
+        return (f"database {path} cannot be created: {getattr(e, 'filename', None) or Path(path).parent} is a file, "
+                f"not a folder (pass --db with a path inside a folder)")
+    if kind == "readonly":
+        why = {"SQLITE_READONLY_DIRECTORY": "its folder is not writable",
+               "SQLITE_CANTOPEN": "it cannot be opened for writing"}.get(getattr(e, "sqlite_errorname", ""), detail)
+        name = os.path.basename(path)
+        return (f"database {path} is read-only ({why}): check its permissions and those of its folder (SQLite "
+                f"writes {name}-wal and {name}-shm beside it), or copy it somewhere writable")
+    if kind == "locked":
+        if busy_timeout is None:
+            try:
+                busy_timeout = busy_timeout_s()
+            except StoreError:
+                busy_timeout = DEFAULT_BUSY_TIMEOUT_S
+        holders = who_has_open(path) if path != ":memory:" else []
+        shown = "; open in " + ", ".join(holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "") \
+            if holders else ""
+        return (f"database {path} is locked by another process (held longer than {busy_timeout:g} s{shown}): "
+                f"wait for it to finish or stop it, then run the same command again")
+    if kind == "corrupt":
+        return (f"database {path} is not a readable SQLite database (corrupt or another kind of file: {detail}): "
+                f"restore it from a backup or pass --db <another file>")
+    if kind == "full":
+        return f"database {path} cannot grow: the disk is full (free space on its disk, then run the same command again)"
+    if kind == "io":
+        return (f"database {path} could not be read or written ({detail}): check the disk it is on, then run the "
+                f"same command again")
+    return f"database {path}: {detail}" if detail else f"database {path}: {type(e).__name__}"
+
+
+def who_has_open(path: str | os.PathLike) -> list[str]:
+    """Other processes that have the database (or its -wal file) open, each as
+    'pid N (command line, shortened)', from /proc/<pid>/fd on Linux. This process and its forked
+    copies (workers that inherited its descriptors: same parent, same command line) are left out;
+    [] where /proc is absent or unreadable."""
+    try:
+        target = os.path.realpath(path)
+    except (OSError, ValueError):
+        return []
+    names = {target, target + "-wal"}
+    me = os.getpid()
+    found: list[str] = []
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            fds = list(os.scandir(f"/proc/{entry.name}/fd"))
+        except OSError:
+            continue
+        hit = False
+        for fd in fds:
+            try:
+                if os.readlink(fd.path) in names:
+                    hit = True
+                    break
+            except OSError:
+                continue
+        if not hit or (_parent_pid(entry.name) == me and _argv(entry.name) == _argv(str(me))):
+            continue
+        found.append(f"pid {entry.name} ({_command_line(entry.name)})")
+    return found
+
+
+def _parent_pid(pid: str) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _argv(pid: str) -> list[str]:
+    try:
+        return [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
+    except OSError:
+        return []
+
+
+def _command_line(pid: str, limit: int = 80) -> str:
+    argv = _argv(pid)
+    if not argv:
+        return "?"
+    argv[0] = os.path.basename(argv[0])
+    line = " ".join(" ".join(argv).split())  # one line, whatever a `python -c` script holds
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def fail_line(e: BaseException, path: str | os.PathLike) -> int:
+    """Print 'error: <describe_db_error line>' on stderr; returns 1, the exit status for it."""
+    print(f"error: {describe_db_error(e, path)}", file=sys.stderr)
+    return 1
+
+
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+    """All or nothing. Inside an open transaction (the label stage's writer commits many small
+    pieces of work together) this is a savepoint, so the piece is still all or nothing."""
+    if conn.in_transaction:
+        name = f"sp{id(conn) % 10_000}_{_next_savepoint()}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
+            raise
+        else:
+            conn.execute(f"RELEASE {name}")
+        return
     conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     else:
         conn.execute("COMMIT")
 
 
-def register_filter(conn: sqlite3.Connection, filt: Filter) -> None:
-    """Record the filter as it is now and (re)create its wide score view. Tiers and overall are
-    computed in the view from the current config, so editing thresholds needs no relabelling."""
+_savepoints = iter(range(1, 1 << 62))
+
+
+def _next_savepoint() -> int:
+    return next(_savepoints)
+
+
+def register_filter(conn: sqlite3.Connection, filt: Filter) -> str | None:
+    """Record the filter as it is now and make sure its wide score view follows it.
+
+    Tiers and overall are computed in the view from the current config, so editing weights, caps,
+    gatekeepers or tier thresholds needs no relabelling: such an edit updates the registered config,
+    recreates the view and returns a one-line note saying what changed. Anything that shapes the
+    oracle's answer (prompt_sha256: prompt, answer schema, content types, score_step; or the
+    dimension list) must not change under the same name and version: FilterMismatch, and nothing
+    is written. Returns None when nothing changed (then nothing is written either, unless the view
+    is missing or was made by other code)."""
+    config_json = json.dumps(filt.config, sort_keys=True, default=str)
+    dimensions_json = json.dumps(filt.dimension_names)
+    view = view_sql(filt)
+    # the usual case, every stage every run: registered as is, view in place; a read, no write lock
+    row = _registered_filter(conn, filt.id)
+    if row is not None and _check_registered(filt, row, config_json, dimensions_json) is None \
+            and _view_text(conn, filt.view_name) == view:
+        return None
     with transaction(conn):
-        conn.execute(
-            """INSERT INTO filters (id, name, version, config_json, prompt_sha256, dimensions_json)
-               VALUES (?, ?, ?, ?, ?, ?)
-               ON CONFLICT(id) DO UPDATE SET config_json = excluded.config_json,
-                   prompt_sha256 = excluded.prompt_sha256, dimensions_json = excluded.dimensions_json""",
-            (filt.id, filt.name, filt.version, json.dumps(filt.config, sort_keys=True, default=str),
-             filt.prompt_sha256, json.dumps(filt.dimension_names)),
+        row = _registered_filter(conn, filt.id)  # again, under the write lock
+        note = None
+        if row is None:
+            conn.execute(
+                """INSERT INTO filters (id, name, version, config_json, prompt_sha256, dimensions_json)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                (filt.id, filt.name, filt.version, config_json, filt.prompt_sha256, dimensions_json),
+            )
+        else:
+            note = _check_registered(filt, row, config_json, dimensions_json)  # raises FilterMismatch
+            if note is not None:
+                conn.execute("UPDATE filters SET config_json = ? WHERE id = ?", (config_json, filt.id))
+        if _view_text(conn, filt.view_name) != view:
+            conn.execute(f"DROP VIEW IF EXISTS {sql_identifier(filt.view_name)}")
+            conn.execute(view)
+    return note
+
+
+def _registered_filter(conn: sqlite3.Connection, filter_id: str) -> tuple | None:
+    return conn.execute("SELECT config_json, prompt_sha256, dimensions_json FROM filters WHERE id = ?",
+                        (filter_id,)).fetchone()
+
+
+def _view_text(conn: sqlite3.Connection, view_name: str) -> str | None:
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = ?", (view_name,)).fetchone()
+    return row[0] if row else None
+
+
+def _check_registered(filt: Filter, row: tuple, config_json: str, dimensions_json: str) -> str | None:
+    """Compare the package with its registered row: raise FilterMismatch when what shapes the
+    oracle's answer differs, return a note naming the downstream keys that differ, else None."""
+    old_config_json, old_sha, old_dimensions_json = row[0], row[1], row[2]
+    try:
+        old_cfg = json.loads(old_config_json)
+    except json.JSONDecodeError:
+        old_cfg = {}
+    old_cfg = old_cfg if isinstance(old_cfg, dict) else {}
+    new_cfg = json.loads(config_json)
+    if old_sha != filt.prompt_sha256 or old_dimensions_json != dimensions_json:
+        what = []
+        if old_dimensions_json != dimensions_json:
+            what.append("the dimension list")
+        for key, words in (("content_types", "the content types"), ("score_step", "score_step")):
+            if old_cfg.get(key) != new_cfg.get(key):
+                what.append(words)
+        if not what:
+            what.append("prompt.md")
+        raise FilterMismatch(
+            f"filter {filt.id} differs from the one gt.db registered under that name and version "
+            f"({', '.join(what)} changed; prompt_sha256 {old_sha[:12]} -> {filt.prompt_sha256[:12]}): "
+            f"bump `version` in {filt.path}/config.yaml to register the edited filter "
+            "(labels stay with the version that made them)"
         )
-        conn.execute(f'DROP VIEW IF EXISTS "{filt.view_name}"')
-        conn.execute(view_sql(filt))
+    if old_config_json == config_json:
+        return None
+    changed = _changed_config_keys(old_cfg, new_cfg) or ["config.yaml"]
+    return (f"filter {filt.id}: {', '.join(changed)} changed since it was registered; "
+            f"the score view {filt.view_name} now follows the current config.yaml")
+
+
+_DIMENSION_FIELDS = {"weight": "weights", "description": "dimension descriptions", "low": "dimension 'low' rules",
+                     "anchors": "dimension anchors"}
+
+
+def _changed_config_keys(old: dict, new: dict) -> list[str]:
+    """Readable names of what differs between two registered configs (same dimension list)."""
+    changed: list[str] = []
+    for key in list(new) + [k for k in old if k not in new]:
+        if old.get(key) == new.get(key):
+            continue
+        if key == "dimensions" and isinstance(old.get(key), list) and isinstance(new.get(key), list):
+            pairs = [(a, b) for a, b in zip(old[key], new[key]) if isinstance(a, dict) and isinstance(b, dict)]
+            named = [words for field, words in _DIMENSION_FIELDS.items()
+                     if any(a.get(field) != b.get(field) for a, b in pairs)]
+            changed.extend(named or ["dimensions"])
+        else:
+            changed.append(key)
+    return list(dict.fromkeys(changed))
 
 
 def view_sql(filt: Filter) -> str:
+    """CREATE VIEW of the filter's wide score view: one row per valid label, one column per
+    dimension, overall and tier from the current config. Views take no bound parameters, so every
+    name goes through sql_identifier / sql_literal (and numbers through sql_number)."""
+    ident, lit = sql_identifier, sql_literal
     pivot = ",\n       ".join(
-        f"MAX(CASE WHEN s.dimension = '{n}' THEN s.score END) AS \"{n}\"" for n in filt.dimension_names
+        f"MAX(CASE WHEN s.dimension = {lit(n)} THEN s.score END) AS {ident(n)}" for n in filt.dimension_names
     )
-    return f"""CREATE VIEW "{filt.view_name}" AS
+    return f"""CREATE VIEW {ident(filt.view_name)} AS
 SELECT article_id, label_id, oracle, prompt_sha256, repeat, content_type,
-       {", ".join(f'"{n}"' for n in filt.dimension_names)}, overall, {filt.tier_sql("overall")} AS tier
+       {", ".join(ident(n) for n in filt.dimension_names)}, overall, {filt.tier_sql("overall")} AS tier
 FROM (
   SELECT *, {filt.overall_sql()} AS overall
   FROM (
     SELECT l.article_id, l.id AS label_id, l.oracle, l.prompt_sha256, l.repeat, l.content_type,
        {pivot}
     FROM labels l JOIN label_scores s ON s.label_id = l.id
-    WHERE l.filter_id = '{filt.id}' AND l.status = 'ok'
+    WHERE l.filter_id = {lit(filt.id)} AND l.status = {lit("ok")}
     GROUP BY l.id
   )
 )"""
 
 
 def start_run(conn: sqlite3.Connection, *, purpose: str, filt: Filter, oracle: str, provider: str | None,
-              model: str | None, mode: str = "sync", params: dict | None = None, seed: int | None = None) -> int:
+              model: str | None, mode: str = "sync", params: dict | None = None, seed: int | None = None,
+              owner: str | None = None) -> int:
+    """Open a label run. `owner` (host:pid:start) lets `--status` tell a running run from a dead one."""
     cur = conn.execute(
-        """INSERT INTO label_runs (purpose, filter_id, oracle, provider, model, prompt_sha256, mode, params_json, seed)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        """INSERT INTO label_runs (purpose, filter_id, oracle, provider, model, prompt_sha256, mode, params_json, seed,
+                                   owner, heartbeat_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (purpose, filt.id, oracle, provider, model, filt.prompt_sha256, mode,
-         json.dumps(params or {}, sort_keys=True), seed),
+         json.dumps(params or {}, sort_keys=True), seed, owner, time.time() if owner else None),
     )
     return int(cur.lastrowid)
 
 
-def finish_run(conn: sqlite3.Connection, run_id: int, status: str = "done") -> None:
-    """Close a run and roll its labels' cost and tokens up into it."""
+def finish_run(conn: sqlite3.Connection, run_id: int, status: str = "done", reason: str | None = None) -> None:
+    """Close a run. Its cost, tokens and calls are the ledger's (added as each answer was stored)
+    and are never recomputed from its labels: a replaced 'error' label keeps its cost here."""
     conn.execute(
-        """UPDATE label_runs SET status = ?, finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'),
-               cost_usd = (SELECT COALESCE(SUM(cost_usd), 0) FROM labels WHERE run_id = ?),
-               input_tokens = (SELECT COALESCE(SUM(input_tokens), 0) FROM labels WHERE run_id = ?),
-               output_tokens = (SELECT COALESCE(SUM(output_tokens), 0) FROM labels WHERE run_id = ?)
+        """UPDATE label_runs SET status = ?, stopped_reason = ?, finished_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
            WHERE id = ?""",
-        (status, run_id, run_id, run_id, run_id),
+        (status, reason, run_id),
+    )
+
+
+def add_to_ledger(conn: sqlite3.Connection, run_id: int, *, cost_usd: float, input_tokens: int = 0,
+                  output_tokens: int = 0, cached_tokens: int = 0, calls: int = 0, unstored: int = 0) -> None:
+    """Add billed responses to a run's ledger (call it in the transaction that stores what they brought)."""
+    conn.execute(
+        """UPDATE label_runs SET cost_usd = cost_usd + ?, input_tokens = input_tokens + ?,
+               output_tokens = output_tokens + ?, cached_tokens = cached_tokens + ?, calls = calls + ?,
+               unstored = unstored + ? WHERE id = ?""",
+        (float(cost_usd or 0.0), int(input_tokens or 0), int(output_tokens or 0), int(cached_tokens or 0),
+         int(calls or 0), int(unstored or 0), run_id),
     )
 
 

@@ -225,7 +225,7 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
         raise UsageError(f"{e.path}: {e.problems[0] if e.problems else 'invalid filter'}") from None
     output = Path(args.output) if args.output else Path("models") / (args.name or "student")
     name = args.name or output.name
-    conn = store.connect(args.db)
+    conn = store.connect(args.db, create=not args.selection)  # --selection reads gt.db: never create an empty one
     try:
         splits = load_splits(args, conn, filt)
     finally:
@@ -464,14 +464,20 @@ def register_model(db: str, filt, *, name: str, base_model: str, selection_id: i
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:  # a missing, locked or corrupt gt.db fails now, not after loading the model
+        store.connect(args.db, create=not args.selection).close()
+    except (store.StoreError, sqlite3.Error) as e:
+        return store.fail_line(e, args.db)
     try:
         result = train(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (StudentError, store.StoreError, sqlite3.Error) as e:
+    except StudentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (store.StoreError, sqlite3.Error) as e:  # gt.db missing, locked, read-only, corrupt...
+        return store.fail_line(e, args.db)
     if result is None:
         return 0
     m, c = result.metrics, result.config

@@ -20,7 +20,8 @@ import yaml
 from stages import store
 from stages.label import label_articles
 from stages.oracles import registry
-from stages.oracles.batch import BatchOptions, job_tag, make_adapter, open_jobs, request_for, run_batch
+from stages.label_batch import BatchOptions, job_tag, open_jobs, request_for, run_batch
+from stages.oracles.batch import make_adapter
 from tests.conftest import ROOT, add_articles, sample_articles
 from tests.fakes.answers import expected_answer
 from tests.fakes.server import FakeProviderServer
@@ -175,7 +176,7 @@ def test_a_job_sent_by_a_process_that_died_before_recording_it_is_found_not_rese
     spec = spec_for(provider)
     run_id = store.start_run(conn, purpose="label", filt=uplifting, oracle=spec.name, provider=provider,
                              model=spec.model, mode="batch")
-    from stages.oracles.batch import create_jobs, job_units
+    from stages.label_batch import create_jobs, job_units
     [job_id] = create_jobs(conn, run_id, provider, [[(a, 0) for a in ids]])
     row = open_jobs(conn, uplifting, spec)[0]
     # what the dead process did: stamp the attempt, send the job, die before storing its id

@@ -8,11 +8,20 @@ import jsonschema
 import pytest
 import yaml
 
-from stages.filters import AnswerError, FilterError, load_filter
+from stages.filters import (AnswerError, FilterError, PromptError, load_filter, on_grid, sql_identifier,
+                            sql_literal, sql_number)
 from tests.conftest import ROOT, UPLIFTING
 from tests.test_store import UPLIFTING_CASES, expected_overall, expected_tier
 
 SUSTAINABILITY = ROOT / "filters" / "sustainability_tech" / "v1"
+# every shipped filter package, found rather than listed: a new package is tested like the others
+SHIPPED = sorted(ROOT.glob("filters/*/v*"))
+# the hashes labels in existing gt.db files were made under: editing a shipped prompt (or the way
+# the prompt and schema are hashed) orphans them, so such an edit needs a new version directory
+SHIPPED_PROMPT_SHA256 = {
+    "uplifting/v1": "fa1415e202f1884e84320fd13936c8bf20d3c13fb7cc16f11973fa96928fc06f",
+    "sustainability_tech/v1": "1a3742e1e956ccf8804f8def77984656ee98f202204f9558d43d55f0d599a468",
+}
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +29,9 @@ def sustainability():
     return load_filter(SUSTAINABILITY)
 
 
-@pytest.fixture(params=["uplifting", "sustainability_tech"])
-def any_filter(request, uplifting, sustainability):
-    return uplifting if request.param == "uplifting" else sustainability
+@pytest.fixture(scope="module", params=SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def any_filter(request):
+    return load_filter(request.param)
 
 
 def _valid_answer(filt, score=5):
@@ -48,6 +57,17 @@ def _problems(pkg):
     for line in str(err.value).splitlines():
         assert line.startswith(str(pkg))  # every line says which package is wrong
     return err.value.problems
+
+
+def test_shipped_packages_are_found():
+    assert {UPLIFTING, SUSTAINABILITY} <= set(SHIPPED)
+
+
+def test_shipped_prompts_keep_their_hash(any_filter):
+    if any_filter.id in SHIPPED_PROMPT_SHA256:
+        assert any_filter.prompt_sha256 == SHIPPED_PROMPT_SHA256[any_filter.id]
+    assert any_filter.score_step is None
+    assert all("multipleOf" not in s for s in any_filter.answer_schema()["properties"]["scores"]["properties"].values())
 
 
 def test_both_shipped_packages_load(uplifting, sustainability):
@@ -122,8 +142,32 @@ def test_long_article_is_cut_head_and_tail(uplifting):
 
 def test_insertion_check_catches_a_template_that_drops_the_article(uplifting):
     broken = dataclasses.replace(uplifting, prompt_template=uplifting.prompt_template.replace("{text}", "{body}"))
-    with pytest.raises(AssertionError, match="did not reach"):
+    with pytest.raises(PromptError, match="did not reach") as err:
         broken.render_prompt("A title", "An article text that must reach the oracle.")
+    assert isinstance(err.value, ValueError) and not isinstance(err.value, AssertionError)
+    assert "{text} 0 times" in str(err.value)
+    with pytest.raises(PromptError, match="did not reach"):
+        broken.prompt_parts("A title", "An article text that must reach the oracle.")
+    twice = dataclasses.replace(uplifting, prompt_template=uplifting.prompt_template + "\n{title}\n")
+    with pytest.raises(PromptError, match="{title} 2 times"):
+        twice.render_prompt("A title", "text")
+    nothing = dataclasses.replace(uplifting, prompt_template="Rate it.")
+    with pytest.raises(PromptError, match="did not reach"):
+        nothing.prompt_parts("A title", "text")
+
+
+@pytest.mark.parametrize("title, text", [
+    ("{text} and {title}", "Body: {title} {} {{x}} and {text} and {source}."),
+    ("Braces {} {{}} }{ {0} {title", "{text}"),
+    ("\\1 \\g<0> {title}", "\\g<1> {text}"),  # re.sub replacement syntax is not interpreted either
+])
+def test_braces_in_the_article_are_just_text(any_filter, title, text):
+    prompt = any_filter.render_prompt(title, text)
+    assert f"<title>{title}</title>" in prompt
+    assert f"<text>\n{text}\n</text>" in prompt
+    static, article = any_filter.prompt_parts(title, text)
+    assert static == any_filter.prompt_parts("a", "b")[0]  # the rubric is unchanged
+    assert static + article == prompt and prompt.count(text) == 1
 
 
 def test_answer_schema_is_a_valid_json_schema(any_filter):
@@ -137,7 +181,8 @@ def test_answer_schema_is_a_valid_json_schema(any_filter):
     (lambda a, f: a["scores"].__setitem__(f.dimension_names[0], 11), "maximum"),
     (lambda a, f: a["scores"].__setitem__(f.dimension_names[0], -0.5), "minimum"),
     (lambda a, f: a["scores"].__setitem__(f.dimension_names[0], "7"), "not of type 'number'"),
-    (lambda a, f: a["scores"].__setitem__(f.dimension_names[0], 7.3), "not a whole or half point"),
+    (lambda a, f: a["scores"].__setitem__(f.dimension_names[0], 10.01), "maximum"),
+    (lambda a, f: a["scores"].__setitem__(f.dimension_names[0], float("nan")), "not a number"),
     (lambda a, f: a["scores"].__setitem__("bonus", 3), "unexpected key(s): bonus"),
     (lambda a, f: a.__setitem__("tier", "impact"), "unexpected key(s): tier"),
     (lambda a, f: a.__setitem__("content_type", "sports"), "is not one of"),
@@ -156,6 +201,150 @@ def test_half_points_are_fine(uplifting):
     answer["scores"]["agency"] = 7.5
     scores, _, _ = uplifting.validate_answer(answer)
     assert scores["agency"] == 7.5
+
+
+@pytest.mark.parametrize("values", [(8.1, 3.8), (0.05, 9.99), (10, 0)])
+def test_off_grid_answers_that_fit_the_schema_are_valid_and_kept_as_given(any_filter, values):
+    """One rule: what fits the schema we sent is valid; scores are not rounded."""
+    answer = _valid_answer(any_filter)
+    first, second = any_filter.dimension_names[:2]
+    answer["scores"][first], answer["scores"][second] = values
+    jsonschema.validate(answer, any_filter.answer_schema())  # the provider's view of the answer
+    scores, _, _ = any_filter.validate_answer(answer)
+    assert (scores[first], scores[second]) == values
+    raw = json.dumps(answer)
+    assert any_filter.parse_answer(raw)[0] == scores
+
+
+def _stepped(tmp_path, step):
+    return load_filter(_broken_copy(tmp_path, lambda c: c.update(score_step=step)))
+
+
+def test_score_step_grid_is_in_schema_rubric_corrective_message_and_validator(tmp_path, uplifting):
+    filt = _stepped(tmp_path, 0.5)
+    assert filt.score_step == 0.5
+    schema = filt.answer_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    scores = schema["properties"]["scores"]["properties"]
+    assert set(scores) == set(filt.dimension_names)
+    assert all(spec["multipleOf"] == 0.5 for spec in scores.values())
+    sentence = "Scores must be multiples of 0.5 (0, 0.5, 1, ..., 10)."
+    static, article = filt.prompt_parts("A title", "A text.")
+    assert sentence in static and sentence not in article
+    assert static.index(sentence) > static.index("## Answer") and static.endswith(sentence + "\n\n")
+    assert article.startswith("<article>")
+    assert "multiples of 0.5 from 0 to 10" in filt.corrective_message("x")
+    assert "numbers 0-10" in uplifting.corrective_message("x")
+    # the grid shapes the oracle's answer: another hash, so its labels are never mixed with v1's
+    assert filt.prompt_sha256 != uplifting.prompt_sha256
+
+    answer = _valid_answer(filt)
+    answer["scores"]["agency"] = 3.8
+    with pytest.raises(AnswerError, match=r"scores/agency: 3.8 is not a multiple of 0.5"):
+        filt.validate_answer(answer)
+    with pytest.raises(jsonschema.ValidationError):  # the schema the provider got says the same
+        jsonschema.validate(answer, schema)
+    answer["scores"]["agency"] = 7.5
+    assert filt.validate_answer(answer)[0]["agency"] == 7.5
+    jsonschema.validate(answer, schema)
+    # the same answer shape without a grid still accepts 3.8 (validators are not shared wrongly)
+    answer["scores"]["agency"] = 3.8
+    assert uplifting.validate_answer(answer)[0]["agency"] == 3.8
+
+
+def test_score_step_of_a_tenth_is_checked_with_a_tolerance(tmp_path):
+    filt = _stepped(tmp_path, 0.1)
+    assert "Scores must be multiples of 0.1 (0, 0.1, 0.2, ..., 10)." in filt.prompt_parts("t", "x")[0]
+    answer = _valid_answer(filt)
+    for ok in (0.3, 0.7, 8.1, 9.9, 10):  # 0.3 / 0.1 is 2.9999999999999996 in floating point
+        answer["scores"]["agency"] = ok
+        assert filt.validate_answer(answer)[0]["agency"] == ok
+    answer["scores"]["agency"] = 0.35
+    with pytest.raises(AnswerError, match="not a multiple of 0.1"):
+        filt.validate_answer(answer)
+    assert on_grid(0.3, 0.1) and not on_grid(3.8, 0.5) and on_grid(7.5, 0.5)
+
+
+@pytest.mark.parametrize("step", [0.3, 3, 0, -0.5, 11, "0.5", True, float("nan")])
+def test_score_step_must_divide_ten(tmp_path, step):
+    problems = _problems(_broken_copy(tmp_path, lambda c: c.update(score_step=step)))
+    assert len(problems) == 1 and problems[0].startswith("score_step") and "divides 10" in problems[0]
+
+
+@pytest.mark.parametrize("version", ["1' OR 'a'='a", "1; DROP TABLE labels", "one", "1.", "1 ", "", "v"])
+def test_version_must_be_digits(tmp_path, version):
+    problems = _problems(_broken_copy(tmp_path, lambda c: c.update(version=version)))
+    assert len(problems) == 1 and problems[0].startswith("version")
+
+
+@pytest.mark.parametrize("version, stored", [(2, "2"), ("v3", "3"), (1.1, "1.1"), ("2_1", "2_1")])
+def test_good_versions(tmp_path, version, stored):
+    filt = load_filter(_broken_copy(tmp_path, lambda c: c.update(version=version)))
+    assert filt.version == stored and filt.id == f"uplifting/v{stored}"
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c.update(name="Uplifting"), "name 'Uplifting' must be lower-case"),
+    (lambda c: c.update(name="u" * 41), "at most 40 characters"),
+    (lambda c: c["tiers"][0].update(name="it's"), "tiers[0]: name \"it's\" must be lower-case"),
+    (lambda c: c["tiers"][1].update(name='a"b'), "tiers[1]: name 'a\"b' must be lower-case"),
+    (lambda c: c["tiers"][1].update(name="impact"), "tiers[1]: 'impact' is listed twice"),
+    (lambda c: c["tiers"][0].update(min_overall=15), "tiers[0] 'impact': min_overall 15 is outside 0-10"),
+    (lambda c: c["tiers"][2].update(min_overall=-1), "tiers[2] 'not_uplifting': min_overall -1 is outside 0-10"),
+    (lambda c: c["tiers"][0].update(min_overall=float("inf")), "tiers[0]: needs a name and a numeric min_overall"),
+    (lambda c: c["content_type_caps"].update(corporate_finance=99),
+     "content_type_caps: cap 99 for 'corporate_finance' is outside 0-10"),
+    (lambda c: c["content_type_caps"].update(opinion=-1), "content_type_caps: 'opinion' is not one of content_types"),
+    (lambda c: c["gatekeepers"][0].update(below=11), "gatekeepers[0]: below 11 is outside 0-10"),
+    (lambda c: c["gatekeepers"][0].update(max_overall=-1), "gatekeepers[0]: max_overall -1 is outside 0-10"),
+    (lambda c: c["gatekeepers"][0].update(below=-1, max_overall=12),
+     "gatekeepers[0]: below -1 and max_overall 12 are outside 0-10"),
+    (lambda c: c["gatekeepers"][0].update(below="3"), "gatekeepers[0]: needs numeric 'below' and 'max_overall'"),
+    (lambda c: c["content_types"].append("Other's"), "content type \"Other's\": name must be lower-case"),
+    (lambda c: c["content_types"].append("other"), "content type 'other': listed twice"),
+])
+def test_names_and_numbers_that_reach_sql_are_validated(tmp_path, edit, expected):
+    problems = _problems(_broken_copy(tmp_path, edit))
+    assert len(problems) == 1, problems
+    assert expected in problems[0]
+
+
+def test_weight_must_be_finite(tmp_path):
+    problems = _problems(_broken_copy(tmp_path, lambda c: c["dimensions"][0].update(weight=float("nan"))))
+    assert problems[0] == "dimension 'agency': weight must be a non-negative number"
+
+
+def test_dimension_name_with_a_quote_is_refused(tmp_path):
+    def edit(cfg):
+        cfg["dimensions"][0]["name"] = "agency'"
+    problems = _problems(_broken_copy(tmp_path, edit, lambda p: p.replace("**agency**", "**agency'**")))
+    assert problems == ["dimension 'agency'': name must be lower-case letters, digits and underscores, "
+                        "starting with a letter, at most 40 characters"]
+
+
+def test_unfilled_placeholder_is_refused(tmp_path):
+    pkg = _broken_copy(tmp_path, edit_prompt=lambda p: p.replace("<title>{title}</title>",
+                                                                 "<title>{title}</title>\n<source>{source}</source>"))
+    problems = _problems(pkg)
+    assert len(problems) == 1 and "placeholder {source}" in problems[0] and "nothing fills" in problems[0]
+
+
+def test_json_examples_in_the_prompt_are_not_placeholders(tmp_path):
+    example = '\nExample: {"scores": {"agency": 3}, "content_type": "other"} or {} or { x }.\n'
+    pkg = _broken_copy(tmp_path, edit_prompt=lambda p: p.replace("## Content type", example + "## Content type"))
+    filt = load_filter(pkg)
+    assert example in filt.prompt_parts("t", "x")[0]
+
+
+def test_sql_text_helpers():
+    assert sql_literal("it's") == "'it''s'" and sql_literal("plain") == "'plain'"
+    assert sql_identifier('a"b') == '"a""b"' and sql_identifier("agency") == '"agency"'
+    assert sql_number(3) == "3.0" and sql_number(0.1) == "0.1"
+    for bad in (float("inf"), float("nan"), True):
+        with pytest.raises(ValueError):
+            sql_number(bad)
+    with pytest.raises(ValueError):
+        sql_literal("a\x00b")
 
 
 def test_boolean_is_not_a_score(uplifting):

@@ -5,7 +5,7 @@ import pytest
 
 from stages import store
 from stages.filters import load_filter
-from tests.conftest import ROOT
+from tests.conftest import ROOT, UPLIFTING
 
 SUSTAINABILITY = ROOT / "filters" / "sustainability_tech" / "v1"
 TABLES = {"articles", "article_minhash", "filters", "label_runs", "labels", "label_scores", "selections",
@@ -164,3 +164,129 @@ def test_relabelling_the_same_article_adds_no_row(conn, uplifting):
     assert conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 1
     store.finish_run(conn, run)
     assert conn.execute("SELECT status FROM label_runs WHERE id = ?", (run,)).fetchone()[0] == "done"
+
+
+# ---- registering a filter: same id, edited package ----------------------------------------------
+
+def _package(tmp_path, edit_config=None, edit_prompt=None, name="pkg"):
+    """A copy of filters/uplifting/v1 (same name and version) with config.yaml / prompt.md edited."""
+    import shutil
+
+    import yaml
+    pkg = tmp_path / name
+    shutil.copytree(UPLIFTING, pkg)
+    if edit_config:
+        cfg = yaml.safe_load((pkg / "config.yaml").read_text())
+        edit_config(cfg)
+        (pkg / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if edit_prompt:
+        (pkg / "prompt.md").write_text(edit_prompt((pkg / "prompt.md").read_text()))
+    return load_filter(pkg)
+
+
+def _registered(conn, filt):
+    row = conn.execute("SELECT * FROM filters WHERE id = ?", (filt.id,)).fetchone()
+    view = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = ?",
+                        (filt.view_name,)).fetchone()
+    return tuple(row) if row else None, view[0] if view else None
+
+
+def _writes(conn, action):
+    """Run action(); return it and the statements it sent that write (or open a write transaction)."""
+    sent = []
+    conn.set_trace_callback(sent.append)
+    try:
+        result = action()
+    finally:
+        conn.set_trace_callback(None)
+    writes = [s for s in sent if s.split(None, 1)[0].upper() in
+              {"BEGIN", "INSERT", "UPDATE", "DELETE", "DROP", "CREATE", "REPLACE", "SAVEPOINT"}]
+    return result, writes
+
+
+def test_registering_an_unchanged_filter_writes_nothing(conn, uplifting):
+    before = _registered(conn, uplifting)
+    note, writes = _writes(conn, lambda: store.register_filter(conn, uplifting))
+    assert note is None and writes == []
+    assert _registered(conn, uplifting) == before
+    # a missing view is made again (and only that)
+    conn.execute(f'DROP VIEW "{uplifting.view_name}"')
+    note, writes = _writes(conn, lambda: store.register_filter(conn, uplifting))
+    assert note is None and not any(w.startswith(("INSERT", "UPDATE")) for w in writes)
+    assert _registered(conn, uplifting) == before
+
+
+@pytest.mark.parametrize("edit_config, edit_prompt, what", [
+    (None, lambda p: p.replace("Use the low end freely", "Use the low end very freely"), "prompt.md changed"),
+    (lambda c: c["dimensions"].insert(0, c["dimensions"].pop(1)), None, "the dimension list changed"),
+    (lambda c: c["content_types"].remove("other") or c.update(
+        content_type_caps={k: v for k, v in c["content_type_caps"].items() if k != "other"}), None,
+     "the content types changed"),
+    (lambda c: c.update(score_step=0.5), None, "score_step changed"),
+])
+def test_an_edited_prompt_or_answer_shape_under_the_same_version_is_refused(conn, uplifting, tmp_path,
+                                                                           edit_config, edit_prompt, what):
+    edited = _package(tmp_path, edit_config, edit_prompt)
+    assert edited.id == uplifting.id and edited.prompt_sha256 != uplifting.prompt_sha256
+    before = _registered(conn, uplifting)
+    with pytest.raises(store.FilterMismatch) as err:
+        store.register_filter(conn, edited)
+    message = str(err.value)
+    assert isinstance(err.value, store.StoreError) and "\n" not in message
+    assert what in message and "uplifting/v1" in message
+    assert f"bump `version` in {edited.path}/config.yaml to register the edited filter" in message
+    assert "labels stay with the version that made them" in message
+    assert _registered(conn, uplifting) == before  # nothing written: row and view as they were
+    assert not conn.in_transaction
+
+
+def test_an_edited_tier_threshold_reregisters_with_a_note_and_the_view_follows(conn, uplifting, tmp_path):
+    run = store.start_run(conn, purpose="label", filt=uplifting, oracle="o", provider=None, model=None)
+    _article(conn, "a0")
+    scores, ctype = UPLIFTING_CASES[0]  # overall 8.06
+    store.insert_label(conn, run_id=run, article_id="a0", filt=uplifting, oracle="o", status="ok",
+                       scores=scores, content_type=ctype)
+    assert conn.execute("SELECT tier FROM scores_uplifting_v1").fetchone()[0] == "impact"
+
+    edited = _package(tmp_path, lambda c: c["tiers"][0].update(min_overall=8.5))
+    assert edited.prompt_sha256 == uplifting.prompt_sha256  # thresholds do not shape the oracle's answer
+    note = store.register_filter(conn, edited)
+    assert note == ("filter uplifting/v1: tiers changed since it was registered; "
+                    "the score view scores_uplifting_v1 now follows the current config.yaml")
+    assert conn.execute("SELECT tier FROM scores_uplifting_v1").fetchone()[0] == "connection"
+    row = conn.execute("SELECT config_json, prompt_sha256 FROM filters WHERE id = 'uplifting/v1'").fetchone()
+    assert '"min_overall": 8.5' in row[0] and row[1] == uplifting.prompt_sha256
+    assert store.register_filter(conn, edited) is None  # registered as is now: nothing to say
+    # and back: the shipped thresholds again
+    assert "tiers" in store.register_filter(conn, uplifting)
+    assert conn.execute("SELECT tier FROM scores_uplifting_v1").fetchone()[0] == "impact"
+
+
+def test_edited_weights_and_caps_are_named_in_the_note(conn, tmp_path):
+    def edit(cfg):
+        cfg["dimensions"][0]["weight"], cfg["dimensions"][1]["weight"] = 0.19, 0.14
+        cfg["content_type_caps"]["corporate_finance"] = 2.5
+    note = store.register_filter(conn, _package(tmp_path, edit))
+    assert note.startswith("filter uplifting/v1: content_type_caps, weights changed since it was registered")
+
+
+def test_names_with_quotes_cannot_break_the_view_sql(conn, uplifting):
+    """Defence in depth: load_filter refuses such names, and the view's SQL quotes them anyway."""
+    import dataclasses
+
+    from stages.filters import Tier
+    odd = dataclasses.replace(
+        uplifting, name="odd", version="1",
+        tiers=(Tier("it's top", 7.0), Tier('a "quoted" tier', 4.0), Tier("x') OR ('1'='1", 0.0)),
+        content_type_caps={"corporate_finance": 2.0, "it's": 1.0},
+    )
+    assert "'it''s top'" in store.view_sql(odd)
+    store.register_filter(conn, odd)
+    run = store.start_run(conn, purpose="label", filt=odd, oracle="o", provider=None, model=None)
+    for i, (scores, ctype) in enumerate(UPLIFTING_CASES[:4]):
+        _article(conn, f"a{i}")
+        store.insert_label(conn, run_id=run, article_id=f"a{i}", filt=odd, oracle="o", status="ok",
+                           scores=scores, content_type=ctype)
+    tiers = dict(conn.execute("SELECT article_id, tier FROM scores_odd_v1").fetchall())
+    assert tiers == {"a0": "it's top", "a1": "x') OR ('1'='1", "a2": "x') OR ('1'='1", "a3": 'a "quoted" tier'}
+    assert conn.execute("SELECT COUNT(*) FROM scores_uplifting_v1").fetchone()[0] == 0  # filter id quoted too

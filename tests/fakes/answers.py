@@ -85,6 +85,10 @@ def corrupt(answer: dict[str, Any], fault: str) -> str:
         answer["evidence"].pop(first, None)
     elif fault == "out_of_range" and first:
         answer["scores"][first] = 14
+    elif fault == "off_grid":
+        # fits the schema we send (numbers 0-10) but not the half-point grid the prompt asks for
+        for name, value in zip(answer["scores"], (8.1, 3.8)):
+            answer["scores"][name] = value
     text = json.dumps(answer)
     if fault == "malformed":
         return text[: len(text) // 2]   # cut mid-object, as a max-token stop would

@@ -52,6 +52,7 @@ FAULTS = (
     "malformed",          # 200, answer text is cut-off JSON
     "missing_dimension",  # 200, the first dimension's score is missing
     "out_of_range",       # 200, the first dimension scores 14
+    "off_grid",           # 200, schema-valid scores off the half-point grid (8.1, 3.8)
     "refusal",            # 200, the model declines
     "empty",              # 200, empty answer text
     "empty_body",         # 200 with a zero-length HTTP body
@@ -59,7 +60,7 @@ FAULTS = (
     "bad_request",        # 400
     "disconnect",         # the connection closes without a response
 )
-ANSWER_FAULTS = {"malformed", "missing_dimension", "out_of_range", "empty"}
+ANSWER_FAULTS = {"malformed", "missing_dimension", "out_of_range", "empty", "off_grid"}
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_KEY = "fake-key-for-loopback-tests"
 
@@ -77,6 +78,8 @@ class Exchange:
     seconds: float
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass
@@ -186,6 +189,19 @@ class FakeProviderServer:
     @property
     def requests(self) -> int:
         return self.counts["requests"]
+
+    def bill(self, spec) -> float:
+        """What a provider would invoice for the answers this server sent (status 200), at `spec`'s
+        sync prices: the figure a ledger must match (needs keep_log)."""
+        with self._lock:
+            answered = [ex for ex in self.log if ex.status == 200]
+        return sum(spec.cost(ex.input_tokens, ex.output_tokens, ex.cached_tokens,
+                             cache_write_tokens=ex.cache_write_tokens) for ex in answered)
+
+    def answered(self) -> int:
+        """Billed answers (status 200) so far."""
+        with self._lock:
+            return sum(1 for ex in self.log if ex.status == 200)
 
     # ---- decisions (called from handler threads) ------------------------------------------
     def _choose_fault(self, article: str) -> str | None:
@@ -469,7 +485,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, fault, article, usage = self._answer(dialect, path_model, raw)
             # recorded before in_flight drops, so reset() can wait for stragglers to be counted
             fake._record(Exchange(dialect.name, path_model or "", path, status, fault, article_key(article),
-                                  started, time.monotonic() - started, usage.get("input", 0), usage.get("output", 0)))
+                                  started, time.monotonic() - started, usage.get("input", 0), usage.get("output", 0),
+                                  usage.get("cached", 0), usage.get("cache_write", 0)))
         finally:
             with fake._lock:
                 fake.in_flight -= 1

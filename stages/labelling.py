@@ -1,0 +1,782 @@
+"""What the label stage's engines (sync: stages/label.py, batch: stages/label_batch.py) and its dry
+run share: the sample and its plan, the request for one unit, the judgement of one answer, and
+the money path: the ledger, the leases, the writer thread and the circuit breaker.
+
+A unit is (article, filter, oracle, prompt hash, repeat). Its life:
+  1. planned (`plan_items`: the same rules for sync, batch and --dry-run);
+  2. claimed in gt.db's `label_leases` (`claim_unit`) before anything is sent, so concurrent
+     processes never pay for the same unit;
+  3. answered, judged (`outcome_from_completion`: valid = fits the schema we sent);
+  4. stored (`store_outcome`): the label, its cost added to the run's ledger and the lease released,
+     in one transaction. A paid answer that lost a race to another process is still added to the
+     ledger (as `unstored`): the ledger is what the provider bills, never less.
+
+Database writes of a sync run go through `DbWriter`, one thread with its own connection that
+commits the event loop's work in groups, so a lock held by another process never stalls the loop:
+answers wait in memory (at most one per worker) until the lock goes, and past a patience limit
+they are kept in a spill file beside gt.db that the next run stores (`apply_spills`).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import glob
+import hashlib
+import json
+import math
+import os
+import queue
+import re
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from stages import store
+from stages.filters import AnswerError, Filter
+from stages.oracles.base import Completion, OracleRequest, OracleSpec
+
+CHARS_PER_TOKEN = 4.0          # the usual estimate for English prompts (--dry-run, rate limiter)
+RESERVE_BYTES_PER_TOKEN = 3.0  # the budget reserve errs high: UTF-8 bytes / 3 overestimates tokens
+EVIDENCE_CHARS = 120           # a typical evidence sentence, for the expected answer length
+FINAL_STATUSES = ("ok", "invalid")
+LEASE_TTL_S = 120.0            # a lease lives this long unless its owner renews it
+HEARTBEAT_S = 10.0             # how often a running process renews its leases and its run's heartbeat
+BATCH_LEASE_TTL_S = 8 * 86400.0  # a provider batch job holds its units until collected (24 h window + slack)
+
+
+# ---- one label -----------------------------------------------------------------------------------
+
+@dataclass
+class LabelOutcome:
+    """Everything stored for one label. `calls` is how many billed responses it took (a corrective
+    retry makes two); their cost, tokens and count go to the run's ledger with the label."""
+    status: str
+    scores: dict | None = None
+    content_type: str | None = None
+    evidence: dict | None = None
+    raw_response: str | None = None
+    error: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    attempts: int = 0
+    calls: int = 0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LabelKey:
+    """The label set a unit belongs to."""
+    filter_id: str
+    oracle: str
+    prompt_sha256: str
+
+    @classmethod
+    def of(cls, filt: Filter, oracle: str) -> "LabelKey":
+        return cls(filt.id, oracle, filt.prompt_sha256)
+
+
+# ---- who runs ------------------------------------------------------------------------------------
+
+def _start_ticks(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+        return stat.rsplit(")", 1)[1].split()[19]   # field 22: start time in clock ticks
+    except (OSError, IndexError):
+        return None
+
+
+def owner_id() -> str:
+    """host:pid:start of this process (the start time tells a reused pid from ours)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or '-'}"
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """True/False for an owner on this host (its pid checked), None where it cannot be told (another
+    host, a batch job, an old run without owner)."""
+    if not owner or owner.startswith("job:"):
+        return None
+    try:
+        host, pid, start = owner.rsplit(":", 2)
+        pid_n = int(pid)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    ticks = _start_ticks(pid_n)
+    return ticks is None or start == "-" or ticks == start
+
+
+def lease_live(owner: str, expires_at: float, now: float, me: str | None = None) -> bool:
+    if owner == me:
+        return True
+    if expires_at <= now:
+        return False
+    return owner_alive(owner) is not False
+
+
+# ---- the sample and its plan ---------------------------------------------------------------------
+
+def eligible_article_ids(conn: sqlite3.Connection, filt: Filter, *, seed: int = 42,
+                         random_sample: bool = True) -> list[str]:
+    """Articles a label run may pick, in the order it picks them: not duplicates, not too short.
+    With `random_sample` the order is sha256(seed:id), a seeded shuffle that is stable (an
+    interrupted run resumes on the same articles, and adding articles only interleaves them);
+    otherwise ingest order. The keyword prefilter is applied as units are taken."""
+    rows = conn.execute(
+        "SELECT id FROM articles WHERE dup_of IS NULL AND too_short = 0 AND chars >= ? ORDER BY rowid",
+        (filt.min_chars,),
+    )
+    ids = [r[0] for r in rows]
+    if random_sample:
+        prefix = f"{seed}:".encode()
+        ids.sort(key=lambda a: hashlib.sha256(prefix + a.encode("utf-8")).digest())
+    return ids
+
+
+def existing_labels(conn: sqlite3.Connection, filt: Filter, oracle: str,
+                    prompt_sha256: str | None = None) -> dict[tuple[str, int], str]:
+    """(article_id, repeat) -> status of the labels already stored for this key."""
+    rows = conn.execute(
+        'SELECT article_id, "repeat", status FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ?',
+        (filt.id, oracle, prompt_sha256 or filt.prompt_sha256),
+    )
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+def article_text(conn: sqlite3.Connection, article_id: str) -> tuple[str, str] | None:
+    row = conn.execute("SELECT title, text FROM articles WHERE id = ?", (article_id,)).fetchone()
+    return (row[0] or "", row[1] or "") if row else None
+
+
+@dataclass
+class PlanItem:
+    article_id: str
+    repeats: list[int]        # the repeats still missing a final (ok/invalid) label
+    primary: bool             # repeat 0 is among them: a valid answer counts toward the target
+
+
+@dataclass
+class PlanCounts:
+    skipped_existing: int = 0  # units already labelled ok/invalid
+
+
+def plan_items(article_ids: Iterable[str], existing: dict[tuple[str, int], str], *, repeats: int,
+               target: int | None, skip: set[tuple[str, int]] | frozenset = frozenset(),
+               counts: PlanCounts | None = None) -> Iterator[PlanItem]:
+    """The one planner of sync, batch and --dry-run: in sample order, the units still missing for
+    each article. Without a target every article gets every repeat. With one, an article whose
+    repeat 0 is final is done unless it is valid and among the first `target` valid ones (then its
+    other repeats are due); the others come as primary items, and the caller stops taking them once
+    the valid labels (and the primaries in flight) reach the target. Units in `skip` (inside an
+    open batch job) are left out."""
+    counts = counts if counts is not None else PlanCounts()
+    granted = 0
+    for aid in article_ids:
+        missing = [r for r in range(repeats) if existing.get((aid, r)) not in FINAL_STATUSES]
+        counts.skipped_existing += repeats - len(missing)
+        first = existing.get((aid, 0))
+        if target is not None and first in FINAL_STATUSES:
+            if first != "ok" or granted >= target:
+                counts.skipped_existing += len(missing)
+                continue
+            granted += 1
+        missing = [r for r in missing if (aid, r) not in skip]
+        if missing:
+            yield PlanItem(aid, missing, primary=target is not None and missing[0] == 0)
+
+
+# ---- one request ---------------------------------------------------------------------------------
+
+def build_request(filt: Filter, article_id: str, repeat: int, title: str, text: str) -> OracleRequest:
+    """The request for one unit: the rubric, the delimited article, the answer schema. The prompt is
+    filled in one pass, so an article's braces are just text."""
+    rubric, article = filt.prompt_parts(title, text)
+    return OracleRequest(rubric=rubric, article=article, schema=filt.answer_schema(), title=title or "",
+                         text=text or "", filter=filt, request_id=f"{article_id}#{repeat}")
+
+
+def estimate_input_tokens(request: OracleRequest) -> int:
+    chars = len(request.prompt) + sum(len(a) + len(b) for a, b in request.followups)
+    return max(1, math.ceil(chars / CHARS_PER_TOKEN))
+
+
+def expected_output_tokens(filt: Filter) -> int:
+    """A typical valid answer's length: a score and an evidence sentence per dimension."""
+    per_dim = len('"": 10.0, "": "",') + EVIDENCE_CHARS
+    chars = 60 + sum(2 * len(n) + per_dim for n in filt.dimension_names)
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def worst_case_tokens(request: OracleRequest) -> int:
+    """Input tokens one call could bill at most: every prompt byte a third of a token."""
+    nbytes = len(request.prompt.encode("utf-8")) + sum(len(a.encode()) + len(b.encode()) for a, b in request.followups)
+    return math.ceil(nbytes / RESERVE_BYTES_PER_TOKEN)
+
+
+def worst_case_cost(spec: OracleSpec, request: OracleRequest, *, batch: bool = False) -> float:
+    """What one call could cost at most: the worst-case prompt and a full-length answer."""
+    return spec.cost(worst_case_tokens(request), spec.max_output_tokens, batch=batch)
+
+
+# ---- one answer ----------------------------------------------------------------------------------
+
+def judge_answer(filt: Filter, raw: str | None) -> tuple[LabelOutcome | None, str | None]:
+    """(an 'ok' outcome, None) for a valid answer, else (None, what is wrong)."""
+    try:
+        scores, content_type, evidence = filt.parse_answer(raw)
+    except AnswerError as e:
+        return None, str(e)
+    return LabelOutcome("ok", scores=scores, content_type=content_type, evidence=evidence, raw_response=raw), None
+
+
+def completion_cost(spec: OracleSpec, completion: Completion, *, batch: bool = False) -> float:
+    return spec.cost(completion.input_tokens or 0, completion.output_tokens or 0, completion.cached_tokens or 0,
+                     batch=batch, cache_write_tokens=completion.cache_write_tokens or 0)
+
+
+def outcome_from_completion(filt: Filter, spec: OracleSpec, completion: Completion, *,
+                            batch: bool = False, corrective: bool = False,
+                            first_problem: str | None = None) -> tuple[LabelOutcome, str | None]:
+    """Turn one completion into an outcome with its cost. Returns (outcome, problem): problem is
+    set when the answer is invalid (outcome.status 'invalid') and a corrective retry may help."""
+    usage = dict(input_tokens=completion.input_tokens or 0, output_tokens=completion.output_tokens or 0,
+                 cached_tokens=completion.cached_tokens or 0)
+    common = dict(cost_usd=completion_cost(spec, completion, batch=batch), latency_ms=completion.latency_ms or 0.0,
+                  attempts=1, calls=1, **usage)
+    if completion.refusal:
+        return LabelOutcome("invalid", raw_response=completion.refusal,
+                            error=f"refused: {completion.refusal}"[:500], **common), None
+    ok, problem = judge_answer(filt, completion.text)
+    if ok is not None:
+        return dataclasses.replace(ok, **common), None
+    if corrective:
+        reason = f"invalid after one corrective retry: {problem} (first answer: {first_problem})"
+    else:
+        reason = f"invalid answer: {problem}"
+    # an empty answer is stored as '' (the model said nothing), never as a missing value
+    return LabelOutcome("invalid", raw_response=completion.text or "", error=reason, **common), problem
+
+
+def merge_outcomes(first: LabelOutcome, second: LabelOutcome) -> LabelOutcome:
+    """The outcome of a corrective retry, with the cost, tokens and calls of both."""
+    return dataclasses.replace(
+        second, input_tokens=first.input_tokens + second.input_tokens,
+        output_tokens=first.output_tokens + second.output_tokens,
+        cached_tokens=first.cached_tokens + second.cached_tokens, cost_usd=first.cost_usd + second.cost_usd,
+        latency_ms=first.latency_ms + second.latency_ms, attempts=first.attempts + second.attempts,
+        calls=first.calls + second.calls)
+
+
+def off_grid(scores: dict | None, step: float = 0.5) -> bool:
+    """True when a score is not a multiple of `step` (valid, stored as given, counted in summaries)."""
+    return bool(scores) and any(abs(v / step - round(v / step)) > 1e-9 for v in scores.values())
+
+
+# ---- storing: label, ledger and lease in one transaction -----------------------------------------
+
+def store_outcome(conn: sqlite3.Connection, *, run_id: int, filt: Filter, oracle: str, article_id: str,
+                  repeat: int, outcome: LabelOutcome, owner: str | None = None,
+                  key: LabelKey | None = None) -> int | None:
+    """One transaction: the label (replacing an earlier 'error' label of the unit), the cost, tokens
+    and billed calls of the answer added to the run's ledger, and the unit's lease released.
+    Returns the label id, or None when the unit already had a label (another process answered it
+    first: the answer is paid, so it still goes into the ledger, counted as unstored)."""
+    key = key or LabelKey.of(filt, oracle)
+    with store.transaction(conn):
+        store.replace_failed_label(conn, article_id, filt, oracle, repeat, prompt_sha256=key.prompt_sha256)
+        label_id = store.insert_label(
+            conn, run_id=run_id, article_id=article_id, filt=filt, oracle=oracle, status=outcome.status,
+            repeat=repeat, scores=outcome.scores if outcome.status == "ok" else None,
+            content_type=outcome.content_type, evidence=outcome.evidence, raw_response=outcome.raw_response,
+            error=outcome.error, input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
+            cached_tokens=outcome.cached_tokens, cost_usd=outcome.cost_usd, latency_ms=outcome.latency_ms,
+            attempts=max(outcome.attempts, 1), prompt_sha256=key.prompt_sha256)
+        store.add_to_ledger(conn, run_id, cost_usd=outcome.cost_usd, input_tokens=outcome.input_tokens,
+                            output_tokens=outcome.output_tokens, cached_tokens=outcome.cached_tokens,
+                            calls=outcome.calls, unstored=1 if label_id is None and outcome.calls else 0)
+        release_unit(conn, key, article_id, repeat, owner)
+    return label_id
+
+
+def record_completion(conn: sqlite3.Connection, *, run_id: int, filt: Filter, spec: OracleSpec,
+                      article_id: str, repeat: int, completion: Completion, batch: bool = True,
+                      owner: str | None = None) -> LabelOutcome:
+    """Validate one returned answer (a provider batch item) and store it, priced at batch rates.
+    Batch results get no corrective retry: an invalid answer is stored 'invalid' with its raw text."""
+    outcome, _ = outcome_from_completion(filt, spec, completion, batch=batch)
+    store_outcome(conn, run_id=run_id, filt=filt, oracle=spec.name, article_id=article_id, repeat=repeat,
+                  outcome=outcome, owner=owner)
+    return outcome
+
+
+# ---- leases --------------------------------------------------------------------------------------
+
+_LEASE_WHERE = 'filter_id = ? AND oracle = ? AND prompt_sha256 = ? AND article_id = ? AND "repeat" = ?'
+
+
+def claim_unit(conn: sqlite3.Connection, key: LabelKey, article_id: str, repeat: int, *, owner: str,
+               run_id: int | None, ttl_s: float = LEASE_TTL_S, now: float | None = None) -> str:
+    """Claim one unit before paying for it (call inside a write transaction). Returns 'claimed',
+    'done' (it has an ok/invalid label now) or 'taken' (another live process or batch job holds it)."""
+    now = time.time() if now is None else now
+    unit = (key.filter_id, key.oracle, key.prompt_sha256, article_id, repeat)
+    row = conn.execute(
+        f'SELECT status FROM labels WHERE article_id = ? AND filter_id = ? AND oracle = ? AND prompt_sha256 = ? '
+        f'AND "repeat" = ?', (article_id, *unit[:3], repeat)).fetchone()
+    if row is not None and row[0] in FINAL_STATUSES:
+        return "done"
+    lease = conn.execute(f"SELECT owner, expires_at FROM label_leases WHERE {_LEASE_WHERE}", unit).fetchone()
+    if lease is not None and lease_live(lease[0], lease[1], now, owner):
+        if lease[0] != owner:
+            return "taken"
+    conn.execute(
+        """INSERT INTO label_leases (filter_id, oracle, prompt_sha256, article_id, "repeat", owner, run_id, expires_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (filter_id, oracle, prompt_sha256, article_id, "repeat")
+           DO UPDATE SET owner = excluded.owner, run_id = excluded.run_id, expires_at = excluded.expires_at""",
+        (*unit, owner, run_id, now + ttl_s))
+    return "claimed"
+
+
+def release_unit(conn: sqlite3.Connection, key: LabelKey, article_id: str, repeat: int, owner: str | None) -> None:
+    """Drop a lease (only the owner's own: a lease taken over by another process stays theirs)."""
+    if owner is None:
+        return
+    conn.execute(f"DELETE FROM label_leases WHERE {_LEASE_WHERE} AND owner = ?",
+                 (key.filter_id, key.oracle, key.prompt_sha256, article_id, repeat, owner))
+
+
+def release_owner(conn: sqlite3.Connection, owner: str) -> None:
+    conn.execute("DELETE FROM label_leases WHERE owner = ?", (owner,))
+
+
+def renew(conn: sqlite3.Connection, owner: str, run_id: int | None, ttl_s: float = LEASE_TTL_S) -> None:
+    now = time.time()
+    conn.execute("UPDATE label_leases SET expires_at = ? WHERE owner = ?", (now + ttl_s, owner))
+    if run_id is not None:
+        conn.execute("UPDATE label_runs SET heartbeat_at = ? WHERE id = ?", (now, run_id))
+
+
+def live_leases(conn: sqlite3.Connection, key: LabelKey, *, repeat: int | None = None,
+                me: str | None = None) -> list[tuple[str, int, str]]:
+    """(article, repeat, owner) of the live leases of a label set."""
+    now = time.time()
+    sql = "SELECT article_id, \"repeat\", owner, expires_at FROM label_leases WHERE filter_id = ? AND oracle = ? " \
+          "AND prompt_sha256 = ?"
+    args: list[Any] = [key.filter_id, key.oracle, key.prompt_sha256]
+    if repeat is not None:
+        sql += ' AND "repeat" = ?'
+        args.append(repeat)
+    return [(a, r, o) for a, r, o, e in conn.execute(sql, args) if lease_live(o, e, now, me)]
+
+
+class TargetGate:
+    """The target across processes: valid repeat-0 labels among the run's articles plus the
+    primaries leased by anyone (this process included) must stay below the target before one more
+    primary is claimed. Valid labels are followed incrementally (label ids only grow)."""
+
+    def __init__(self, key: LabelKey, article_ids: Iterable[str], target: int, ok_ids: set[str]):
+        self.key, self.target = key, target
+        self.articles = set(article_ids)
+        self.ok = set(ok_ids)
+        self.last_id = 0
+
+    def refresh(self, conn: sqlite3.Connection) -> None:
+        rows = conn.execute(
+            """SELECT id, article_id, "repeat" FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ?
+               AND status = 'ok' AND id > ?""", (self.key.filter_id, self.key.oracle, self.key.prompt_sha256,
+                                                 self.last_id))
+        for lid, aid, rep in rows:
+            self.last_id = max(self.last_id, lid)
+            if rep == 0 and aid in self.articles:
+                self.ok.add(aid)
+
+    def state(self, conn: sqlite3.Connection, me: str) -> str:
+        """'met' (enough valid labels), 'full' (enough with the leased primaries) or 'open'."""
+        self.refresh(conn)
+        if len(self.ok) >= self.target:
+            return "met"
+        leased = {a for a, _, _ in live_leases(conn, self.key, repeat=0, me=me) if a in self.articles and a not in self.ok}
+        return "full" if len(self.ok) + len(leased) >= self.target else "open"
+
+
+# ---- runs ----------------------------------------------------------------------------------------
+
+def run_state(row: sqlite3.Row | dict, now: float | None = None, open_jobs: int = 0) -> str:
+    """A run's true state: running, done, stopped, failed, died, or waiting (batch jobs open at the
+    provider). A 'running' row whose owner is gone (pid dead here, or no heartbeat for two lease
+    lifetimes) died."""
+    status = row["status"]
+    if status != "running":
+        return status
+    if open_jobs:
+        return "waiting"
+    now = time.time() if now is None else now
+    alive = owner_alive(row["owner"])
+    if alive is False:
+        return "died"
+    beat = row["heartbeat_at"]
+    if row["owner"] is None or beat is None:
+        return "running?"   # a run from before gt.db recorded owners: running, or killed
+    if alive is None and now - beat > 2 * LEASE_TTL_S:
+        return "died"
+    return "running"
+
+
+def mark_dead_runs(conn: sqlite3.Connection) -> int:
+    """Write 'died' on running runs whose process is gone (call inside a write transaction)."""
+    rows = conn.execute(
+        """SELECT r.id, r.status, r.owner, r.heartbeat_at,
+                  (SELECT COUNT(*) FROM batch_jobs j WHERE j.run_id = r.id
+                     AND j.state NOT IN ('collected', 'failed', 'expired', 'cancelled')) AS open_jobs
+           FROM label_runs r WHERE r.status = 'running' AND r.owner IS NOT NULL""").fetchall()
+    dead = [r["id"] for r in rows if run_state(r, open_jobs=r["open_jobs"]) == "died"]
+    for run_id in dead:
+        conn.execute("UPDATE label_runs SET status = 'died', finished_at = COALESCE(finished_at, "
+                     "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')) WHERE id = ?", (run_id,))
+    return len(dead)
+
+
+def recorded_spend(conn: sqlite3.Connection, filter_id: str, oracle: str) -> float:
+    """All spend gt.db records for a filter and an oracle (every run, every prompt version)."""
+    row = conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM label_runs WHERE filter_id = ? AND oracle = ?",
+                       (filter_id, oracle)).fetchone()
+    return float(row[0])
+
+
+# ---- the circuit breaker -------------------------------------------------------------------------
+
+_NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+class Breaker:
+    """Stops a run that can only waste money: over the last `window` answers (billed responses and
+    failed calls alike; rate-limit waits do not count), more than half bad (invalid or failed)."""
+
+    def __init__(self, window: int = 20):
+        self.window = window
+        self.recent: collections.deque[bool] = collections.deque(maxlen=window)
+        self.reasons: collections.Counter = collections.Counter()
+        self.examples: dict[str, str] = {}
+        self.tripped = False
+
+    def record(self, good: bool, reason: str | None = None, raw: str | None = None) -> bool:
+        """Count one answer; True when the breaker trips now."""
+        if self.window <= 0:
+            return False
+        self.recent.append(good)
+        if not good:
+            kind = _NUMBERS.sub("N", (reason or "unknown").split(" (first answer:")[0])[:160]
+            self.reasons[kind] += 1
+            if kind not in self.examples and raw is not None:
+                self.examples[kind] = raw
+        bad = sum(1 for g in self.recent if not g)
+        if not self.tripped and bad > self.window // 2:
+            self.tripped = True
+            return True
+        return False
+
+    def message(self) -> str:
+        bad = sum(1 for g in self.recent if not g)
+        parts = []
+        for kind, n in self.reasons.most_common(3):
+            ex = self.examples.get(kind)
+            example = f"; e.g. raw answer {_clip(ex, 160)!r}" if ex is not None else ""
+            parts.append(f"{n}x {kind}{example}")
+        return (f"circuit breaker: {bad} of the last {len(self.recent)} answers were invalid or failed, so the run "
+                f"stopped before spending more. Most frequent: " + " | ".join(parts))
+
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# ---- the writer thread ---------------------------------------------------------------------------
+
+class WriterStopped(Exception):
+    """The writer gave up (the run stopped past its patience): nothing more is written."""
+
+
+class Spilled(Exception):
+    """The work was not written to gt.db but kept in the spill file `path` (the next run stores it)."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = path
+
+
+@dataclass
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: concurrent.futures.Future
+    spill: dict | None = None      # set for work that carries a paid answer
+
+
+class DbWriter:
+    """One thread, one connection: runs small pieces of work (`fn(conn)`) for the event loop and
+    commits them in groups, each piece in its own savepoint. While another process holds the write
+    lock the thread keeps trying (blocked_for() says how long) and the loop goes on; `abandon()`
+    puts the pending paid answers into a spill file and fails the rest."""
+
+    def __init__(self, path: str, *, heartbeat: Callable[[sqlite3.Connection], None] | None = None,
+                 heartbeat_s: float = HEARTBEAT_S, spill_path: str | None = None):
+        self.path = path
+        self.heartbeat = heartbeat
+        self.heartbeat_s = heartbeat_s
+        self.spill_path = spill_path or spill_file_name(path)
+        self.queue: queue.Queue[_Op | None] = queue.Queue()
+        self._blocked_since: float | None = None
+        self._abandoned = threading.Event()
+        self.spilled = 0
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, name="gt.db writer", daemon=True)
+        self.thread.start()
+        self._ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    # -- the loop's side ---------------------------------------------------------------------------
+    def submit(self, fn: Callable[[sqlite3.Connection], Any], spill: dict | None = None) -> concurrent.futures.Future:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if self._abandoned.is_set():
+            self._fail([_Op(fn, fut, spill)])
+        else:
+            self.queue.put(_Op(fn, fut, spill))
+        return fut
+
+    async def run(self, fn: Callable[[sqlite3.Connection], Any], spill: dict | None = None) -> Any:
+        return await asyncio.wrap_future(self.submit(fn, spill))
+
+    def blocked_for(self) -> float:
+        since = self._blocked_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def abandon(self) -> None:
+        self._abandoned.set()
+
+    def close(self, timeout: float | None = None) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout)
+
+    # -- the thread --------------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            self.conn = store.connect(self.path)
+            self.conn.execute("PRAGMA busy_timeout = 200")
+        except BaseException as e:  # noqa: BLE001 - handed to the constructor
+            self.error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        last_beat = time.monotonic()
+        stop = False
+        try:
+            while not stop:
+                ops: list[_Op] = []
+                try:
+                    waiting = self.queue.get(timeout=self.heartbeat_s)
+                except queue.Empty:
+                    waiting = _IDLE
+                if waiting is not _IDLE:
+                    for op in self._drain(waiting):
+                        if op is None:
+                            stop = True
+                        else:
+                            ops.append(op)
+                beat = self.heartbeat is not None and time.monotonic() - last_beat >= self.heartbeat_s
+                if not ops and not beat:
+                    continue
+                if self._commit(ops, beat):
+                    if beat:
+                        last_beat = time.monotonic()
+                else:
+                    self._fail(ops)
+            # anything queued after the stop marker
+            rest = [op for op in self._drain(None)[1:] if op is not None]
+            if rest and not self._commit(rest, False):
+                self._fail(rest)
+        finally:
+            self.conn.close()
+
+    def _drain(self, first: _Op | None) -> list[_Op | None]:
+        ops: list[_Op | None] = [first]
+        while len(ops) < 512:
+            try:
+                ops.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return ops
+
+    def _commit(self, ops: list[_Op], beat: bool) -> bool:
+        """Run `ops` in one transaction, waiting out another process's lock; False when abandoned."""
+        while True:
+            if self._abandoned.is_set():
+                return False
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                if _is_busy(e):
+                    if self._blocked_since is None:
+                        self._blocked_since = time.monotonic()
+                    continue
+                self._resolve_all(ops, e)
+                return True
+            self._blocked_since = None
+            results: list[tuple[bool, Any]] = []
+            try:
+                for op in ops:
+                    self.conn.execute("SAVEPOINT op")
+                    try:
+                        results.append((True, op.fn(self.conn)))
+                        self.conn.execute("RELEASE op")
+                    except Exception as e:  # noqa: BLE001 - the piece fails, the group goes on
+                        self.conn.execute("ROLLBACK TO op")
+                        self.conn.execute("RELEASE op")
+                        results.append((False, e))
+                if beat and self.heartbeat is not None:
+                    self.heartbeat(self.conn)
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                if _is_busy(e):
+                    continue
+                self._resolve_all(ops, e)
+                return True
+            for op, (ok, value) in zip(ops, results):
+                if op.future.done():
+                    continue
+                if ok:
+                    op.future.set_result(value)
+                else:
+                    op.future.set_exception(value)
+            return True
+
+    def _resolve_all(self, ops: list[_Op], error: BaseException) -> None:
+        for op in ops:
+            if not op.future.done():
+                op.future.set_exception(error)
+
+    def _fail(self, ops: list[_Op]) -> None:
+        """Abandoned: paid answers go to the spill file (fsynced), the rest fail."""
+        spills = [op for op in ops if op.spill is not None]
+        if spills:
+            with open(self.spill_path, "a", encoding="utf-8") as f:
+                for op in spills:
+                    f.write(json.dumps(op.spill, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.spilled += len(spills)
+        for op in ops:
+            if op.future.done():
+                continue
+            if op.spill is not None:
+                op.future.set_exception(Spilled(self.spill_path))
+            else:
+                op.future.set_exception(WriterStopped("gt.db stayed locked; nothing more is written"))
+
+
+_IDLE = object()
+
+
+def _is_busy(e: sqlite3.OperationalError) -> bool:
+    msg = str(e).lower()
+    return "locked" in msg or "busy" in msg
+
+
+# ---- spill files ---------------------------------------------------------------------------------
+
+def spill_file_name(db_path: str) -> str:
+    return f"{db_path}.unsaved-{socket.gethostname()}-{os.getpid()}-{int(time.time())}.jsonl"
+
+
+def spill_files(db_path: str) -> list[str]:
+    return sorted(glob.glob(glob.escape(str(db_path)) + ".unsaved-*.jsonl"))
+
+
+def spill_outcome(run_id: int, key: LabelKey, article_id: str, repeat: int, outcome: LabelOutcome) -> dict:
+    return {"type": "outcome", "run_id": run_id, "filter_id": key.filter_id, "oracle": key.oracle,
+            "prompt_sha256": key.prompt_sha256, "article_id": article_id, "repeat": repeat,
+            "outcome": outcome.to_json()}
+
+
+def spill_finish(run_id: int, status: str, reason: str | None) -> dict:
+    return {"type": "finish", "run_id": run_id, "status": status, "reason": reason}
+
+
+def apply_spills(conn: sqlite3.Connection, db_path: str, filters: dict[str, Filter]) -> list[str]:
+    """Store the answers earlier runs kept in spill files (gt.db was locked past their patience),
+    each file once (label_spills), then delete it. Returns one line per file applied."""
+    notes = []
+    for path in spill_files(db_path):
+        name = Path(path).name
+        try:
+            records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, json.JSONDecodeError) as e:
+            notes.append(f"spill file {path} could not be read ({e}); left in place")
+            continue
+        needed = {r["filter_id"] for r in records if r.get("type") == "outcome"}
+        if needed - set(filters):
+            notes.append(f"spill file {path} holds labels of {', '.join(sorted(needed - set(filters)))}; "
+                         f"run that filter's label command to store them")
+            continue
+        with store.transaction(conn):
+            if conn.execute("SELECT 1 FROM label_spills WHERE name = ?", (name,)).fetchone():
+                applied = False
+            else:
+                conn.execute("INSERT INTO label_spills (name, records) VALUES (?, ?)", (name, len(records)))
+                applied = True
+                for r in records:
+                    if r.get("type") == "outcome":
+                        filt = filters[r["filter_id"]]
+                        o = LabelOutcome(**r["outcome"])
+                        store_outcome(conn, run_id=r["run_id"], filt=filt, oracle=r["oracle"],
+                                      article_id=r["article_id"], repeat=r["repeat"], outcome=o,
+                                      key=LabelKey(r["filter_id"], r["oracle"], r["prompt_sha256"]))
+                    elif r.get("type") == "finish":
+                        store.finish_run(conn, r["run_id"], r["status"], r.get("reason"))
+        os.unlink(path)
+        if applied:
+            notes.append(f"stored {sum(r.get('type') == 'outcome' for r in records)} answer(s) kept in {path} "
+                         f"by a run that stopped while gt.db was locked")
+    return notes
+
+
+# ---- secrets -------------------------------------------------------------------------------------
+
+def scrub_secrets(text: str | None, spec: OracleSpec | None = None) -> str | None:
+    """Remove any API key value from a message before it is stored or printed (SDK errors can
+    echo request details)."""
+    if not text:
+        return text
+    names = {"GEMINI_API_KEY", "GOOGLE_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "DEEPSEEK_API_KEY"}
+    if spec is not None:
+        if spec.api_key_env:
+            names.add(spec.api_key_env)
+        names.update(spec.options.get("api_key_env_alternatives", []) or [])
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if len(value) >= 6 and value in text:
+            text = text.replace(value, "***")
+    return text
