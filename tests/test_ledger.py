@@ -1,0 +1,366 @@
+"""Every dollar accounted for: the label stage's ledger, leases, lock patience and circuit breaker,
+against the loopback fake provider through the real OpenAI SDK. What a user would check: gt.db's
+recorded spend equals what the provider would invoice (up to the requests in flight), nothing is
+paid twice when two processes share a gt.db, a locked database never loses a paid answer, and a run
+that can only waste money stops early and says why."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stages import store
+from stages.labelling import LabelOutcome, store_outcome
+from stages.oracles import registry
+from tests.conftest import ROOT, UPLIFTING, add_articles, sample_articles
+from tests.fakes.answers import expected_answer
+from tests.fakes.server import FakeProviderServer
+
+SECRET = "sk-test-ledger-5a4b3c2d1e0f"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeProviderServer(latency_s=0.01) as srv:
+        yield srv
+
+
+@pytest.fixture
+def fake(server):
+    server.reset()
+    server.latency_s = 0.01
+    yield server
+    server.reset()
+    server.latency_s = 0.01
+
+
+def write_oracles(tmp_path: Path) -> Path:
+    entry = {"provider": "openai", "model": "gpt-4o-mini", "input_per_m": 0.15, "output_per_m": 0.60,
+             "batch_input_per_m": 0.075, "batch_output_per_m": 0.30, "rpm": None, "tpm": None,
+             "api_key_env": "OPENAI_API_KEY", "max_output_tokens": 1024, "timeout_s": 10}
+    path = tmp_path / "oracles.yaml"
+    path.write_text(json.dumps({"oracles": {"fake-gpt": entry}}), encoding="utf-8")
+    return path
+
+
+def fake_spec(tmp_path: Path):
+    return registry.resolve("fake-gpt", registry.load_registry(write_oracles(tmp_path)))
+
+
+@pytest.fixture
+def env(fake):
+    e = dict(os.environ)
+    e.update(fake.env(api_key=SECRET))
+    e["HF_HUB_OFFLINE"] = "1"
+    return e
+
+
+@pytest.fixture
+def db(tmp_path, uplifting):
+    path = tmp_path / "gt.db"
+    c = store.connect(path)
+    store.register_filter(c, uplifting)
+    add_articles(c, sample_articles(80))
+    c.close()
+    return path
+
+
+def label_args(db: Path, tmp_path: Path, *extra) -> list[str]:
+    return ["--db", str(db), "--llm", "fake-gpt", "--oracles-file", str(write_oracles(tmp_path)), "--random-sample",
+            "--seed", "3", *map(str, extra)]
+
+
+def start(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stages.label", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run(args: list[str], env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stages.label", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def ledger(db: Path) -> float:
+    with sqlite3.connect(db) as c:
+        return c.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM label_runs").fetchone()[0]
+
+
+def count(db: Path, sql: str) -> int:
+    with sqlite3.connect(db, timeout=60) as c:
+        return c.execute(sql).fetchone()[0]
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+# ---- leases: two processes, one target ------------------------------------------------------------
+
+def test_two_processes_at_once_make_the_target_once_and_pay_about_once(db, tmp_path, env, fake):
+    fake.latency_s = 0.05
+    args = label_args(db, tmp_path, "--target-count", 40, "--concurrency", 4)
+    procs = [start(args, env), start(args, env)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "Traceback" not in err
+    assert count(db, "SELECT COUNT(*) FROM labels WHERE status = 'ok'") == 40
+    assert count(db, "SELECT COUNT(DISTINCT article_id) FROM labels") == 40
+    # every billed call is at most the target plus what was in flight when the target filled
+    assert 40 <= fake.answered() <= 40 + 2 * 4
+    assert ledger(db) == pytest.approx(fake.bill(fake_spec(tmp_path)), rel=1e-9)
+    # the runs' ledgers add up to the labels they stored plus any answer a race left unstored
+    assert count(db, "SELECT SUM(calls) FROM label_runs") == fake.answered()
+    assert count(db, "SELECT COUNT(*) FROM label_leases") == 0   # every lease released
+
+
+def test_a_unit_held_by_a_live_lease_is_not_paid_for_and_a_dead_owners_lease_is_taken_over(db, tmp_path, fake,
+                                                                                         uplifting, monkeypatch):
+    from stages.label import eligible_article_ids, label_articles
+    from stages.labelling import LabelKey
+    for k, v in fake.env(api_key=SECRET).items():
+        monkeypatch.setenv(k, v)
+    conn = store.connect(db)
+    spec = fake_spec(tmp_path)
+    ids = eligible_article_ids(conn, uplifting, seed=1)[:6]
+    key = LabelKey.of(uplifting, spec.name)
+    far = time.time() + 3600
+    with store.transaction(conn):
+        # a live process on another machine holds ids[0]; a dead process here held ids[1]
+        conn.execute("INSERT INTO label_leases VALUES (?, ?, ?, ?, 0, 'elsewhere:1:1', NULL, ?)",
+                     (key.filter_id, key.oracle, key.prompt_sha256, ids[0], far))
+        conn.execute("INSERT INTO label_leases VALUES (?, ?, ?, ?, 0, ?, NULL, ?)",
+                     (key.filter_id, key.oracle, key.prompt_sha256, ids[1], f"{os.uname().nodename}:999999:1", far))
+    summary = label_articles(conn, uplifting, spec, ids, concurrency=2, progress=False)
+    labelled = {r[0] for r in conn.execute("SELECT article_id FROM labels WHERE status = 'ok'")}
+    assert labelled == set(ids[1:]) and summary.taken == 1
+    assert fake.answered() == 5
+    assert [tuple(r) for r in conn.execute("SELECT article_id, owner FROM label_leases")] == [(ids[0], "elsewhere:1:1")]
+    conn.close()
+
+
+# ---- kill -9, then a 40 s write lock mid-run -------------------------------------------------------
+
+LOCK_HOLDER = """
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+c.execute("BEGIN IMMEDIATE")
+c.execute("CREATE TABLE IF NOT EXISTS lock_probe (x)")
+c.execute("INSERT INTO lock_probe VALUES (1)")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+c.execute("COMMIT")
+"""
+
+
+def hold_lock(db: Path, seconds: float) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(db), str(seconds)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_kill_9_then_a_40_s_write_lock_mid_run_keeps_the_ledger_equal_to_the_bill(db, tmp_path, env, fake):
+    fake.latency_s = 0.1
+    args = label_args(db, tmp_path, "--target-count", 50, "--concurrency", 4)
+    first = start(args, env)
+    wait_for(lambda: count(db, "SELECT COUNT(*) FROM labels") >= 6)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    killed_ledger = ledger(db)
+    assert killed_ledger > 0                        # a killed run keeps what it was billed
+    second = start(args, env)
+    wait_for(lambda: count(db, "SELECT COUNT(*) FROM labels") >= 15)
+    locked_at = count(db, "SELECT COUNT(*) FROM labels")
+    holder = hold_lock(db, 40)
+    time.sleep(3)
+    # while the lock is held the run goes on in memory but nothing more can be written
+    assert count(db, "SELECT COUNT(*) FROM labels") == locked_at
+    holder.wait(timeout=60)
+    out, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err
+    assert "Traceback" not in err
+    assert count(db, "SELECT COUNT(*) FROM labels WHERE status = 'ok'") == 50
+    spec = fake_spec(tmp_path)
+    # the provider billed the killed process's in-flight requests too (at most --concurrency of them)
+    billed, recorded = fake.bill(spec), ledger(db)
+    assert recorded <= billed + 1e-12
+    per_call = billed / fake.answered()
+    assert billed - recorded <= 4 * per_call * 1.5
+    assert fake.answered() - count(db, "SELECT SUM(calls) FROM label_runs") <= 4
+    shown = run(["--db", str(db), "--status"], env)
+    assert shown.returncode == 0
+    assert "died" in shown.stdout and "done" in shown.stdout
+    assert f"total spend recorded in gt.db: ${recorded:.4f}" in shown.stdout
+
+
+def test_a_lock_past_the_patience_stops_cleanly_and_the_next_run_stores_every_paid_answer(db, tmp_path, env, fake):
+    fake.latency_s = 0.1
+    args = label_args(db, tmp_path, "--target-count", 30, "--concurrency", 4, "--db-patience", 2)
+    proc = start(args, env)
+    wait_for(lambda: count(db, "SELECT COUNT(*) FROM labels") >= 5)
+    holder = hold_lock(db, 12)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in err
+    line = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and "locked" in line[0] and "resume with: python -m stages.label" in line[0]
+    assert f"pid {holder.pid}" in line[0]                       # who holds the lock
+    spills = list(db.parent.glob("gt.db.unsaved-*.jsonl"))
+    assert len(spills) == 1 and "kept in" in line[0]
+    kept = sum(1 for _ in spills[0].open())
+    assert kept >= 1                                             # the answers that were waiting
+    holder.wait(timeout=60)
+    again = run(args, env)
+    assert again.returncode == 0, again.stderr
+    assert "stored" in again.stdout and "kept in" in again.stdout
+    assert not list(db.parent.glob("gt.db.unsaved-*.jsonl"))
+    assert count(db, "SELECT COUNT(*) FROM labels WHERE status = 'ok'") == 30
+    # nothing paid was lost: every billed answer is in the ledger
+    assert ledger(db) == pytest.approx(fake.bill(fake_spec(tmp_path)), rel=1e-9)
+    assert count(db, "SELECT COUNT(*) FROM label_runs WHERE status = 'stopped' AND stopped_reason = 'locked'") == 1
+
+
+# ---- the circuit breaker and runs that end short ---------------------------------------------------
+
+def test_a_storm_of_malformed_answers_stops_within_40_calls(db, tmp_path, env, fake):
+    fake.inject("malformed", 1000)
+    res = run(label_args(db, tmp_path, "--target-count", 60, "--concurrency", 16), env)
+    assert res.returncode == 1
+    assert fake.requests <= 40
+    line = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and "circuit breaker" in line[0]
+    assert "invalid answer" in line[0] and "raw answer '{" in line[0]     # the reason and an example
+    assert "resume with" in line[0]
+    assert ledger(db) == pytest.approx(fake.bill(fake_spec(tmp_path)), rel=1e-9)
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT status, stopped_reason FROM label_runs").fetchone() == ("failed", "breaker")
+
+
+def test_a_500_storm_stops_and_an_all_failing_small_run_exits_non_zero(db, tmp_path, env, fake):
+    fake.inject("server_error", 1000)
+    res = run(label_args(db, tmp_path, "--target-count", 60, "--concurrency", 8, "--max-attempts", 2), env)
+    assert res.returncode == 1 and "circuit breaker" in res.stderr and "Traceback" not in res.stderr
+    assert fake.requests <= 40
+    # without the breaker, a run whose every call fails ends with its labels missing: non-zero, and how to resume
+    fake.reset()
+    fake.inject("server_error", 1000)
+    res = run(label_args(db, tmp_path, "--target-count", 3, "--concurrency", 3, "--max-attempts", 2,
+                         "--breaker-window", 0), env)
+    assert res.returncode == 1, res.stdout
+    assert "3 valid label(s) missing" in res.stderr and "Resume with: python -m stages.label" in res.stderr
+
+
+def test_off_grid_schema_valid_answers_are_stored_as_given(db, tmp_path, env, fake, uplifting):
+    fake.inject("off_grid", 3)
+    res = run(label_args(db, tmp_path, "--target-count", 3, "--concurrency", 1), env)
+    assert res.returncode == 0, res.stderr
+    assert "3 ok" in res.stdout and "3 valid label(s) with scores off the half-point grid" in res.stdout
+    with sqlite3.connect(db) as c:
+        first, second = uplifting.dimension_names[:2]
+        rows = c.execute(f'SELECT "{first}", "{second}" FROM {uplifting.view_name}').fetchall()
+    assert sorted(rows) == [(8.1, 3.8)] * 3
+    assert fake.requests == 3                      # valid: no corrective retry was paid for
+
+
+def test_an_article_whose_title_holds_template_placeholders_labels_normally(db, tmp_path, fake, uplifting,
+                                                                            monkeypatch):
+    from stages.label import label_articles
+    for k, v in fake.env(api_key=SECRET).items():
+        monkeypatch.setenv(k, v)
+    conn = store.connect(db)
+    base = sample_articles(1)[0]
+    art = dict(base, id="braces", title="{text} beats {title} and {}", text=base["text"] + " {title} {{x}}")
+    add_articles(conn, [art])
+    summary = label_articles(conn, uplifting, fake_spec(tmp_path), ["braces"], progress=False)
+    assert summary.ok == 1
+    row = conn.execute(f"SELECT * FROM {uplifting.view_name} WHERE article_id = 'braces'").fetchone()
+    want = expected_answer(uplifting, art["title"], art["text"])
+    assert {n: row[n] for n in uplifting.dimension_names} == want["scores"]
+    conn.close()
+
+
+def test_a_filter_with_an_sql_bearing_version_is_refused_before_any_call(db, tmp_path, env, fake):
+    bad = tmp_path / "evil"
+    shutil.copytree(UPLIFTING, bad)
+    cfg = (bad / "config.yaml").read_text(encoding="utf-8").replace("version: 1", "version: \"1' OR 'a'='a\"")
+    (bad / "config.yaml").write_text(cfg, encoding="utf-8")
+    before = count(db, "SELECT COUNT(*) FROM filters")
+    res = run(label_args(db, tmp_path, "--filter", bad, "--target-count", 3), env)
+    assert res.returncode == 2 and "version" in res.stderr and "Traceback" not in res.stderr
+    assert fake.requests == 0
+    assert count(db, "SELECT COUNT(*) FROM filters") == before
+    assert count(db, "SELECT COUNT(*) FROM label_runs") == 0
+
+
+# ---- the ledger ------------------------------------------------------------------------------------
+
+def test_retrying_an_error_label_keeps_the_cost_it_had(conn, uplifting):
+    add_articles(conn, sample_articles(1))
+    aid = sample_articles(1)[0]["id"]
+    run_id = store.start_run(conn, purpose="label", filt=uplifting, oracle="x", provider="openai", model="m")
+    first = LabelOutcome("error", error="corrective retry not sent", cost_usd=0.01, input_tokens=100, calls=1)
+    store_outcome(conn, run_id=run_id, filt=uplifting, oracle="x", article_id=aid, repeat=0, outcome=first)
+    scores = {n: 5.0 for n in uplifting.dimension_names}
+    second = LabelOutcome("ok", scores=scores, content_type="other", evidence={n: "e" for n in scores},
+                          cost_usd=0.02, input_tokens=100, calls=1)
+    store_outcome(conn, run_id=run_id, filt=uplifting, oracle="x", article_id=aid, repeat=0, outcome=second)
+    store.finish_run(conn, run_id)
+    assert [tuple(r) for r in conn.execute("SELECT status FROM labels")] == [("ok",)]
+    row = conn.execute("SELECT cost_usd, calls, input_tokens FROM label_runs").fetchone()
+    assert tuple(row) == (pytest.approx(0.03), 2, 200)
+
+
+def test_max_total_cost_caps_all_recorded_spend_and_max_cost_is_per_invocation(db, tmp_path, env, fake):
+    res = run(label_args(db, tmp_path, "--target-count", 5, "--concurrency", 1), env)
+    assert res.returncode == 0, res.stderr
+    spent = ledger(db)
+    assert spent > 0
+    # a cap below what is already recorded: nothing more is sent
+    sent = fake.requests
+    res = run(label_args(db, tmp_path, "--target-count", 20, "--max-total-cost", spent * 1.01), env)
+    assert res.returncode == 0, res.stderr
+    assert "--max-total-cost" in res.stdout and fake.requests == sent
+    res = run(label_args(db, tmp_path, "--target-count", 20, "--max-cost", spent * 0.5), env)
+    assert "this command's own limit" in res.stdout
+    assert ledger(db) - spent <= spent * 0.5 + 1e-12
+
+
+def test_dry_run_on_a_missing_database_creates_nothing(tmp_path, env, fake):
+    missing = tmp_path / "nowhere" / "gt.db"
+    res = run(label_args(missing, tmp_path, "--target-count", 3, "--dry-run"), env)
+    assert res.returncode != 0 and res.stderr.startswith("error:") and res.stderr.count("\n") == 1
+    assert not missing.exists() and not missing.parent.exists()
+
+
+# ---- the house -------------------------------------------------------------------------------------
+
+def test_the_oracles_import_no_label_stage_and_no_store():
+    for path in (ROOT / "stages" / "oracles").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                assert not name.startswith(("stages.label", "stages.store")), f"{path.name} imports {name}"
+                assert name not in ("stages.labelling",), f"{path.name} imports {name}"
