@@ -81,6 +81,8 @@ class LabelRunSummary:
     spilled: int = 0              # answers kept in spill_path because gt.db stayed locked
     spill_path: str | None = None
     bad_articles: int = 0         # articles whose request could not be built (stored as 'error')
+    writer_cpu_s: float = 0.0     # CPU of the writer thread (bench/label.py reports it)
+    transactions: int = 0         # write transactions it committed (each holds many pieces under load)
 
 
 @dataclass(frozen=True)
@@ -478,7 +480,8 @@ class _Run:
 
         s = self.summary
         try:
-            label_id = await self._write(op, spill=spill_outcome(run_id, key, unit.article_id, unit.repeat, outcome))
+            label_id = await self._write(op, spill=lambda: spill_outcome(run_id, key, unit.article_id, unit.repeat,
+                                                                         outcome))
         except Spilled as e:
             s.spilled += 1
             s.spill_path = e.path
@@ -610,7 +613,7 @@ class _Run:
             release_owner(conn, owner)
 
         try:
-            await self.writer.run(op, spill=spill_finish(run_id, status, reason))
+            await self.writer.run(op, spill=lambda: spill_finish(run_id, status, reason))
         except (Spilled, WriterStopped, sqlite3.Error):
             pass
 
@@ -619,6 +622,7 @@ class _Run:
         key, owner, ttl = self.key, self.owner, self.o.lease_ttl_s
         self.writer = await loop.run_in_executor(
             None, lambda: DbWriter(self.db_path, heartbeat=lambda conn: renew(conn, owner, self.run_id, ttl)))
+        self.writer.open_inline()
         if self.o.progress:
             from tqdm import tqdm
             if self.target is not None:
@@ -647,6 +651,8 @@ class _Run:
             await asyncio.shield(self._finish())
             writer = self.writer
             await loop.run_in_executor(None, writer.close)
+            writer.close_inline()
+            self.summary.writer_cpu_s, self.summary.transactions = writer.cpu_s, writer.transactions
             self.summary.skipped_existing += self.counts.skipped_existing
             self.summary.seconds = time.perf_counter() - self.started
         if self.fatal is not None:
