@@ -982,6 +982,9 @@ def _run_command(args: argparse.Namespace, argv: list[str] | None, filt: Filter,
         conn = store.connect(args.db, readonly=True, create=False)
         if args.source:
             print("dry run: --source is not ingested (a dry run writes nothing); the estimate covers what gt.db holds")
+        note = store.check_filter(conn, filt)   # an edited prompt under the same version: refused here too
+        if note:
+            print(note)
         ids = eligible_article_ids(conn, filt, seed=args.seed, random_sample=args.random_sample)
         if not ids:
             return _fail(f"no articles to label in {args.db} (ingest some first: make ingest SOURCE='data/sample/*.jsonl')")

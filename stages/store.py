@@ -387,6 +387,16 @@ def register_filter(conn: sqlite3.Connection, filt: Filter) -> str | None:
     return note
 
 
+def check_filter(conn: sqlite3.Connection, filt: Filter) -> str | None:
+    """What register_filter would say, writing nothing (for dry runs): raises FilterMismatch, or
+    returns the note about changed downstream settings, or None."""
+    row = _registered_filter(conn, filt.id)
+    if row is None:
+        return None
+    return _check_registered(filt, row, json.dumps(filt.config, sort_keys=True, default=str),
+                             json.dumps(filt.dimension_names))
+
+
 def _registered_filter(conn: sqlite3.Connection, filter_id: str) -> tuple | None:
     return conn.execute("SELECT config_json, prompt_sha256, dimensions_json FROM filters WHERE id = ?",
                         (filter_id,)).fetchone()
@@ -606,3 +616,25 @@ def choose_label_set(conn: sqlite3.Connection, filt: Filter, oracle: str | None 
             raise StoreError(f"no valid labels of {filt.id} by oracle '{oracle}'; oracles with labels: {', '.join(known)}")
         raise StoreError(f"no valid labels of {filt.id} in the database: run `make label` (or import a labelled file) first")
     return row["oracle"], row["prompt_sha256"]
+
+
+# ---- the splits a dataset ships with (sql/004_article_splits.sql) -------------------------------
+
+DEFAULT_SPLIT_NAME = "official"
+_SPLIT_WORDS = {"train": "train", "training": "train", "dev": "val", "val": "val", "valid": "val",
+                "validation": "val", "test": "test", "testing": "test"}
+
+
+def normalise_split(word: object) -> str | None:
+    """'train' | 'val' | 'test' for a source file's split word (dev and validation are 'val'), or None."""
+    return _SPLIT_WORDS.get(str(word).strip().lower()) if word is not None else None
+
+
+def article_splits(conn: sqlite3.Connection, split_name: str = DEFAULT_SPLIT_NAME) -> dict[str, str]:
+    """article id -> 'train' | 'val' | 'test' in one split scheme ({} when gt.db has none by that name)."""
+    return {r[0]: r[1] for r in conn.execute(
+        "SELECT article_id, split FROM article_splits WHERE split_name = ?", (split_name,))}
+
+
+def split_names(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT DISTINCT split_name FROM article_splits ORDER BY split_name")]

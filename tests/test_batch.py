@@ -356,3 +356,25 @@ def test_dry_run_compares_sync_batch_and_cached_cost_and_time(tmp_path, upliftin
     sync2, sync_cached2, batch2, batch_cached2 = _cost_line(capsys.readouterr().out)
     assert (sync2, batch2) == (sync, batch) and batch_cached2 < batch2 and sync_cached2 < sync2
     assert fake.requests == 0 and not fake.batches.creates
+
+
+def test_a_batch_run_whose_items_keep_failing_ends_short_and_exits_non_zero(tmp_path, uplifting, articles, fake,
+                                                                           capsys):
+    db = tmp_path / "gt.db"
+    conn = store.connect(db)
+    store.register_filter(conn, uplifting)
+    add_articles(conn, articles)
+    from stages.label import main
+    fake.batches.configure(fail_every=2, fail_always=True)   # every other item fails, round after round
+    rc = main(["--db", str(db), "--llm", "gpt-4o-mini", "--mode", "batch", "--batch-poll", "0.01",
+               "--batch-max-poll", "0.02", "--batch-rounds", "2", "--target-count", "6"])
+    err = capsys.readouterr().err
+    ok = conn.execute("SELECT COUNT(*) FROM labels WHERE status = 'ok'").fetchone()[0]
+    assert ok < 6
+    assert rc == 1
+    assert f"{6 - ok} valid label(s) missing" in err and "after 2 batch round(s)" in err and "Resume with" in err
+    # every collected item's cost is in its run's ledger, in the transaction that stored it
+    for run_id, cost in conn.execute("SELECT id, cost_usd FROM label_runs"):
+        labels_cost = conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM labels WHERE run_id = ?", (run_id,)).fetchone()[0]
+        assert cost == pytest.approx(labels_cost) and cost > 0
+    assert conn.execute("SELECT COUNT(*) FROM label_leases").fetchone()[0] == 0   # every job's leases released

@@ -11,7 +11,7 @@ Paths (as the installed SDKs send them):
 A job is answered item by item through the server's synchronous handler (`answer`), so a batch
 label equals a sync label for the same article. A job finishes after `polls_to_finish` status
 polls (or `finish_after_s` seconds); faults: `fail_every` errors every n-th item the first time
-the server sees it (a batch that partly fails), `expire_next` makes the next n jobs expire with
+the server sees it (a batch that partly fails; with `fail_always`, every time), `expire_next` makes the next n jobs expire with
 half their items done. `creates` counts job creations per provider (double submission shows).
 """
 from __future__ import annotations
@@ -80,6 +80,7 @@ class FakeBatches:
         self.polls_to_finish = polls_to_finish
         self.finish_after_s = finish_after_s
         self.fail_every: int | None = None
+        self.fail_always = False
         self.expire_next = 0
         self.creates: Counter = Counter()
         self.polls: Counter = Counter()
@@ -91,16 +92,16 @@ class FakeBatches:
 
     # ---- control ---------------------------------------------------------------------------
     def configure(self, **settings: Any) -> None:
-        """Set polls_to_finish, finish_after_s, fail_every, expire_next (also via POST /_fake/batches)."""
+        """Set polls_to_finish, finish_after_s, fail_every, fail_always, expire_next (also via POST /_fake/batches)."""
         with self._lock:
             for key, value in settings.items():
-                if key not in ("polls_to_finish", "finish_after_s", "fail_every", "expire_next"):
+                if key not in ("polls_to_finish", "finish_after_s", "fail_every", "fail_always", "expire_next"):
                     raise KeyError(key)
                 setattr(self, key, value)
 
     def reset(self) -> None:
         with self._lock:
-            self.fail_every, self.expire_next = None, 0
+            self.fail_every, self.expire_next, self.fail_always = None, 0, False
             self.polls_to_finish, self.finish_after_s = 2, None
             self.creates.clear()
             self.polls.clear()
@@ -198,7 +199,7 @@ class FakeBatches:
             key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
             first_time = key not in self._seen_bodies
             self._seen_bodies.add(key)
-            if self.fail_every and first_time and i % self.fail_every == self.fail_every - 1:
+            if self.fail_every and (first_time or self.fail_always) and i % self.fail_every == self.fail_every - 1:
                 job.results[cid] = ("errored", (500, {"message": "injected batch item failure"}))
                 continue
             status, payload = self.answer(job.provider, job.model, request)
