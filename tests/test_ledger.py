@@ -364,3 +364,62 @@ def test_the_oracles_import_no_label_stage_and_no_store():
             for name in names:
                 assert not name.startswith(("stages.label", "stages.store")), f"{path.name} imports {name}"
                 assert name not in ("stages.labelling",), f"{path.name} imports {name}"
+
+
+# ---- database trouble in the label stage ----------------------------------------------------------
+
+def error_lines(res: subprocess.CompletedProcess) -> list[str]:
+    assert "Traceback" not in res.stderr, res.stderr
+    return [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+
+
+def test_a_database_locked_from_the_start_stops_after_the_patience_with_one_line(db, tmp_path, env, fake):
+    holder = hold_lock(db, 30)
+    try:
+        res = run(label_args(db, tmp_path, "--target-count", 5, "--db-patience", 1), env)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.returncode == 1
+    lines = error_lines(res)
+    assert len(lines) == 1 and "locked" in lines[0] and f"pid {holder.pid}" in lines[0]
+    assert fake.requests == 0            # nothing is sent before its unit is claimed in gt.db
+
+
+def test_a_corrupt_database_is_one_line_in_label_and_its_dry_run(tmp_path, env, fake):
+    bad = tmp_path / "gt.db"
+    bad.write_bytes(os.urandom(8192))
+    for extra in ((), ("--dry-run",)):
+        res = run(label_args(bad, tmp_path, "--target-count", 5, *extra), env)
+        assert res.returncode == 1
+        lines = error_lines(res)
+        assert len(lines) == 1 and "not a readable SQLite database" in lines[0]
+
+
+def test_a_read_only_database_gives_a_dry_run_and_one_line_for_a_real_run(db, tmp_path, env, fake):
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None or subprocess.run([setpriv, "--inh-caps=-all", "--bounding-set=-all", "true"]).returncode:
+            pytest.skip("running as root without a way to drop CAP_DAC_OVERRIDE: modes are not enforced")
+        prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-all"]
+    else:
+        prefix = []
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    db.chmod(0o444)
+    try:
+        def go(*extra):
+            return subprocess.run([*prefix, sys.executable, "-m", "stages.label",
+                                   *label_args(db, tmp_path, "--target-count", 5, *extra)],
+                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        dry = go("--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert "would send 5 requests" in dry.stdout
+        real = go()
+        assert real.returncode == 1
+        lines = error_lines(real)
+        assert len(lines) == 1 and "read-only" in lines[0]
+        assert fake.requests == 0
+    finally:
+        db.chmod(0o644)
