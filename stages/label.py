@@ -41,7 +41,8 @@ from stages.labelling import (CHARS_PER_TOKEN, FINAL_STATUSES, LEASE_TTL_S, RESE
                               eligible_article_ids, estimate_input_tokens, existing_labels, expected_output_tokens,
                               judge_answer, mark_dead_runs, merge_outcomes, off_grid, outcome_from_completion,
                               plan_items, record_completion, recorded_spend, release_owner, release_unit, renew,
-                              run_state, scrub_secrets, spill_finish, spill_outcome, store_outcome, worst_case_cost)
+                              run_state, scrub_secrets, spill_finish, spill_outcome, store_outcome, worst_case_cost,
+                              format_duration)
 from stages.oracles.base import (Completion, FatalError, Oracle, OracleError, OracleRequest, OracleSpec,
                                  QuotaExhausted, RateLimited, TransientError)
 from stages.oracles.ratelimit import RateLimiter
@@ -1062,7 +1063,9 @@ def _run_command(args: argparse.Namespace, argv: list[str] | None, filt: Filter,
 
 
 def _dry_run(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], args: argparse.Namespace) -> int:
+    from stages.label_batch import dry_run_lines
     est = estimate_run(conn, filt, spec, ids, repeats=args.repeats, target_valid=args.target_count)
+    limiter = RateLimiter(spec.rpm, spec.tpm, headroom=1.0)
     limits = ", ".join(x for x in (f"{spec.rpm:g} RPM" if spec.rpm else "", f"{spec.tpm:g} TPM" if spec.tpm else "") if x)
     print(f"dry run, nothing was called: {spec.name} ({spec.provider} {spec.model}) on {filt.id}, "
           f"{est.already_valid} articles already have a valid label")
@@ -1072,13 +1075,30 @@ def _dry_run(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list
           f"{est.output_tokens:,} output (~{expected_output_tokens(filt)} per answer)")
     batch = f"; batch mode ${est.cost_batch:.2f}" if est.cost_batch is not None else "; no batch prices for it"
     print(f"  expected cost: ${est.cost_sync:.2f} sync{batch}")
-    from stages.label_batch import dry_run_lines
     print("\n".join(dry_run_lines(spec, filt, requests=est.requests, input_tokens=est.input_tokens,
                                  output_tokens=est.output_tokens, seconds_at_limit=est.seconds_at_limit)))
     if est.seconds_at_limit is not None:
-        print(f"  time at the rate limit ({limits}): {est.seconds_at_limit / 60:.1f} min")
+        print(f"  time at the rate limit ({limits}): {format_duration(est.seconds_at_limit)}")
     else:
         print("  time: no rate limit configured; bounded by the oracle's speed and --concurrency")
+    target = args.target_count
+    if target is not None and est.already_valid + est.articles < target:
+        # the pool cannot make the target: say so, and what the target itself would cost, from the
+        # pool's own measured prompt sizes
+        reachable = est.already_valid + est.articles
+        print(f"the pool is short of the target: at most {reachable:,} of the {target:,} valid labels asked for "
+              f"can come from the {len(ids):,} eligible articles in {args.db} (ingest more with --source); "
+              f"a run stops there")
+        if est.requests:
+            per_in = est.input_tokens / est.requests
+            per_out = est.output_tokens / est.requests
+            requests = (target - est.already_valid) * args.repeats
+            tin, tout = math.ceil(per_in * requests), math.ceil(per_out * requests)
+            seconds = limiter.seconds_for(requests, tin + tout) if limiter.limited else None
+            print(f"  for the target: {requests:,} requests at this pool's measured size ({per_in:,.0f} input + "
+                  f"~{per_out:,.0f} output tokens per request): {tin:,} input + {tout:,} output tokens")
+            print("\n".join(dry_run_lines(spec, filt, requests=requests, input_tokens=tin, output_tokens=tout,
+                                         seconds_at_limit=seconds)))
     return 0
 
 

@@ -46,7 +46,7 @@ from typing import Any, Sequence
 
 from stages import store
 from stages.filters import Filter
-from stages.labelling import (BATCH_LEASE_TTL_S, owner_id, recorded_spend, FINAL_STATUSES, LabelKey, LabelOutcome, PlanCounts, article_text,
+from stages.labelling import (BATCH_LEASE_TTL_S, format_duration, owner_id, recorded_spend, FINAL_STATUSES, LabelKey, LabelOutcome, PlanCounts, article_text,
                               build_request, claim_unit, existing_labels, plan_items, record_completion,
                               release_unit, scrub_secrets, store_outcome, worst_case_cost)
 from stages.oracles.base import FatalError, OracleError, OracleRequest, OracleSpec, QuotaExhausted, RateLimited, TransientError
@@ -616,7 +616,8 @@ def dry_run_lines(spec: OracleSpec, filt: Filter, *, requests: int, input_tokens
         batch = spec.cost(input_tokens, output_tokens, batch=True)
         batch_cached = spec.cost(input_tokens, output_tokens, cached, batch=True, cache_write_tokens=write)
         out[0] += f", batch {_usd(batch)}, batch + prompt cache {_usd(batch_cached)}"
-        sync_time = f"{seconds_at_limit / 3600:.1f} h at the rate limit" if seconds_at_limit else "bounded by concurrency"
+        sync_time = (f"{format_duration(seconds_at_limit)} at the rate limit" if seconds_at_limit
+                     else "bounded by the oracle's speed and --concurrency")
         out.append(f"  completion time: sync {sync_time}; batch {TURNAROUND[spec.provider]}")
     else:
         out.append("  no batch mode for this oracle (no batch prices in oracles.yaml)")

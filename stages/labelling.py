@@ -237,6 +237,15 @@ def worst_case_cost(spec: OracleSpec, request: OracleRequest, *, batch: bool = F
     return spec.cost(worst_case_tokens(request), spec.max_output_tokens, batch=batch)
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as people say it: seconds, minutes or hours."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 # ---- one answer ----------------------------------------------------------------------------------
 
 def judge_answer(filt: Filter, raw: str | None) -> tuple[LabelOutcome | None, str | None]:

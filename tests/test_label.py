@@ -330,7 +330,7 @@ def test_dry_run_calls_nothing_and_needs_no_key(sample_db, tmp_path, cli_env, fa
     assert fake_env.requests == 0
     assert "would send 40 requests" in res.stdout
     assert "expected cost: $" in res.stdout and "batch mode $" in res.stdout
-    assert "time at the rate limit (30 RPM): 1.3 min" in res.stdout
+    assert "time at the rate limit (30 RPM): 80 s" in res.stdout
     conn = store.connect(sample_db)
     assert conn.execute("SELECT COUNT(*) FROM label_runs").fetchone()[0] == 0
 
@@ -378,3 +378,20 @@ def test_demo_path_labels_with_the_offline_local_embed_oracle(sample_db, tmp_pat
     assert all(0 <= r[n] <= 10 for r in rows for n in uplifting.dimension_names)
     assert sum(1 for _ in (out / "uplifting" / "labeled_articles.jsonl").open()) == 6
     assert "6/6 valid labels" in capsys.readouterr().out
+
+
+def test_dry_run_on_a_pool_short_of_the_target_says_so_and_projects_the_target(sample_db, tmp_path, cli_env, fake_env):
+    import re
+    res = cli(["--db", sample_db, "--llm", "fake-gpt", "--oracles-file", write_oracles(tmp_path, rpm=60),
+               "--target-count", 1200, "--dry-run"], cli_env)
+    assert res.returncode == 0, res.stderr
+    assert fake_env.requests == 0
+    out = res.stdout
+    assert "would send 60 requests" in out
+    assert "the pool is short of the target: at most 60 of the 1,200 valid labels" in out
+    assert "for the target: 1,200 requests" in out
+    pool_sync, target_sync = [float(x.replace(",", "")) for x in re.findall(r"cost by mode: sync \$([\d,]+\.\d+)", out)]
+    assert target_sync == pytest.approx(pool_sync * 1200 / 60, rel=0.01)
+    # the time lines agree: 60 requests at 60 RPM is a minute, 1,200 are 20 minutes
+    assert "completion time: sync 60 s at the rate limit" in out and "time at the rate limit (60 RPM): 60 s" in out
+    assert "completion time: sync 20.0 min at the rate limit" in out
