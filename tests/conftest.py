@@ -41,6 +41,23 @@ def add_articles(conn, articles: list[dict]) -> None:
                 (a["id"], a["title"], a["text"], content_hash(a["title"], a["text"]), len(a["text"])))
 
 
+def edited_filter_copy(tmp_path, edit_config=None, edit_prompt=None, name: str = "pkg") -> Path:
+    """A copy of filters/uplifting/v1 in tmp_path/name, its config.yaml (a dict edited in place by
+    `edit_config`) and prompt.md (`edit_prompt(text) -> text`) edited; returns its folder."""
+    import shutil
+
+    import yaml
+    pkg = tmp_path / name
+    shutil.copytree(UPLIFTING, pkg)
+    if edit_config:
+        cfg = yaml.safe_load((pkg / "config.yaml").read_text())
+        edit_config(cfg)
+        (pkg / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if edit_prompt:
+        (pkg / "prompt.md").write_text(edit_prompt((pkg / "prompt.md").read_text()))
+    return pkg
+
+
 @pytest.fixture(scope="session")
 def uplifting():
     from stages.filters import load_filter

@@ -10,7 +10,7 @@ import yaml
 
 from stages.filters import (AnswerError, FilterError, PromptError, load_filter, on_grid, sql_identifier,
                             sql_literal, sql_number)
-from tests.conftest import ROOT, UPLIFTING
+from tests.conftest import ROOT, UPLIFTING, edited_filter_copy
 from tests.test_store import UPLIFTING_CASES, expected_overall, expected_tier
 
 SUSTAINABILITY = ROOT / "filters" / "sustainability_tech" / "v1"
@@ -40,15 +40,7 @@ def _valid_answer(filt, score=5):
 
 
 def _broken_copy(tmp_path, edit_config=None, edit_prompt=None):
-    pkg = tmp_path / "pkg"
-    shutil.copytree(UPLIFTING, pkg)
-    if edit_config:
-        cfg = yaml.safe_load((pkg / "config.yaml").read_text())
-        edit_config(cfg)
-        (pkg / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    if edit_prompt:
-        (pkg / "prompt.md").write_text(edit_prompt((pkg / "prompt.md").read_text()))
-    return pkg
+    return edited_filter_copy(tmp_path, edit_config, edit_prompt)
 
 
 def _problems(pkg):

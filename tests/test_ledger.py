@@ -21,7 +21,7 @@ import pytest
 from stages import store
 from stages.labelling import LabelOutcome, store_outcome
 from stages.oracles import registry
-from tests.conftest import ROOT, UPLIFTING, add_articles, sample_articles
+from tests.conftest import ROOT, add_articles, edited_filter_copy, sample_articles
 from tests.fakes.answers import expected_answer
 from tests.fakes.server import FakeProviderServer
 
@@ -298,10 +298,7 @@ def test_an_article_whose_title_holds_template_placeholders_labels_normally(db, 
 
 
 def test_a_filter_with_an_sql_bearing_version_is_refused_before_any_call(db, tmp_path, env, fake):
-    bad = tmp_path / "evil"
-    shutil.copytree(UPLIFTING, bad)
-    cfg = (bad / "config.yaml").read_text(encoding="utf-8").replace("version: 1", "version: \"1' OR 'a'='a\"")
-    (bad / "config.yaml").write_text(cfg, encoding="utf-8")
+    bad = edited_filter_copy(tmp_path, lambda cfg: cfg.update(version="1' OR 'a'='a"), name="evil")
     before = count(db, "SELECT COUNT(*) FROM filters")
     res = run(label_args(db, tmp_path, "--filter", bad, "--target-count", 3), env)
     assert res.returncode == 2 and "version" in res.stderr and "Traceback" not in res.stderr

@@ -5,7 +5,7 @@ import pytest
 
 from stages import store
 from stages.filters import load_filter
-from tests.conftest import ROOT, UPLIFTING
+from tests.conftest import ROOT, UPLIFTING, edited_filter_copy
 
 SUSTAINABILITY = ROOT / "filters" / "sustainability_tech" / "v1"
 TABLES = {"articles", "article_minhash", "filters", "label_runs", "labels", "label_scores", "selections",
@@ -170,18 +170,7 @@ def test_relabelling_the_same_article_adds_no_row(conn, uplifting):
 
 def _package(tmp_path, edit_config=None, edit_prompt=None, name="pkg"):
     """A copy of filters/uplifting/v1 (same name and version) with config.yaml / prompt.md edited."""
-    import shutil
-
-    import yaml
-    pkg = tmp_path / name
-    shutil.copytree(UPLIFTING, pkg)
-    if edit_config:
-        cfg = yaml.safe_load((pkg / "config.yaml").read_text())
-        edit_config(cfg)
-        (pkg / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    if edit_prompt:
-        (pkg / "prompt.md").write_text(edit_prompt((pkg / "prompt.md").read_text()))
-    return load_filter(pkg)
+    return load_filter(edited_filter_copy(tmp_path, edit_config, edit_prompt, name))
 
 
 def _registered(conn, filt):
