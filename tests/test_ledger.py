@@ -131,7 +131,7 @@ def test_two_processes_at_once_make_the_target_once_and_pay_about_once(db, tmp_p
     assert count(db, "SELECT COUNT(*) FROM label_leases") == 0   # every lease released
 
 
-def test_a_unit_held_by_a_live_lease_is_not_paid_for_and_a_dead_owners_lease_is_taken_over(db, tmp_path, fake,
+def test_a_unit_held_by_a_live_lease_is_not_paid_for_and_dead_or_expired_leases_are_taken_over(db, tmp_path, fake,
                                                                                          uplifting, monkeypatch):
     from stages.label import eligible_article_ids, label_articles
     from stages.labelling import LabelKey
@@ -148,6 +148,9 @@ def test_a_unit_held_by_a_live_lease_is_not_paid_for_and_a_dead_owners_lease_is_
                      (key.filter_id, key.oracle, key.prompt_sha256, ids[0], far))
         conn.execute("INSERT INTO label_leases VALUES (?, ?, ?, ?, 0, ?, NULL, ?)",
                      (key.filter_id, key.oracle, key.prompt_sha256, ids[1], f"{os.uname().nodename}:999999:1", far))
+        # and a process on another machine whose lease on ids[2] expired (it stopped renewing)
+        conn.execute("INSERT INTO label_leases VALUES (?, ?, ?, ?, 0, 'gone:7:7', NULL, ?)",
+                     (key.filter_id, key.oracle, key.prompt_sha256, ids[2], time.time() - 1))
     summary = label_articles(conn, uplifting, spec, ids, concurrency=2, progress=False)
     labelled = {r[0] for r in conn.execute("SELECT article_id FROM labels WHERE status = 'ok'")}
     assert labelled == set(ids[1:]) and summary.taken == 1
