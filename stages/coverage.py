@@ -522,9 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sparse-share", type=float, default=DEFAULT_SPARSE_SHARE,
                         help="a non-empty bin holding under this share of the labels is reported as sparse "
                              f"(default {DEFAULT_SPARSE_SHARE})")
-    parser.add_argument("--report-dir", default="reports", help="where the markdown report and plots go "
-                        "(default reports/; files <filter>_v<N>_coverage.md, _heatmap.png, _histograms.png)")
-    parser.add_argument("--output", help="JSON file with every figure (default: <report-dir>/<filter>_v<N>_coverage.json)")
+    parser.add_argument("--report-dir", default=None, help="where the markdown report and plots go (default: the "
+                        "folder of --output, else reports/; files <name>.md, <name>_heatmap.png, <name>_histograms.png "
+                        "beside <name>.json)")
+    parser.add_argument("--output", help="JSON file with every figure; the report and plots go beside it under the same "
+                        "name (default: <report-dir>/<filter>_v<N>_coverage.json)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--workers", type=int, default=2, help="read-only connections (threads) that gather a large "
                         f"label set in parallel (default 2; sets under {PARALLEL_MIN_LABELS:,} labels use one)")
@@ -561,6 +563,23 @@ def _import_labeled_file(conn: sqlite3.Connection, filt: Filter, path: Path) -> 
     return (row[0] if row else None), note
 
 
+def _follow_filter_config(conn: sqlite3.Connection, db: Path, filt) -> list[str]:
+    """The score view follows the current config.yaml whichever stage ran last: when weights, caps
+    or tiers were edited since the filter was registered, re-register it (the one write coverage
+    makes; FilterMismatch when the prompt changed under the same version)."""
+    if store.check_filter(conn, filt) is None:
+        return []
+    try:
+        rw = store.connect(db, create=False)
+    except store.StoreError as e:
+        return [f"the score view {filt.view_name} still follows the registered config ({e})"]
+    try:
+        note = store.register_filter(rw, filt)
+    finally:
+        rw.close()
+    return [note] if note else []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -585,6 +604,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # read-only unless importing --labeled-file (which may create gt.db); never creates it otherwise
         conn = store.connect(db) if args.labeled_file else store.connect(db, readonly=True)
+        if not args.labeled_file:
+            notes += _follow_filter_config(conn, db, filt)
+    except store.FilterMismatch as e:
+        return _error(str(e))
     except (store.StoreError, sqlite3.Error) as e:
         return store.fail_line(e, db)  # one line: missing, read-only folder, locked, corrupt, newer schema
     try:
@@ -611,9 +634,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         conn.close()
     coverage["db"] = str(db)
-    report_dir = Path(args.report_dir)
-    stem = report_dir / report_stem(filt)
-    output = Path(args.output) if args.output else stem.with_suffix(".json")
+    # every file goes where the user said: beside --output (same name), or in --report-dir
+    if args.output:
+        output = Path(args.output)
+        report_dir = Path(args.report_dir) if args.report_dir else output.parent
+        stem = report_dir / output.with_suffix("").name
+    else:
+        report_dir = Path(args.report_dir or "reports")
+        stem = report_dir / report_stem(filt)
+        output = stem.with_suffix(".json")
     images: dict[str, Path] = {}
     try:
         if not args.no_plots:

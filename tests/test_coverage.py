@@ -255,12 +255,12 @@ def test_cli_writes_json_report_and_plots(fixed, tmp_path, capsys):
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["labels"] == N_MAIN and data["dimensions"]["justice"]["missing_bins"] == [8, 9, 10]
-    md = (tmp_path / "reports" / "uplifting_v1_coverage.md").read_text()
+    md = (tmp_path / "reports" / "cov.md").read_text()     # named after --output, in --report-dir
     body = md.split("\n## ")
     assert body[1].startswith("Coverage gaps")  # the report leads with the gaps
     assert "justice has no article above 7.5" in body[1]
     assert "| justice |" in md and "## Tiers" in md and "## Sources" in md
-    for png in ("uplifting_v1_coverage_heatmap.png", "uplifting_v1_coverage_histograms.png"):
+    for png in ("cov_heatmap.png", "cov_histograms.png"):
         raw = (tmp_path / "reports" / png).read_bytes()
         assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 5000
     printed = capsys.readouterr().out
@@ -397,3 +397,32 @@ def test_exported_labeled_file_round_trips_to_the_same_figures(fixed, tmp_path, 
     assert again["oracle"] == MAIN and again["labels"] == N_MAIN
     for key in ("dimensions", "tiers", "sources", "gaps"):
         assert again[key] == json.loads(json.dumps(result[key])), key
+
+
+def test_output_places_every_file_beside_it(fixed, tmp_path, capsys):
+    db, _, _ = fixed
+    out = tmp_path / "elsewhere" / "cov.json"
+    assert coverage.main(["--db", str(db), "--output", str(out), "--sparse-share", str(SPARSE)]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["cov.json", "cov.md", "cov_heatmap.png",
+                                                            "cov_histograms.png"]
+    assert not (tmp_path / "reports").exists() and not Path("reports/cov.md").exists()
+    assert json.loads(out.read_text())["report"] == str(out.parent / "cov.md")
+
+
+def test_the_score_view_follows_an_edited_tier_threshold_after_coverage(tmp_path, uplifting, capsys):
+    from stages.filters import load_filter
+    from tests.conftest import edited_filter_copy
+    db = tmp_path / "gt.db"
+    build_fixed_db(db, uplifting)
+    # the same filter (name, version, prompt) with the middle tier's threshold moved from 4 to 6.5
+    edited = edited_filter_copy(tmp_path, lambda c: c["tiers"][1].update(min_overall=6.5), name="uplifting_edit")
+    filt = load_filter(edited)
+    assert filt.id == uplifting.id and filt.prompt_sha256 == uplifting.prompt_sha256
+    assert coverage.main(["--db", str(db), "--filter", str(edited), "--report-dir", str(tmp_path / "r"),
+                          "--no-plots"]) == 0
+    assert "tiers changed since it was registered" in capsys.readouterr().out
+    conn = store.connect(db, readonly=True)
+    rows = conn.execute(f"SELECT overall, tier FROM {uplifting.view_name}").fetchall()
+    conn.close()
+    assert rows and all(t == filt.tier(o) for o, t in rows)          # the view follows the new threshold
+    assert any(filt.tier(o) != uplifting.tier(o) for o, _ in rows)   # ... which moved some articles
