@@ -377,3 +377,30 @@ def test_local_embed_needs_the_article_in_the_request(uplifting):
     bare = OracleRequest(rubric="r", article="a", schema=uplifting.answer_schema())
     err = run(spec, [bare])[0]
     assert isinstance(err, FatalError)
+
+
+def test_local_embed_evidence_is_words_or_empty_never_a_stray_fragment(uplifting):
+    """The sample's sentence splitter leaves closing quotes and brackets as 'sentences'; they must
+    never be quoted as evidence (the demo once had 443 of 2,872 such fragments)."""
+    import re
+    spec = registry.resolve("local-embed", registry.load_registry())
+    base = sample(30, min_chars=300)
+    fragments = dict(base[0], id="frags", text='The council voted to fund the new clinic. " ] ” '
+                     'The clinic opens next spring for every resident of the valley. ) ] "')
+    articles = base + [fragments]
+
+    async def go():
+        oracle = registry.make_oracle(spec)
+        try:
+            return await asyncio.gather(*[oracle.complete(request_for(uplifting, a)) for a in articles])
+        finally:
+            await oracle.aclose()
+
+    words = re.compile(r"[^\W\d_]{2,}")
+    seen = 0
+    for c in asyncio.run(go()):
+        _, _, evidence = uplifting.parse_answer(c.text)
+        for e in evidence.values():
+            assert e == "" or len(words.findall(e)) >= 3, e
+            seen += bool(e)
+    assert seen >= len(articles) * len(uplifting.dimension_names) * 0.9

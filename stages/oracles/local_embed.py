@@ -184,8 +184,11 @@ class EmbeddingScorer:
                     sel = real & (starts >= lo) & (starts < hi)
                     if not sel.any():
                         continue   # cut off by the model's maximum length
+                    sentence = texts[j][lo:hi].strip()
+                    if not _is_sentence(sentence):
+                        continue   # a stray quote or bracket the splitter left alone: never evidence
                     v = tokens[j][sel].mean(axis=0)
-                    sentences.append(texts[j][lo:hi].strip())
+                    sentences.append(sentence)
                     sentence_vectors.append(v / (np.linalg.norm(v) or 1.0))
             articles.append(_Article(vector, sentences,
                                      np.stack(sentence_vectors) if sentence_vectors else np.zeros((0, vector.size))))
@@ -212,9 +215,17 @@ class EmbeddingScorer:
                 best = int(np.argmax(np.round(article.sentence_vectors @ fv.descriptions[k], 4)))
                 evidence[name] = _short(article.sentences[best])
             else:
-                evidence[name] = _short(title)
+                evidence[name] = _short(title) if _is_sentence(title or "") else ""   # empty rather than junk
         ct = fv.content_types[int(np.argmax(np.round(fv.content_type_vectors @ article.vector, 4)))]
         return {"scores": scores, "content_type": ct, "evidence": evidence}
+
+
+_WORD = re.compile(r"[^\W\d_]{2,}")
+
+
+def _is_sentence(text: str) -> bool:
+    """Evidence must read as words: at least three words of two letters or more."""
+    return len(_WORD.findall(text)) >= 3
 
 
 def _short(sentence: str, limit: int = 240) -> str:
