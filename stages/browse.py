@@ -114,12 +114,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def databases_here(root: Path, limit: int = 200) -> list[Path]:
+    """gt.db files below `root` (not in hidden folders or the venv), newest first, as relative paths."""
+    found = []
+    for path in root.rglob("*.db"):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts[:-1]) or not path.is_file():
+            continue
+        try:
+            with open(path, "rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    continue
+        except OSError:
+            continue
+        found.append((path.stat().st_mtime, rel))
+        if len(found) >= limit:
+            break
+    return [rel for _, rel in sorted(found, key=lambda x: (-x[0], str(x[1])))]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
     db = Path(args.db)
+    if not db.exists():
+        found = databases_here(Path.cwd())
+        if found:
+            newest = found[0]
+            others = f" (also: {', '.join(str(f) for f in found[1:4])})" if len(found) > 1 else ""
+            print(f"error: no database at {db}; the newest gt.db under {Path.cwd()} is {newest}{others}: "
+                  f"make browse DB={newest}", file=sys.stderr)
+            return 1
     try:  # read-only, never created: a missing, unreadable, locked or corrupt file gets one line, not Datasette's
         store.connect(db, readonly=True).close()
     except (store.StoreError, sqlite3.Error) as e:

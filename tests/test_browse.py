@@ -130,3 +130,15 @@ def test_metadata_is_keyed_by_the_database_name(tmp_path, uplifting):
     assert list(metadata["databases"]) == ["pool_2026"]
     queries = metadata["databases"]["pool_2026"]["queries"]
     assert set(queries) == {"coverage_by_dimension", "most_disagreeing_articles", "article_labels", "cost_per_run"}
+
+
+def test_a_missing_database_names_the_newest_one_here(tmp_path, uplifting):
+    (tmp_path / "data" / "demo").mkdir(parents=True)
+    build_fixed_db(tmp_path / "data" / "demo" / "gt.db", uplifting)
+    (tmp_path / "notes.db").write_text("not a database")
+    res = subprocess.run([sys.executable, "-m", "stages.browse", "--db", "gt.db"], cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert res.stderr.startswith("error: no database at gt.db")
+    assert "make browse DB=data/demo/gt.db" in res.stderr and "notes.db" not in res.stderr
+    assert not (tmp_path / "gt.db").exists()
