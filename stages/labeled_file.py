@@ -254,6 +254,9 @@ def export_labeled_file(conn: "sqlite3.Connection", filt: Filter, path: str | os
                 }
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
                 count += 1
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600 files; an export is for everyone to read
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -40,6 +40,11 @@ def test_export_writes_the_spec_shape(conn, uplifting, sample_records, tmp_path)
     _label_some(conn, uplifting, sample_records, n=12)
     out = tmp_path / "ground_truth" / "uplifting" / "labeled_articles.jsonl"
     assert export_labeled_file(conn, uplifting, out) == 12
+    import os
+    import stat
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask     # the user's umask, not mkstemp's 0600
     assert [p.name for p in out.parent.iterdir()] == ["labeled_articles.jsonl"]  # no temp file left
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     first = lines[0]
