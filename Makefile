@@ -35,7 +35,8 @@ export GT_DB=$(DB)
 .PHONY: venv demo test ingest label label-status calibrate coverage select train evaluate browse bench bench-gpu clean help
 
 help:
-	@echo "make demo | test | ingest | calibrate | label | label-status | coverage | select | train | evaluate | browse | bench | bench-gpu"
+	@echo "make demo | emobank | test | ingest | calibrate | label | label-status | coverage | select | train | evaluate | browse | bench | bench-gpu | clean"
+	@echo "  make demo reruns from scratch each time (its own database, model and reports); make clean removes data/demo, reports/ and models/"
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -79,6 +80,21 @@ train: $(STAMP)
 evaluate: $(STAMP)
 	$(PY) -m stages.evaluate --db $(DB) --model-dir $(MODEL_OUT) --test-file $(SPLITS)/test.jsonl $(ARGS)
 
+# Learning curves (python -m stages.curve --help): random vs every selection strategy at several budgets
+# and seeds, on a test set no selection sees (gt.db's 'official' split where it has one), fast student by
+# default (ridge on MiniLM embeddings cached in data/cache/). `make curve` alone: EmoBank as `make emobank`
+# leaves it (human-mean labels); another pool: make curve DB=gt.db FILTER=filters/uplifting/v1 [ORACLE=...].
+# Defaults: budgets 250,500,1000,2000, 5 seeds (ARGS='--budgets 250,500 --seeds 3 --student lora ...').
+.PHONY: curve
+ORACLE       ?=
+CURVE_OUT    ?=
+CURVE_DB      = $(if $(filter file,$(origin DB)),$(EMOBANK_DB),$(DB))
+CURVE_FILTER  = $(if $(and $(filter file,$(origin DB)),$(filter file,$(origin FILTER))),$(EMOBANK_FILTER),$(FILTER))
+CURVE_ORACLE  = $(if $(ORACLE),$(ORACLE),$(if $(filter file,$(origin DB)),human-mean))
+curve: $(STAMP)
+	$(PY) -m stages.curve --db $(CURVE_DB) --filter $(CURVE_FILTER) --seed $(SEED) \
+		$(if $(CURVE_ORACLE),--oracle $(CURVE_ORACLE)) $(if $(CURVE_OUT),--output-dir $(CURVE_OUT)) $(ARGS)
+
 browse: $(STAMP)
 	$(PY) -m stages.browse --db $(DB) --port $(PORT) $(ARGS)
 
@@ -102,6 +118,7 @@ bench-gpu:
 DEMO_DB := data/demo/gt.db
 DEMO_MODEL := models/uplifting_minilm_demo
 demo: $(STAMP)
+	@rm -rf data/demo $(DEMO_MODEL) reports/uplifting_v1_*   # a rerun starts over: same seed, same figures
 	@mkdir -p data/demo reports
 	$(PY) -m stages.ingest --db $(DEMO_DB) --source 'data/sample/*.jsonl'
 	$(PY) -m stages.label --db $(DEMO_DB) --llm local-embed --target-count 360 --random-sample --seed $(SEED) \
@@ -124,5 +141,61 @@ demo: $(STAMP)
 	@echo "  student:      $(DEMO_MODEL)/ (metrics.json, README.md)"
 	@echo "  browse:       make browse DB=$(DEMO_DB)"
 
+# EmoBank (data/emobank/, CC BY-SA 4.0: see its README) with real human labels, offline, into its own
+# gt.db: the sentences with the authors' train/dev/test split (article_splits, scheme 'official'); three
+# human label sets (human-mean: emobank.csv, human-reader: reader.csv, human-rater: the individual
+# ratings, one repeat per rater slot); the humans calibrated against each other (Krippendorff's alpha,
+# ICC, one rater vs the others), local-embed and local-llm against human-mean; coverage; a selection that
+# never touches the official test split; the MiniLM student; its evaluation on the official test split.
+# A rerun starts over. Knobs: EMOBANK_SIZE (selection), EMOBANK_EMBED / EMOBANK_LLM (sentences the offline
+# oracles label: local-llm takes ~4-8 s a sentence on 2 cores), EMOBANK_EPOCHS, EMOBANK_LR (the CPU default 3e-3
+# leaves this student at the mean predictor on EmoBank: training loss flat at 1.0; 1e-3 learns).
+EMOBANK_RUN     := data/emobank_run
+EMOBANK_DB      := $(EMOBANK_RUN)/gt.db
+EMOBANK_FILTER  := filters/emobank_vad/v1
+EMOBANK_REPORTS := reports/emobank
+EMOBANK_MODEL   := models/emobank_minilm
+EMOBANK_SIZE    ?= 1500
+EMOBANK_EMBED   ?= 1000
+EMOBANK_LLM     ?= 24
+EMOBANK_EPOCHS  ?= 3
+EMOBANK_LR      ?= 1e-3
+EMOBANK_LABELS  := --labels V=valence,A=arousal,D=dominance --label-scale 1-5
+EMOBANK_INGEST  = $(PY) -m stages.ingest --db $(EMOBANK_DB) --filter $(EMOBANK_FILTER)
+EMOBANK_CAL     = $(PY) -m stages.calibrate --db $(EMOBANK_DB) --filter $(EMOBANK_FILTER) --seed $(SEED) --quiet
+.PHONY: emobank
+emobank: $(STAMP)
+	@rm -rf $(EMOBANK_RUN) $(EMOBANK_REPORTS) $(EMOBANK_MODEL)   # a rerun starts over: same seed, same figures
+	@mkdir -p $(EMOBANK_RUN) $(EMOBANK_REPORTS)
+	$(EMOBANK_INGEST) --source data/emobank/emobank.csv.gz --split-column split $(EMOBANK_LABELS) --oracle human-mean
+	$(EMOBANK_INGEST) --source data/emobank/reader.csv.gz $(EMOBANK_LABELS) --oracle human-reader --skip-unknown-ids
+	$(EMOBANK_INGEST) --source data/emobank/individual_reader_ratings.csv.gz $(EMOBANK_LABELS) --oracle human-rater \
+		--skip-unknown-ids
+	$(EMOBANK_CAL) --no-label --models human-mean,human-reader,human-rater --sample-size 20000 \
+		--output $(EMOBANK_REPORTS)/humans_calibration.md
+	$(EMOBANK_CAL) --models human-mean,local-embed --sample-size $(EMOBANK_EMBED) \
+		--output $(EMOBANK_REPORTS)/local_embed_calibration.md
+	$(EMOBANK_CAL) --models human-mean,local-embed,local-llm --strongest human-mean --sample-size $(EMOBANK_LLM) \
+		--output $(EMOBANK_REPORTS)/offline_calibration.md
+	$(PY) -m stages.coverage --db $(EMOBANK_DB) --filter $(EMOBANK_FILTER) --oracle human-mean \
+		--report-dir $(EMOBANK_REPORTS)
+	$(PY) -m stages.select --db $(EMOBANK_DB) --filter $(EMOBANK_FILTER) --oracle human-mean --holdout-split official \
+		--target-size $(EMOBANK_SIZE) --strategy maximize_coverage --train-ratio 0.9 --val-ratio 0.1 --test-ratio 0 \
+		--seed $(SEED) --output-dir $(EMOBANK_RUN)/training
+	$(PY) -m stages.train --db $(EMOBANK_DB) --filter $(EMOBANK_FILTER) --train-file $(EMOBANK_RUN)/training/train.jsonl \
+		--val-file $(EMOBANK_RUN)/training/val.jsonl --output $(EMOBANK_MODEL) --epochs $(EMOBANK_EPOCHS) \
+		--lr $(EMOBANK_LR) --max-length 128 --seed $(SEED)
+	$(PY) -m stages.evaluate --db $(EMOBANK_DB) --model-dir $(EMOBANK_MODEL) --split official --oracle human-mean \
+		--calibration $(EMOBANK_REPORTS)/humans_calibration.json
+	@echo
+	@echo "emobank done (human labels: EmoBank, CC BY-SA 4.0; offline oracles: stand-ins, not substitutes)."
+	@echo "  database:     $(EMOBANK_DB)   (sqlite3 $(EMOBANK_DB) 'select oracle, count(*) from labels group by oracle')"
+	@echo "  humans:       $(EMOBANK_REPORTS)/humans_calibration.md   (inter-rater alpha, ICC, one rater vs the others)"
+	@echo "  offline:      $(EMOBANK_REPORTS)/local_embed_calibration.md, $(EMOBANK_REPORTS)/offline_calibration.md"
+	@echo "  coverage:     $(EMOBANK_REPORTS)/emobank_vad_v1_coverage.md"
+	@echo "  selection:    $(EMOBANK_RUN)/training/selection_report.md (official test split held out)"
+	@echo "  student:      $(EMOBANK_MODEL)/evaluation.md   (official test split vs human-mean, inter-rater floor)"
+	@echo "  curves:       make curve DB=$(EMOBANK_DB) FILTER=$(EMOBANK_FILTER) ORACLE=human-mean"
+
 clean:
-	rm -rf data/demo reports models
+	rm -rf data/demo data/emobank_run reports models

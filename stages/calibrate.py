@@ -29,6 +29,7 @@ import pandas as pd
 
 from stages import stats, store
 from stages.filters import Filter, FilterError, load_filter
+from stages.human_labels import is_human
 from stages.oracles.base import OracleSpec
 
 PROJECT_ARTICLES = 20_000           # the size of the ground truth the projection prices
@@ -74,6 +75,15 @@ class Rater:
     def offline(self) -> bool:
         return self.spec is not None and self.spec.provider in OFFLINE_PROVIDERS
 
+    @property
+    def human(self) -> bool:
+        """Imported human labels (ingest --labels): a gold standard, not a model."""
+        return self.spec is None and is_human(self.prompt_sha256)
+
+    def rating_matrix(self, column: str) -> np.ndarray:
+        """Sample articles x repeats (rater slots) of one column; NaN where a slot has no rating."""
+        return np.column_stack([self.repeats[k][column].to_numpy(dtype=float) for k in sorted(self.repeats)])
+
 
 class CalibrationError(Exception):
     """The calibration cannot be done; the message is one line saying what to do."""
@@ -81,10 +91,12 @@ class CalibrationError(Exception):
 
 # ---- the sample ------------------------------------------------------------------------------
 
-def draw_sample(conn: sqlite3.Connection, filt: Filter, size: int, seed: int) -> tuple[list[str], dict[str, Any]]:
+def draw_sample(conn: sqlite3.Connection, filt: Filter, size: int, seed: int,
+                within: set[str] | None = None, within_note: str | None = None) -> tuple[list[str], dict[str, Any]]:
     """A seeded random sample of labellable articles: no duplicates, one per near-duplicate cluster,
-    not too short, not caught by the filter's prefilter (the label stage would skip those). The
-    order is the label stage's (sha256 of seed and id), so a larger sample contains a smaller one."""
+    not too short, not caught by the filter's prefilter (the label stage would skip those); with
+    `within`, only those articles (e.g. the ones a human gold set labelled). The order is the label
+    stage's (sha256 of seed and id), so a larger sample contains a smaller one."""
     from stages.labelling import eligible_article_ids
 
     ordered = eligible_article_ids(conn, filt, seed=seed, random_sample=True)
@@ -94,9 +106,13 @@ def draw_sample(conn: sqlite3.Connection, filt: Filter, size: int, seed: int) ->
     seen_clusters: set[str] = set()
     pool: list[str] = []
     prefiltered = near_dups = 0
+    outside = 0
     for aid in ordered:
         row = rows.get(aid)
         if row is None:
+            continue
+        if within is not None and aid not in within:
+            outside += 1
             continue
         cluster = row["near_dup_cluster"]
         if cluster:
@@ -111,6 +127,9 @@ def draw_sample(conn: sqlite3.Connection, filt: Filter, size: int, seed: int) ->
     info = {"requested": size, "seed": seed, "articles_in_db": int(total), "pool": len(pool),
             "skipped_short_or_duplicate": int(total) - len(ordered), "skipped_near_duplicate": near_dups,
             "skipped_prefilter": prefiltered, "note": None}
+    if within is not None:
+        info["within"] = within_note
+        info["skipped_outside"] = outside
     if size > len(pool):
         info["note"] = (f"asked for {size} articles but only {len(pool)} are eligible "
                         f"(of {total} in gt.db): the sample is the whole pool")
@@ -353,6 +372,13 @@ def compare(filt: Filter, raters: list[Rater], *, reference: str | None, sample_
         entry["distribution"] = {c: stats.distribution(r.scores[c]) for c in columns}
         entry["tiers"] = stats.tier_distribution(r.tiers.tolist(), tier_names)
         entry["redundancy"] = stats.redundancy(r.scores[dims])
+        if len(r.repeats) >= 2:   # several ratings per article (human raters, or an LLM's repeats)
+            per = {c: stats.inter_rater(r.rating_matrix(c), n_boot=n_boot, seed=seed) for c in columns}
+            entry["inter_rater"] = {
+                "per_dimension": per,
+                "summary": {k: stats.mean_of({d: per[d][k] for d in dims}) for k in ("alpha", "icc1", "mae_vs_others")},
+                "slots": len(r.repeats),
+            }
         if repeats > 1:
             sc = {}
             for rep in range(1, repeats):
@@ -474,7 +500,13 @@ def recommend(result: dict[str, Any], raters: list[Rater], t: Thresholds) -> dic
                         key=lambda row: (row["cost_20k_usd"] if row["cost_20k_usd"] is not None else math.inf,
                                          order[row["model"]]))
     chosen = qualifying[0]["model"] if qualifying else None
-    if chosen is None:
+    if all(r.spec is None for r in raters):
+        kinds = "human label sets" if all(r.human for r in raters) else "label sets already in gt.db"
+        ref = result["reference"]
+        verdict = (f"Nothing to recommend: {', '.join(r.name for r in raters)} are {kinds}, not models that can label "
+                   f"more; below is how they agree with {'their consensus' if ref == 'consensus' else ref} and "
+                   f"with each other. Add a model to --models to judge it against them.")
+    elif chosen is None:
         why = "; ".join(f"{row['model']}: {', '.join(row['reasons'])}" for row in rows)
         verdict = f"No model qualifies ({why}). Do not start the 20k run yet: revise the prompt or try other models."
     else:
@@ -514,13 +546,18 @@ def check_strongest(names: Sequence[str], requested: str | None) -> None:
 
 
 def choose_reference(raters: list[Rater], requested: str | None) -> tuple[str, str]:
-    """(reference, why it is the reference): --strongest, else the consensus with three or more
-    models, else the model with the highest price per article (list prices on the sample's measured
-    tokens; ties: the first listed)."""
+    """(reference, why it is the reference): --strongest, else the first imported human label set
+    listed (a gold standard outranks any model), else the consensus with three or more models, else
+    the model with the highest price per article (list prices on the sample's measured tokens;
+    ties: the first listed)."""
     names = [r.name for r in raters]
     if requested:
         check_strongest(names, requested)
         return requested, "chosen with --strongest"
+    humans = [r.name for r in raters if r.human]
+    if humans:
+        return humans[0], ("imported human labels, the gold standard" + (" (the first listed of " + ", ".join(humans)
+                           + ")" if len(humans) > 1 else "") + "; pass --strongest NAME to choose")
     if len(raters) >= 3:
         return "consensus", "three or more models: their per-dimension median; pass --strongest NAME to use one model"
 
@@ -684,7 +721,10 @@ def render_markdown(result: dict[str, Any], raters: list[Rater], plots: dict[str
     out.append(f"\nSample: {sample['used']} articles drawn with seed {sample['seed']} from {sample['pool']} eligible "
                f"(of {sample['articles_in_db']} in gt.db; skipped: {sample['skipped_short_or_duplicate']} too short or "
                f"duplicate, {sample['skipped_near_duplicate']} near-duplicates, {sample['skipped_prefilter']} caught "
-               f"by the prefilter).{note} Prompt {result['prompt_sha256'][:12]}. Every figure is in `{json_name}`.\n")
+               f"by the prefilter).{note}"
+               + (f" The sample is {sample['within']}; {sample['skipped_outside']} other eligible articles were left "
+                  f"out." if sample.get("within") else "")
+               + f" Prompt {result['prompt_sha256'][:12]}. Every figure is in `{json_name}`.\n")
 
     # cost and speed
     out.append("## Cost, speed and answer quality\n")
@@ -820,6 +860,34 @@ def render_markdown(result: dict[str, Any], raters: list[Rater], plots: dict[str
         out.append("\nThe same statistics between a model's own repeated answers: a model that disagrees with "
                    "itself cannot agree with another.\n")
 
+    # several ratings per article
+    multi = [(r.name, result["models"][r.name]["inter_rater"]) for r in raters
+             if "inter_rater" in result["models"][r.name]]
+    if multi:
+        out.append("## Agreement among several ratings of the same article\n")
+        out.append("For a label set with several ratings per article (imported human raters, one repeat per rater "
+                   "slot; or a model's --repeats): Krippendorff's α (interval) over every rating, ICC(1,1) (one-way "
+                   "random effects, single rating: the raters of one article need not be those of another), and "
+                   "the MAE of each rating against the mean of the same article's other ratings (how far one "
+                   "rater lies from the others; the human floor a student of the mean can be held to). None of "
+                   "them depends on which slot a rating sits in. Intervals: bootstrap over articles for α and MAE, "
+                   "pingouin's F-test interval for ICC.\n")
+        for name, ir in multi:
+            rows = []
+            for c in columns:
+                st = ir["per_dimension"][c]
+                per_item = ", ".join(f"{n} × {k}" for k, n in st["ratings_per_item"].items())
+                rows.append([c, st["items"], st["ratings"], st["alpha"].fmt(), st["icc1"].fmt(),
+                             st["mae_vs_others"].fmt(), per_item])
+            out.append(f"### {name} ({ir['slots']} rater slots)\n")
+            out.append(md_table(["dimension", "articles", "ratings", "Krippendorff α", "ICC(1,1)",
+                                 "MAE one vs the others", "articles × ratings each"], rows, align="lrrllll"))
+            sm = ir["summary"]
+            note = ir["per_dimension"][dims[0]]["icc1"].ci_note
+            out.append(f"\nMean over the {len(dims)} dimensions: α {sm['alpha'].fmt(ci=False)}, ICC(1,1) "
+                       f"{sm['icc1'].fmt(ci=False)}, MAE one vs the others {sm['mae_vs_others'].fmt(ci=False)}."
+                       + (f" ICC: {note}." if note else "") + "\n")
+
     # most disagreeing
     out.append("## Most disagreeing articles\n")
     out.append(f"Mean absolute difference over the dimensions; scores in the order {', '.join(dims)}.\n")
@@ -850,13 +918,14 @@ def render_markdown(result: dict[str, Any], raters: list[Rater], plots: dict[str
     return "\n".join(out)
 
 
-def write_report(result: dict[str, Any], raters: list[Rater], output: str | Path) -> tuple[Path, Path, list[Path]]:
+def write_report(result: dict[str, Any], raters: list[Rater], output: str | Path,
+                 plots: bool = True) -> tuple[Path, Path, list[Path]]:
     from stages.report import write_json_atomic, write_text_atomic
 
     md_path = Path(output)
     stem = md_path.with_suffix("")
     json_path = stem.with_suffix(".json")
-    plots = plot_files(result, raters, stem)
+    plots = plot_files(result, raters, stem) if plots else {}
     md = render_markdown(result, raters, plots, json_path.name)
     data = _jsonable({k: v for k, v in result.items() if k != "consensus"})
     if result.get("consensus"):
@@ -890,7 +959,19 @@ def calibrate(conn: sqlite3.Connection, filt: Filter, models: Sequence[str], *, 
     registry = registry if registry is not None else load_registry()
     store.register_filter(conn, filt)
     specs = resolve_models(conn, filt, models, registry)
-    sample, info = draw_sample(conn, filt, sample_size, seed)
+    # labels-only sets (imported, e.g. a human gold set) cannot label more: sample among the articles they labelled
+    within, within_note = None, None
+    fixed = [name for name, spec in specs.items() if spec is None]
+    for name in fixed:
+        _, prompt = store.choose_label_set(conn, filt, name)
+        ids = {r[0] for r in conn.execute(
+            "SELECT DISTINCT article_id FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ? "
+            "AND status = 'ok'", (filt.id, name, prompt))}
+        within = ids if within is None else within & ids
+    if fixed:
+        within_note = (f"drawn among the {len(within)} articles labelled by {' and '.join(fixed)} "
+                       f"(label sets that cannot label more)")
+    sample, info = draw_sample(conn, filt, sample_size, seed, within, within_note)
     if not sample:
         raise CalibrationError("no eligible articles in gt.db (ingest some first: pass --source 'data/sample/*.jsonl')")
     if label:
@@ -964,6 +1045,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="... at most this share of invalid answers (default: %(default)s)")
     p.add_argument("--min-articles", type=int, default=d.min_articles,
                    help="... with at least this many articles scored by both (default: %(default)s)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (the report and JSON are complete "
+                                                          "without them)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -1038,7 +1121,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: labels stored so far are kept; run the same command to continue", file=sys.stderr)
         return 130
-    md_path, json_path, pngs = write_report(result, raters, output)
+    md_path, json_path, pngs = write_report(result, raters, output, plots=not args.no_plots)
     for n in notes:
         print(n)
     print(result["recommendation"]["verdict"])

@@ -2,15 +2,20 @@
 
     python -m stages.evaluate --model-dir models/uplifting_qwen_v1 --test-file data/training/test.jsonl
     python -m stages.evaluate --model-dir models/uplifting_qwen_v1 --test-file ... --all   # + every article
+    python -m stages.evaluate --model-dir models/emobank_minilm --split official --oracle human-mean
 
 Per dimension, on the test split (oracle scores are the truth, 0-10 scale): MAE, RMSE, Spearman
 rho, bias (mean of prediction - truth: > 0 means the student scores too high) and the MAE on the
-tails (true score >= 7 and <= 2; "undefined" where the test split has no such article). Next to
-them, the inter-oracle MAE: how far two oracles' labels of the same articles lie apart, the floor a
-student trained on one oracle can hope to reach. It is read from the calibration report's JSON
-(--calibration, default the newest reports/*calibration*.json of the model's filter; the pair of
-oracles compared on the most articles) or, where there is none, computed from gt.db's labels of
-the two oracles that labelled the most articles in common.
+tails (true score >= 7 and <= 2; "undefined" where the test split has no such article). The test
+articles are --test-file's, or with --split NAME the 'test' articles of a split scheme stored in
+gt.db (`ingest --split-column`: a dataset's own test set, e.g. EmoBank's) with the labels of
+--oracle; articles the student was trained or validated on are left out and counted. Next to
+them, the floor: how far two raters' labels of the same articles lie apart, the best a student
+trained on one can hope to reach. It is read from the calibration report's JSON (--calibration,
+default the newest reports/*calibration*.json of the model's filter): where a label set there has
+several ratings per article (human raters), the MAE of one rating against the mean of the others;
+else the pair of oracles compared on the most articles. Without a report it is computed from
+gt.db's labels of the two oracles that labelled the most articles in common.
 
 Writes: the predictions into gt.db's `predictions` (model id from training; test articles, and
 with --all every article in gt.db, labelled or not), <model-dir>/predictions.jsonl (one line per
@@ -45,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-dir", default="models/student", help="a folder written by `make train` "
                                                                   "(default: models/student)")
     ap.add_argument("--test-file", help="test.jsonl from `make select`: the articles the metrics are measured on")
+    ap.add_argument("--split", metavar="NAME",
+                    help="instead of --test-file: the 'test' articles of this split scheme in gt.db (ingest "
+                         "--split-column; e.g. official), truth from --oracle's labels; articles the student "
+                         "trained or validated on are left out")
+    ap.add_argument("--oracle", help="with --split: whose labels are the truth (default: the oracle of the student's "
+                                     "training selection, else the oracle with the most labels)")
     ap.add_argument("--all", action="store_true", help="also predict every article in gt.db (labelled or not, "
                                                        "duplicates excluded) for active learning")
     ap.add_argument("--calibration", help="calibration JSON written by `make calibrate` (default: the newest "
@@ -69,6 +80,7 @@ class Evaluation:
     not_in_db: int
     jsonl: Path
     report: Path | None
+    test_name: str = ""
 
 
 def inter_oracle_mae(conn: sqlite3.Connection, filter_id: str, dims: list[str]) -> dict | None:
@@ -97,7 +109,9 @@ def inter_oracle_mae(conn: sqlite3.Connection, filter_id: str, dims: list[str]) 
 
 
 def calibration_floor(path: Path, filter_id: str | None, dims: list[str]) -> dict | None:
-    """The inter-oracle MAE from a calibration report's JSON: the pair compared on the most articles."""
+    """The floor from a calibration report's JSON: where a label set has several ratings per article
+    (human raters), the MAE of one rating against the mean of the article's other ratings (the set
+    with the most articles); else the inter-oracle MAE of the pair compared on the most articles."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -105,6 +119,16 @@ def calibration_floor(path: Path, filter_id: str | None, dims: list[str]) -> dic
     if not isinstance(data, dict) or (filter_id and data.get("filter") != filter_id):
         return None
     best = None
+    for name, model in (data.get("models") or {}).items():
+        per_dim = ((model or {}).get("inter_rater") or {}).get("per_dimension") or {}
+        per = {d: ((per_dim.get(d) or {}).get("mae_vs_others") or {}).get("value") for d in dims}
+        values = [v for v in per.values() if v is not None]
+        n = max(((per_dim.get(d) or {}).get("items") or 0 for d in dims), default=0)
+        if values and (best is None or n > best["n"]):
+            best = {"oracles": [name, f"the mean of the other {name} ratings"], "n": int(n),
+                    "mae": float(np.mean(values)), "per_dimension": per, "source": str(path), "kind": "inter_rater"}
+    if best is not None:
+        return best
     for pair in data.get("pairs") or []:
         per = {d: (pair.get("per_dimension", {}).get(d, {}).get("mae") or {}) for d in dims}
         n = max((m.get("n") or 0 for m in per.values()), default=0)
@@ -182,7 +206,8 @@ def _fmt(x, digits: int = 2) -> str:
 def evaluation_table(metrics: dict, floor: dict | None, dims: list[str],
                      baseline: dict | None = None) -> tuple[list[str], list[list[str]]]:
     headers = ["dimension", "MAE", "RMSE", "Spearman", "bias", "MAE true>=7 (n)", "MAE true<=2 (n)",
-               "mean-predictor MAE", "inter-oracle MAE"]
+               "mean-predictor MAE",
+               "inter-rater MAE (one vs the others)" if floor and floor.get("kind") == "inter_rater" else "inter-oracle MAE"]
     rows = []
     for d in dims:
         m = metrics["per_dimension"][d]
@@ -196,15 +221,26 @@ def evaluation_table(metrics: dict, floor: dict | None, dims: list[str],
 
 
 def evaluation_report(model_id: str, test_file: str, metrics: dict, floor: dict | None, dims: list[str],
-                      baseline: dict | None = None) -> str:
+                      baseline: dict | None = None, split_info: dict | None = None) -> str:
     from stages import report
 
     headers, rows = evaluation_table(metrics, floor, dims, baseline)
-    floor_line = (f"Inter-oracle MAE: {floor['oracles'][0]} vs {floor['oracles'][1]} on {floor['n']} articles "
+    floor_line = (f"Inter-rater MAE: one {floor['oracles'][0]} rating against {floor['oracles'][1]} of the same "
+                  f"article, on {floor['n']} articles ({floor['source']}): how far one human lies from the others, "
+                  f"the floor set by the raters' own disagreement."
+                  if floor and floor.get("kind") == "inter_rater" else
+                  f"Inter-oracle MAE: {floor['oracles'][0]} vs {floor['oracles'][1]} on {floor['n']} articles "
                   f"labelled by both ({floor['source']}): the floor a student of one oracle can hope for."
                   if floor else "No two oracles labelled the same articles in gt.db (run `make calibrate`), so there "
                                 "is no inter-oracle floor to compare with.")
     gap = (f" The student is {metrics['mae'] - floor['mae']:+.2f} MAE from that floor." if floor else "")
+    split_line = ""
+    if split_info:
+        i = split_info
+        split_line = (f"\nTest articles: the {i['test_articles']} articles of the 'test' split of '{i['split_name']}' "
+                      f"stored in gt.db, truth = {i['oracle']}'s labels; left out: {i['duplicates_left_out']} exact "
+                      f"duplicates, {i['unlabelled_left_out']} without a valid label, {i['trained_on_left_out']} the "
+                      f"student trained or validated on.\n")
     return f"""# Evaluation of {model_id}
 
 Test MAE **{metrics['mae']:.2f}** (0-10 scale) on {metrics['n']} articles of `{test_file}`; mean Spearman
@@ -215,14 +251,19 @@ Test MAE **{metrics['mae']:.2f}** (0-10 scale) on {metrics['n']} articles of `{t
 Bias is the mean of prediction minus oracle score. The mean predictor answers every article with
 the train split's mean score (the baseline a student must beat). Tail MAE is measured only on articles whose oracle
 score is >= 7 or <= 2 (count in brackets; "undefined" where there are none). {floor_line}
-"""
+{split_line}"""
 
 
 def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
     import torch
 
-    if not args.test_file and not args.all:
-        raise UsageError("nothing to do: pass --test-file (metrics) and/or --all (predictions for every article)")
+    if args.test_file and args.split:
+        raise UsageError("pass --test-file or --split, not both (they are two ways to name the test articles)")
+    if args.oracle and not args.split:
+        raise UsageError("--oracle goes with --split (a --test-file carries its own labels)")
+    if not args.test_file and not args.split and not args.all:
+        raise UsageError("nothing to do: pass --test-file or --split (metrics) and/or --all (predictions for every "
+                         "article)")
     if args.batch_size <= 0:
         raise UsageError("--batch-size must be positive")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -245,6 +286,11 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
     conn = store.connect(args.db, create=False)  # predictions go into an existing gt.db, never a new empty one
     try:
         ensure_registered(conn, model_id, config, model_dir)
+        split_info = None
+        test_name = str(args.test_file)
+        if args.split:
+            test, split_info = split_test_rows(conn, model_id, config.get("filter"), args.split, args.oracle, dims)
+            test_name = f"the test split of '{args.split}' ({split_info['oracle']} labels)"
         ids: list[str] = []
         blocks: list[np.ndarray] = []
         metrics = floor = baseline = None
@@ -271,11 +317,14 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
         if metrics:
             from stages import report
 
-            evaluation = {"test_file": str(args.test_file), "test": metrics, "inter_oracle": floor,
+            evaluation = {"test_file": test_name, "test": metrics, "inter_oracle": floor,
                           "mean_predictor": baseline}
+            if split_info:
+                evaluation["split"] = split_info
             report.write_json_atomic(model_dir / "evaluation.json", evaluation)
             report_path = report.write_text_atomic(model_dir / "evaluation.md",
-                                                   evaluation_report(model_id, args.test_file, metrics, floor, dims, baseline))
+                                                   evaluation_report(model_id, test_name, metrics, floor, dims, baseline,
+                                                                     split_info))
             row = conn.execute("SELECT metrics_json FROM models WHERE id = ?", (model_id,)).fetchone()
             merged = json.loads(row["metrics_json"] or "{}") if row else {}
             merged["evaluation"] = evaluation
@@ -283,7 +332,72 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
                 conn.execute("UPDATE models SET metrics_json = ? WHERE id = ?", (json.dumps(merged, default=str), model_id))
     finally:
         conn.close()
-    return Evaluation(model_id, metrics, floor, baseline, len(ids), stored, not_in_db, jsonl, report_path)
+    return Evaluation(model_id, metrics, floor, baseline, len(ids), stored, not_in_db, jsonl, report_path, test_name)
+
+
+def split_test_rows(conn: sqlite3.Connection, model_id: str, filter_id: str | None, split_name: str,
+                    oracle: str | None, dims: list[str]) -> tuple[list[dict], dict]:
+    """The 'test' articles of a stored split scheme as test rows (read_split's shape), truth = the
+    valid repeat-0 labels of `oracle` (default: the oracle of the model's training selection, else
+    the one with the most labels; its prompt version with the most labels). Duplicates, articles
+    without a label, and articles in the model's training selection (train or val) are left out and
+    counted in the returned info."""
+    splits = store.article_splits(conn, split_name)
+    if not splits:
+        known = store.split_names(conn)
+        raise UsageError(f"--split {split_name}: gt.db holds no split by that name "
+                         + (f"(it has: {', '.join(known)})" if known else "(ingest with --split-column COLUMN)"))
+    test_ids = {a for a, sp in splits.items() if sp == "test"}
+    if not test_ids:
+        raise UsageError(f"--split {split_name}: no article is in its test split")
+    selection = conn.execute(
+        "SELECT s.id, s.oracle FROM models m JOIN selections s ON s.id = m.selection_id WHERE m.id = ?",
+        (model_id,)).fetchone()
+    if oracle is None:
+        oracle = selection["oracle"] if selection else None
+    labels = ("SELECT oracle, prompt_sha256, COUNT(*) AS n FROM labels WHERE filter_id = ? AND status = 'ok'"
+              + (" AND oracle = ?" if oracle else "") + " GROUP BY oracle, prompt_sha256 ORDER BY n DESC, oracle LIMIT 1")
+    row = conn.execute(labels, (filter_id, oracle) if oracle else (filter_id,)).fetchone()
+    if row is None:
+        raise UsageError(f"--split {split_name}: no valid labels of {filter_id}"
+                         + (f" by oracle '{oracle}'" if oracle else "") + " in gt.db (pass --oracle NAME)")
+    oracle, prompt = row["oracle"], row["prompt_sha256"]
+    trained = {r[0] for r in conn.execute(
+        "SELECT article_id FROM selection_members WHERE selection_id = ? AND split IN ('train', 'val')",
+        (selection["id"],))} if selection else set()
+    scores: dict[str, dict[str, float]] = {}
+    texts: dict[str, tuple[str, str]] = {}
+    duplicates = 0
+    for r in conn.execute(
+            """SELECT a.id, a.title, a.text, a.dup_of, s.dimension, s.score FROM article_splits p
+               JOIN articles a ON a.id = p.article_id
+               JOIN labels l ON l.article_id = a.id AND l.filter_id = ? AND l.oracle = ? AND l.prompt_sha256 = ?
+                   AND l."repeat" = 0 AND l.status = 'ok'
+               JOIN label_scores s ON s.label_id = l.id
+               WHERE p.split_name = ? AND p.split = 'test'""", (filter_id, oracle, prompt, split_name)):
+        if r["dup_of"] is not None:
+            continue
+        scores.setdefault(r["id"], {})[r["dimension"]] = r["score"]
+        texts[r["id"]] = (r["title"] or "", r["text"])
+    duplicates = conn.execute(
+        """SELECT COUNT(*) FROM article_splits p JOIN articles a ON a.id = p.article_id
+           WHERE p.split_name = ? AND p.split = 'test' AND a.dup_of IS NOT NULL""", (split_name,)).fetchone()[0]
+    rows, left_out = [], 0
+    for aid in sorted(scores):
+        if aid in trained:
+            left_out += 1
+            continue
+        if all(d in scores[aid] for d in dims):
+            title, text = texts[aid]
+            rows.append({"id": aid, "title": title, "text": text, "labels": [scores[aid][d] for d in dims],
+                         "dimension_names": dims})
+    info = {"split_name": split_name, "oracle": oracle, "prompt_sha256": prompt, "test_articles": len(test_ids),
+            "duplicates_left_out": int(duplicates), "trained_on_left_out": left_out,
+            "unlabelled_left_out": len(test_ids) - int(duplicates) - len(scores), "evaluated": len(rows)}
+    if not rows:
+        raise UsageError(f"--split {split_name}: none of its {len(test_ids)} test articles has a valid {oracle} label "
+                         f"the student did not train on (pass --oracle NAME)")
+    return rows, info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,8 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         print(report.md_table(headers, rows))
         print()
     skipped = f" ({result.not_in_db} test articles are not in gt.db: in the JSONL only)" if result.not_in_db else ""
-    measured = (f"Test MAE {result.metrics['mae']:.2f} on {result.metrics['n']} articles of {args.test_file}"
-                + (f" (inter-oracle floor {result.floor['mae']:.2f})" if result.floor else " (no inter-oracle floor in gt.db)")
+    kind = "inter-rater" if result.floor and result.floor.get("kind") == "inter_rater" else "inter-oracle"
+    measured = (f"Test MAE {result.metrics['mae']:.2f} on {result.metrics['n']} articles of {result.test_name}"
+                + (f" ({kind} floor {result.floor['mae']:.2f}, mean predictor {result.baseline['mae']:.2f})"
+                   if result.floor else " (no inter-oracle floor in gt.db)")
                 + f"; report {result.report}. " if result.metrics else "")
     print(f"{measured}Predicted {result.predicted:,} articles with {result.model_id}: {result.stored:,} stored in "
           f"{args.db} (predictions, model_id '{result.model_id}'){skipped}, all in {result.jsonl}.")

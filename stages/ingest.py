@@ -14,14 +14,19 @@ What happens to each record:
   `near_dup_cluster` = the id of the cluster's first article; signatures are kept in
   `article_minhash`, so a later ingest clusters new articles against old ones;
 - texts shorter than the filter's min_chars (300) are kept and flagged `too_short`;
-- records carrying `<filter>_analysis` labels are imported as a label run (stages.labeled_file).
+- records carrying `<filter>_analysis` labels are imported as a label run (stages.labeled_file);
+- with --labels, label columns (e.g. human ratings on a 1-5 scale) are imported as an oracle's label
+  set, rescaled to 0-10 (stages.human_labels); rows without text name an article already in gt.db;
+- with --split-column, the dataset's own split (train/dev/test) is kept in `article_splits`.
 
 Rejected (one line `file:line: what (what to do)` each, all counted, exit code 1): malformed
 JSON, records without text, lines that are not UTF-8, empty files, globs matching nothing, texts
 longer than --max-chars (default 200,000), and a record whose id is already used by an article
 with different text (the first one stays; ids are never silently renamed, since labels and
 selections refer to them). An imported analysis that is broken (a missing dimension, a score out
-of 0-10) is stored as an invalid label and also reported. Re-ingesting the same files inserts nothing. Rows are written in
+of 0-10) is stored as an invalid label and also reported. With --labels, a row whose label value is
+not a number or lies outside --label-scale, or that names an article not in gt.db, is rejected (its
+article, when the row carries one, still goes in). Re-ingesting the same files inserts nothing. Rows are written in
 batches, each in one transaction: a killed ingest leaves whole batches and a rerun completes it.
 """
 from __future__ import annotations
@@ -43,6 +48,8 @@ from typing import Any, Iterable, Iterator
 
 from stages import store
 from stages.filters import Filter, FilterError, load_filter
+from stages.human_labels import (HumanImportCounts, HumanLabelImporter, HumanLabelSpec, Scale, check_oracle_name,
+                                 parse_label_columns, read_values)
 from stages.labeled_file import ANALYSIS_SUFFIX, LabelImporter
 from stages.text import (NearDuplicateIndex, clean_text, content_hash_of_words, minhash_signature,
                          signature_from_bytes, signature_to_bytes, words)
@@ -84,6 +91,9 @@ class IngestSummary:
     notes: list[str] = field(default_factory=list)
     label_runs: list[int] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    human: HumanImportCounts | None = None   # --labels: what the import of label columns did
+    label_rows: int = 0         # --labels: rows without text, read as labels of articles already in gt.db
+    splits_stored: int = 0      # --split-column: new rows in article_splits
 
     @property
     def ok(self) -> bool:
@@ -95,6 +105,8 @@ class _Options:
     min_chars: int
     max_chars: int
     analysis_suffix: str = ANALYSIS_SUFFIX
+    labels: HumanLabelSpec | None = None
+    split_column: str | None = None
 
 
 @dataclass
@@ -113,6 +125,17 @@ class _Prepared:
     too_short: bool
     signature: bytes | None
     analyses: dict[str, Any]
+    human: Any = None           # --labels: (scores, rater) or the row's problem as a string
+    split: Any = None           # --split-column: the raw value
+
+
+@dataclass
+class _LabelRow:
+    """With --labels, a row without text: labels for an article that must already be in gt.db."""
+    origin: str
+    line: int
+    id: str
+    human: Any
 
 
 @dataclass
@@ -226,6 +249,11 @@ def _prepare(origin: str, line: int, payload: Any, opts: _Options) -> _Prepared 
             return where(f"not valid UTF-8 in column '{bad}' (re-encode the file as UTF-8, e.g. iconv -f cp1252 -t utf-8)")
     fields = map_fields(record)
     raw_text = fields["text"]
+    if raw_text is None and opts.labels is not None:
+        ident = _str_or_none(fields["id"])
+        if ident is None:
+            return where("neither an article id nor a text (a label row names its article in an 'id' column)")
+        return _LabelRow(origin, line, ident, read_values(record, opts.labels))
     if raw_text is None:
         return where("no article text (give the record a 'text', 'content', 'body' or 'article' field)")
     if not isinstance(raw_text, str):
@@ -252,7 +280,16 @@ def _prepare(origin: str, line: int, payload: Any, opts: _Options) -> _Prepared 
         published_at=_str_or_none(fields["published_at"]), language=_str_or_none(fields["language"]),
         content_hash=content_hash_of_words(ws), chars=len(text), too_short=len(text) < opts.min_chars,
         signature=signature_to_bytes(sig) if sig is not None else None, analyses=analyses,
+        human=read_values(record, opts.labels) if opts.labels is not None else None,
+        split=_column(record, opts.split_column) if opts.split_column else None,
     )
+
+
+def _column(record: dict, name: str) -> Any:
+    if name in record:
+        return record[name]
+    lowered = name.lower()
+    return next((v for k, v in record.items() if isinstance(k, str) and k.strip().lower() == lowered), None)
 
 
 _ids_in_db: frozenset[str] = frozenset()  # set before records are prepared; forked workers inherit it
@@ -316,7 +353,8 @@ def _prepared_stream(items: Iterator, opts: _Options, workers: int,
 class _Ingester:
     """The database side: ids, exact duplicates, near-duplicate clusters, batched writes."""
 
-    def __init__(self, conn: sqlite3.Connection, filt: Filter | None, summary: IngestSummary, source: str):
+    def __init__(self, conn: sqlite3.Connection, filt: Filter | None, summary: IngestSummary, source: str,
+                 labels: HumanLabelSpec | None = None, split_name: str | None = None):
         self.conn = conn
         self.filt = filt
         self.summary = summary
@@ -338,6 +376,11 @@ class _Ingester:
         self.label_jobs: list[tuple[str, str, Any, str]] = []
         self.importer = LabelImporter(conn, filt, source) if filt is not None else None
         self.other_analyses: set[str] = set()
+        self.human = HumanLabelImporter(conn, filt, labels, source) if labels is not None else None
+        self.human_jobs: list[tuple[str, tuple, str]] = []   # (article id, (scores, rater), 'file:line')
+        self.split_name = split_name
+        self.split_of = store.article_splits(conn, split_name) if split_name else {}
+        self.split_jobs: list[tuple[str, str]] = []
 
     def _load_index(self) -> None:
         self.index = NearDuplicateIndex()
@@ -370,6 +413,7 @@ class _Ingester:
                 return
             s.already_present += 1
             self._queue_labels(rec, self.kept_by_hash.get(known_hash, article_id))
+            self._queue_row(rec, article_id)
             return
         kept = self.kept_by_hash.get(rec.content_hash)
         if kept is None:
@@ -386,6 +430,49 @@ class _Ingester:
         s.duplicates += kept is not None
         s.too_short += rec.too_short
         self._queue_labels(rec, kept or article_id)  # a duplicate's labels belong to the kept article
+        self._queue_row(rec, article_id)  # label columns and split stay with the row's own id
+
+    def _queue_row(self, rec: _Prepared, article_id: str) -> None:
+        """--labels and --split-column of an article row."""
+        where = f"{rec.origin}:{rec.line}"
+        if self.human is not None:
+            self._queue_human(article_id, rec.human, where)
+        if self.split_name is not None:
+            split = store.normalise_split(rec.split)
+            if split is None:
+                shown = "no value" if rec.split is None or not str(rec.split).strip() else repr(str(rec.split)[:20])
+                self._problem(where, f"split column holds {shown}, not train, dev, val or test (fix the value; "
+                                     "the article itself was ingested)")
+            elif self.split_of.get(article_id, split) != split:
+                self._problem(where, f"article '{article_id}' is in the {self.split_of[article_id]} split of "
+                                     f"'{self.split_name}' already, this row says {split} (fix the file)")
+            elif article_id not in self.split_of:
+                self.split_of[article_id] = split
+                self.split_jobs.append((article_id, split))
+
+    def add_label_row(self, row: _LabelRow) -> None:
+        self.summary.label_rows += 1
+        self._queue_human(row.id, row.human, f"{row.origin}:{row.line}")
+
+    def _queue_human(self, article_id: str, values: Any, where: str) -> None:
+        counts = self.human.counts
+        if isinstance(values, str):
+            counts.rejected += 1
+            self._problem(where, values)
+        elif article_id not in self.hash_of_id:  # neither in gt.db nor earlier in this input
+            if self.human.spec.skip_unknown_ids:
+                counts.unknown_skipped += 1
+                if len(counts.unknown_examples) < 3:
+                    counts.unknown_examples.append(f"{where} '{article_id}'")
+            else:
+                counts.rejected += 1
+                self._problem(where, f"article '{article_id}' is not in gt.db and the row has no text (ingest the "
+                                     "article first, from this or an earlier file, or pass --skip-unknown-ids)")
+        else:
+            self.human_jobs.append((article_id, values, where))
+
+    def _problem(self, where: str, message: str) -> None:
+        self.summary.problems.append(f"{where}: {message}")
 
     def _cluster(self, article_id: str, blob: bytes) -> None:
         if self.index is None:
@@ -443,6 +530,27 @@ class _Ingester:
                     f"{where}: {self.filt.name}{ANALYSIS_SUFFIX} is invalid: {parsed.error} "
                     "(stored as an invalid label with the raw analysis; fix the file and import it into a new gt.db)")
         self.label_jobs = []
+        if self.split_jobs:
+            with store.transaction(self.conn):
+                cur = self.conn.executemany(
+                    "INSERT INTO article_splits (split_name, article_id, split) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(self.split_name, a, sp) for a, sp in self.split_jobs])
+            self.summary.splits_stored += max(cur.rowcount, 0)
+            self.split_jobs = []
+        if self.human_jobs:
+            self._flush_human()
+
+    def _flush_human(self) -> None:
+        """The batch's label-column ratings, in one transaction (after its articles are written)."""
+        counts = self.human.counts
+        with store.transaction(self.conn):
+            for article_id, (scores, rater), where in self.human_jobs:
+                problem = self.human.add(article_id, scores, rater, where)
+                if problem is not None:
+                    counts.rejected += 1
+                    self._problem(where, problem)
+            self.human.sync()
+        self.human_jobs = []
 
     def finish(self) -> None:
         self.flush()
@@ -450,6 +558,9 @@ class _Ingester:
         clusters = {self.cluster_of[a] for a in self.new_ids if a in self.cluster_of}
         s.near_dup_clusters = len(clusters)
         s.near_dup_articles = sum(1 for a in self.new_ids if a in self.cluster_of)
+        if self.human is not None:
+            self.human.finish()
+            s.human = self.human.counts
         if self.importer is not None:
             self.importer.finish()
             s.imported_labels = self.importer.imported
@@ -462,15 +573,21 @@ class _Ingester:
 
 def ingest_files(conn: sqlite3.Connection, sources: list[str], filt: Filter | None = None, *,
                  min_chars: int | None = None, max_chars: int = DEFAULT_MAX_CHARS, workers: int = 1,
-                 batch_size: int = BATCH_SIZE, progress: bool = False) -> IngestSummary:
+                 batch_size: int = BATCH_SIZE, progress: bool = False, labels: HumanLabelSpec | None = None,
+                 split_column: str | None = None, split_name: str = store.DEFAULT_SPLIT_NAME) -> IngestSummary:
     """Ingest every file matched by `sources` (paths or globs) into gt.db; labels found in the
-    records for `filt` are imported. Problems are collected in the summary, never raised."""
+    records for `filt` are imported; with `labels`, label columns are imported as that oracle's
+    labels (stages.human_labels); with `split_column`, each article's split is stored under
+    `split_name` in article_splits. Problems are collected in the summary, never raised."""
+    if labels is not None and filt is None:
+        raise ValueError("importing label columns needs the filter whose dimensions they are")
     summary = IngestSummary(sources=list(sources))
     files, summary.problems = expand_sources(sources)
     summary.files = len(files)
     opts = _Options(min_chars=min_chars if min_chars is not None else (filt.min_chars if filt else DEFAULT_MIN_CHARS),
-                    max_chars=max_chars)
-    ingester = _Ingester(conn, filt, summary, ", ".join(sources))
+                    max_chars=max_chars, labels=labels, split_column=split_column)
+    ingester = _Ingester(conn, filt, summary, ", ".join(sources), labels=labels,
+                         split_name=split_name if split_column else None)
 
     def items() -> Iterator[tuple[str, int, Any]]:
         for path in files:
@@ -502,8 +619,11 @@ def ingest_files(conn: sqlite3.Connection, sources: list[str], filt: Filter | No
                 summary.rejected += 1
                 summary.problems.append(str(result))
                 continue
-            ingester.add(result)
-            if len(ingester.rows) >= batch_size:
+            if isinstance(result, _LabelRow):
+                ingester.add_label_row(result)
+            else:
+                ingester.add(result)
+            if len(ingester.rows) >= batch_size or len(ingester.human_jobs) >= batch_size:
                 ingester.flush()
         ingester.finish()
     finally:
@@ -539,10 +659,61 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes that parse, clean and hash records (default: CPU count, at most 4)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                    help=f"records written per transaction (default {BATCH_SIZE})")
+    lab = p.add_argument_group(
+        "label columns (human labels, a gold set)",
+        "Import columns of the rows as one oracle's labels of the filter, rescaled to 0-10. A row with a text is "
+        "an article and its labels; a row without one labels an article already in gt.db (by its id). Several "
+        "rows for one article are several raters: repeat 0, 1, 2, ... of the oracle (see stages/human_labels.py). "
+        "Labels get prompt_sha256 'human:' + sha256('human:<oracle>'), never mixed with a prompt we ran.")
+    lab.add_argument("--labels", metavar="COLUMN=DIMENSION,...",
+                     help="which column holds which dimension, every dimension of the filter once, "
+                          "e.g. V=valence,A=arousal,D=dominance")
+    lab.add_argument("--label-scale", default="0-10", metavar="LOW-HIGH",
+                     help="the columns' scale, rescaled linearly to 0-10: (x - LOW) / (HIGH - LOW) * 10; "
+                          "values outside it are rejected (default 0-10; EmoBank: 1-5, i.e. (x - 1) * 2.5)")
+    lab.add_argument("--oracle", help="the label set's name, required with --labels (e.g. human-mean, human-rater); "
+                                      "coverage, select and calibrate find it by this name")
+    lab.add_argument("--rater-column", metavar="COLUMN",
+                     help="column holding a rater id: each rater keeps one repeat number across imports (default: "
+                          "the order of the article's rows in this import)")
+    lab.add_argument("--skip-unknown-ids", action="store_true",
+                     help="rows naming an article gt.db does not hold are counted in one note instead of rejected "
+                          "one line each (for rating files that cover more texts than were ingested)")
+    spl = p.add_argument_group("the dataset's own split")
+    spl.add_argument("--split-column", metavar="COLUMN",
+                     help="column holding each article's split (train; dev/val/validation; test), kept in gt.db's "
+                          "article_splits table under --split-name")
+    spl.add_argument("--split-name", default=store.DEFAULT_SPLIT_NAME,
+                     help="name of that split scheme in article_splits (default: %(default)s)")
     return p
 
 
-def _print_summary(summary: IngestSummary, db: str, conn: sqlite3.Connection, min_chars: int) -> None:
+def label_spec(args: argparse.Namespace, filt: Filter) -> HumanLabelSpec | None:
+    """--labels and its companions as a HumanLabelSpec (None without --labels); ValueError for bad flags."""
+    companions = [f for f, v in (("--oracle", args.oracle), ("--rater-column", args.rater_column),
+                                 ("--skip-unknown-ids", args.skip_unknown_ids),
+                                 ("--label-scale", args.label_scale != "0-10")) if v]
+    if not args.labels:
+        if companions:
+            raise ValueError(f"{companions[0]} goes with --labels COLUMN=DIMENSION,... (which columns to import)")
+        return None
+    if not args.oracle:
+        raise ValueError("--labels needs --oracle NAME: the name of the label set (e.g. human-mean)")
+    from stages.oracles.registry import OracleConfigError, load_registry
+    try:
+        registry = load_registry()
+    except OracleConfigError:  # a broken oracles.yaml is the label stage's problem, not this import's
+        registry = {}
+    if args.oracle in registry:
+        raise ValueError(f"--oracle {args.oracle} is an oracle of oracles.yaml: name human labels after who made "
+                         "them (e.g. human-mean)")
+    return HumanLabelSpec(oracle=check_oracle_name(args.oracle), columns=parse_label_columns(args.labels, filt),
+                          scale=Scale.parse(args.label_scale), rater_column=args.rater_column,
+                          skip_unknown_ids=args.skip_unknown_ids)
+
+
+def _print_summary(summary: IngestSummary, db: str, conn: sqlite3.Connection, min_chars: int,
+                   split_name: str | None = None) -> None:
     if summary.problems:
         for line in summary.problems[:MAX_PRINTED_PROBLEMS]:
             print(line, file=sys.stderr)
@@ -550,6 +721,10 @@ def _print_summary(summary: IngestSummary, db: str, conn: sqlite3.Connection, mi
             print(f"... and {len(summary.problems) - MAX_PRINTED_PROBLEMS} more", file=sys.stderr)
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
+    h = summary.human
+    if h is not None and h.unknown_skipped:
+        print(f"note: {h.unknown_skipped:,} label rows name articles gt.db does not hold (e.g. "
+              f"{', '.join(h.unknown_examples)}): skipped, as --skip-unknown-ids asks", file=sys.stderr)
     total, unique = conn.execute("SELECT COUNT(*), COUNT(*) - COUNT(dup_of) FROM articles").fetchone()
     rows = [
         ("files read", summary.files, ""),
@@ -563,11 +738,24 @@ def _print_summary(summary: IngestSummary, db: str, conn: sqlite3.Connection, mi
         ("labels imported", summary.imported_labels,
          f"{summary.invalid_labels} invalid" if summary.invalid_labels else ""),
     ]
+    if h is not None:
+        rows += [
+            ("label-only rows", summary.label_rows, "rows without text: labels of articles in gt.db"),
+            ("human labels", h.imported, f"new labels of {len(h.articles):,} articles in {len(h.slots)} rater "
+                                         f"slot(s) (repeat {min(h.slots)}-{max(h.slots)})" if h.slots else ""),
+            ("  already there", h.already_present, "same article, slot and values: skipped"),
+            ("  rows rejected", h.rejected, "see the lines above" if h.rejected else ""),
+        ]
+        if h.unknown_skipped:
+            rows.append(("  unknown ids", h.unknown_skipped, "articles not in gt.db: skipped (--skip-unknown-ids)"))
+    if split_name is not None:
+        rows.append(("splits stored", summary.splits_stored, f"new rows of '{split_name}' in article_splits"))
     print("ingest summary")
     for name, value, comment in rows:
         print(f"  {name:<18} {value:>9,}  {comment}".rstrip())
+    human = (f" and {h.imported:,} new {h.oracle} labels" if h is not None else "")
     print(f"Read {summary.records:,} records from {summary.files} file(s) ({', '.join(summary.sources)}); "
-          f"wrote {summary.inserted:,} new articles to {db}, which now holds {total:,} articles "
+          f"wrote {summary.inserted:,} new articles{human} to {db}, which now holds {total:,} articles "
           f"({unique:,} unique).")
 
 
@@ -583,12 +771,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.path}: {problem}", file=sys.stderr)
         return 1
     try:
+        labels = label_spec(args, filt)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.split_column is not None and not args.split_column.strip() or not args.split_name.strip():
+        print("error: --split-column and --split-name need a name (e.g. --split-column split)", file=sys.stderr)
+        return 2
+    try:
         conn = store.connect(args.db)  # ingesting may create gt.db
     except (sqlite3.Error, store.StoreError) as e:
         return store.fail_line(e, args.db)  # one line: missing folder, read-only, locked, corrupt...
     try:
         summary = ingest_files(conn, args.source, filt, min_chars=args.min_chars, max_chars=args.max_chars,
-                               workers=args.workers, batch_size=args.batch_size, progress=True)
+                               workers=args.workers, batch_size=args.batch_size, progress=True, labels=labels,
+                               split_column=args.split_column, split_name=args.split_name)
         if summary.files == 0:
             for line in summary.problems:
                 print(f"error: {line}", file=sys.stderr)
@@ -596,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         min_chars = args.min_chars if args.min_chars is not None else filt.min_chars
-        _print_summary(summary, args.db, conn, min_chars)
+        _print_summary(summary, args.db, conn, min_chars, args.split_name if args.split_column else None)
     except (sqlite3.Error, store.StoreError) as e:  # a write refused after opening: locked, read-only, disk full
         return store.fail_line(e, args.db)
     finally:

@@ -6,8 +6,8 @@ train/val/test, and write the splits and two reports.
         --output-dir data/training
 
 The program (stages/selection.py) fills each (dimension, score bin) cell up to a quota; a strategy
-is a set of quotas, cell values, article weights and tier bounds (the STRATEGIES table below, and
-in every selection_report.md). The answer comes with the LP bound: the report says how far from
+is a set of quotas, cell values, article weights and tier bounds (the STRATEGIES table, also in
+stages/selection.py, and in every selection_report.md). The answer comes with the LP bound: the report says how far from
 optimal it can at most be (usually: proven optimal).
 
 Selections live side by side in gt.db (`selections`, `selection_members`), keyed by --name. Running
@@ -34,8 +34,9 @@ import pandas as pd
 from stages import selection as sel
 from stages import store
 from stages.filters import FilterError, load_filter
+from stages.pool import load_pool, program_pool, student_error
+from stages.selection import DEFAULT_BINS, STRATEGIES, Strategy, bin_labels, build_program, to_bins  # noqa: F401
 
-DEFAULT_BINS = "0,1,2,3,4,5,6,7,8,9,10"
 OFFLINE_ORACLES = ("local-embed", "local-llm")
 
 
@@ -47,95 +48,15 @@ class UsageError(SelectError):
     """A flag is wrong (exit 2)."""
 
 
-# ---- strategies: quotas, values, weights and tier bounds ---------------------------------------
-# Cells are (dimension, score bin). `base quota` = ceil(K / number of bins): an even share.
-# A bin is "extreme" when its midpoint is below 4 or at least 8 (scores 0-3 and 8-10 by default).
-
-@dataclass(frozen=True)
-class Strategy:
-    name: str
-    goal: str            # one line, for --help and the report
-    quotas: str          # the quota rule, in words
-    values: str          # the value of one article in a cell, in words
-    weights: str         # the per-article objective term, in words
-    tiers: str           # the tier bounds, in words
-    tier_rule: str       # 'shares' (clipped to the pool) | 'equal' | 'none'
-    tier_share: tuple[float, float] = (0.0, 1.0)
-    needs_predictions: bool = False
-
-    def quota_factor(self, mid: float) -> float:
-        if self.name == "extreme_focus":
-            return 2.0 if _extreme(mid) else 0.5
-        return 1.0
-
-    def cell_value(self, mid: float) -> int:
-        if self.name == "extreme_focus":
-            return 3 if _extreme(mid) else 1
-        if self.name == "iqr_optimization":
-            return 1 + int(round(abs(mid - 5.0) / 2.5))  # 1 in the middle, 2 at 1-3 / 7-9, 3 at 0 and 10
-        return 1
-
-
-def _extreme(mid: float) -> bool:
-    return mid < 4.0 or mid >= 8.0
-
-
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("maximize_coverage", "every score bin of every dimension, tiers within stated shares (recommended)",
-             "base quota in every cell", "1 per article in a cell, up to its quota", "none",
-             "each tier 10%-70% of K (clipped to what the pool has)", "shares", (0.10, 0.70)),
-    Strategy("balanced_tiers", "equal tier counts first, coverage second",
-             "base quota in every cell", "1", "none",
-             "equal counts per tier (a tier with too few articles gives all it has, the rest share the remainder)",
-             "equal"),
-    Strategy("iqr_optimization", "spread: outer bins count more, which widens each dimension's IQR",
-             "base quota in every cell", "1 in the middle bins, 2 at 1-3 and 7-9, 3 at 0 and 10", "none",
-             "each tier 10%-70% of K (clipped)", "shares", (0.10, 0.70)),
-    Strategy("extreme_focus", "heavy over-sampling of 0-3 and 8-10; may sacrifice the middle",
-             "2 x base quota at 0-3 and 8-10, 0.5 x base quota at 4-7", "3 at 0-3 and 8-10, 1 at 4-7", "none",
-             "none", "none"),
-    Strategy("active_learning", "articles where the student errs most, still covering the bins",
-             "base quota in every cell", "1",
-             "student error |prediction - label| (mean over the dimensions), as its pool percentile cut "
-             "into 2D levels (0..2D-1): a worst-predicted article is worth up to about two full coverage rows",
-             "none", "none", needs_predictions=True),
-)}
-
-
-# ---- bins -------------------------------------------------------------------------------------
+# ---- strategies, bins and the program a strategy asks for: stages/selection.py -------------------
 
 def parse_bins(text: str) -> np.ndarray:
-    """Lower edges, e.g. '0,1,...,10' (the default: one bin per integer) or '0,3,5,7,9'."""
+    """--bins as lower edges (stages.selection.parse_bins); a bad list is a usage error (exit 2)."""
     try:
-        edges = np.array([float(x) for x in text.split(",") if x.strip()], dtype=float)
-    except ValueError:
-        raise UsageError(f"--bins '{text}' is not a comma list of numbers (e.g. {DEFAULT_BINS})") from None
-    if len(edges) < 2 or edges[0] != 0 or (np.diff(edges) <= 0).any() or edges[-1] > 10:
-        raise UsageError(f"--bins '{text}': lower edges must start at 0, increase, and stay within 0-10")
-    return edges
+        return sel.parse_bins(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
-
-def bin_labels(edges: np.ndarray) -> list[str]:
-    if np.array_equal(edges, np.arange(11)):
-        return [str(int(e)) for e in edges]
-    uppers = list(edges[1:]) + [10.0]
-    return [f"{lo:g}-{hi:g}" if i < len(edges) - 1 else (f"{lo:g}-10" if lo < 10 else "10")
-            for i, (lo, hi) in enumerate(zip(edges, uppers))]
-
-
-def bin_midpoints(edges: np.ndarray) -> np.ndarray:
-    uppers = np.append(edges[1:], 10.0 if edges[-1] < 10 else 10.0)
-    mids = (edges + uppers) / 2
-    if np.array_equal(edges, np.arange(11)):
-        mids = edges.astype(float)  # integer bins: the bin is its score
-    return mids
-
-
-def to_bins(scores: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    return np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, len(edges) - 1).astype(np.int64)
-
-
-# ---- the program a strategy asks for ----------------------------------------------------------
 
 def parse_tier_shares(text: str | None, tier_names: list[str]) -> dict[str, tuple[float, float]] | None:
     """'impact=0.1:0.4,not_uplifting=:0.6' -> {tier: (min share, max share)}."""
@@ -159,75 +80,7 @@ def parse_tier_shares(text: str | None, tier_names: list[str]) -> dict[str, tupl
     return out
 
 
-def _tier_units(pool: sel.Pool, n_tiers: int) -> np.ndarray:
-    out = np.zeros(n_tiers, dtype=np.int64)
-    for t in range(n_tiers):
-        m = pool.tier == t
-        out[t] = int((m & (pool.cluster < 0)).sum()) + len(np.unique(pool.cluster[m & (pool.cluster >= 0)]))
-    return out
-
-
-def _water_fill(avail: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Equal counts per tier where possible: level L with sum(min(avail, L)) = k."""
-    lo, hi = 0.0, float(max(k, 1))
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if np.minimum(avail, mid).sum() < k:
-            lo = mid
-        else:
-            hi = mid
-    share = np.minimum(avail, hi)
-    return np.floor(share + 1e-9).astype(np.int64), np.minimum(avail, np.ceil(share - 1e-9)).astype(np.int64)
-
-
-def build_program(strategy: Strategy, edges: np.ndarray, k: int, tier_names: list[str], pool: sel.Pool, *,
-                  tier_shares: dict[str, tuple[float, float]] | None, max_per_source: int | None) -> sel.Program:
-    d = pool.bins.shape[1]
-    mids = bin_midpoints(edges)
-    base = math.ceil(k / len(edges))
-    quota_row = np.array([max(1, int(round(base * strategy.quota_factor(m)))) for m in mids])
-    value_row = np.array([strategy.cell_value(m) for m in mids])
-    t = len(tier_names)
-    avail = _tier_units(pool, t)
-    if tier_shares is not None:  # the user's shares are hard constraints
-        t_min = np.array([math.ceil(tier_shares.get(n, (0.0, 1.0))[0] * k - 1e-9) for n in tier_names])
-        t_max = np.array([math.floor(tier_shares.get(n, (0.0, 1.0))[1] * k + 1e-9) for n in tier_names])
-    elif strategy.tier_rule == "equal":
-        t_min, t_max = _water_fill(avail, k)
-    elif strategy.tier_rule == "shares":
-        lo, hi = strategy.tier_share
-        t_min = np.minimum(math.ceil(lo * k), avail)
-        others = avail.sum() - avail
-        t_max = np.maximum(np.maximum(math.floor(hi * k), k - others), t_min)
-    else:
-        t_min, t_max = np.zeros(t, dtype=np.int64), np.full(t, k, dtype=np.int64)
-    # covering an empty bin outweighs anything else one article can add, so every bin the pool
-    # reaches is covered before any quota is topped up
-    bonus = d * int(value_row.max()) + int(pool.weight.max(initial=0)) + 1
-    return sel.Program(quota=np.tile(quota_row, (d, 1)), value=np.tile(value_row, (d, 1)), size=k,
-                       tier_names=list(tier_names), tier_min=t_min, tier_max=np.minimum(t_max, k),
-                       max_per_source=max_per_source, bonus=np.full((d, len(edges)), bonus, dtype=np.int64))
-
-
 # ---- inputs from gt.db ------------------------------------------------------------------------
-
-def load_pool(conn: sqlite3.Connection, filt, oracle: str, prompt_sha256: str) -> tuple[pd.DataFrame, dict]:
-    """Valid labels (repeat 0) of one oracle and prompt joined with their articles, and the counts
-    of what was excluded before the program sees it."""
-    frame = store.scores_frame(conn, filt, oracle, prompt_sha256, repeat=0)
-    articles = pd.read_sql_query(
-        "SELECT id AS article_id, source, near_dup_cluster, too_short, dup_of FROM articles", conn)
-    frame = frame.merge(articles, on="article_id", how="left")
-    invalid = conn.execute(
-        """SELECT COUNT(*) FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ? AND repeat = 0
-           AND status != 'ok'""", (filt.id, oracle, prompt_sha256)).fetchone()[0]
-    dup = frame["dup_of"].notna()
-    short = (frame["too_short"].fillna(0).astype(int) == 1) & ~dup
-    excluded = {"invalid or failed labels": int(invalid), "duplicates (dup_of set)": int(dup.sum()),
-                "too short": int(short.sum())}
-    frame = frame[~dup & ~short].reset_index(drop=True)
-    return frame, excluded
-
 
 def load_predictions(conn: sqlite3.Connection, spec: str, dimension_names: list[str]) -> tuple[pd.DataFrame, str]:
     """Predictions as a frame (article_id + one column per dimension) from a JSONL file or from a
@@ -288,14 +141,6 @@ def load_predictions(conn: sqlite3.Connection, spec: str, dimension_names: list[
         raise SelectError(f"--model-predictions: {len(unknown)} predictions for articles not in gt.db "
                           f"(first: '{unknown.iloc[0]}'), {where} (predict on articles of this database)")
     return frame, where
-
-
-def student_error(pool: pd.DataFrame, predictions: pd.DataFrame, dims: list[str]) -> pd.Series:
-    """Mean absolute error over `dims` per pool article (NaN where there is no prediction)."""
-    merged = pool[["article_id", *dims]].merge(predictions[["article_id", *dims]], on="article_id", how="left",
-                                                suffixes=("", "_pred"))
-    err = np.abs(merged[dims].to_numpy() - merged[[f"{d}_pred" for d in dims]].to_numpy()).mean(axis=1)
-    return pd.Series(err, index=pool.index)
 
 
 def disagreement(conn: sqlite3.Connection, filt, pool: pd.DataFrame, oracle: str, prompt_sha256: str,
@@ -413,6 +258,15 @@ def run(args: argparse.Namespace) -> Result:
             raise SelectError(str(e)) from None
         pool_df, excluded = load_pool(conn, filt, oracle, prompt_sha)
         labelled = len(pool_df) + excluded["duplicates (dup_of set)"] + excluded["too short"]
+        if args.holdout_split:  # a dataset's own test set (ingest --split-column) never enters a selection
+            splits = store.article_splits(conn, args.holdout_split)
+            if not splits:
+                known = store.split_names(conn)
+                raise UsageError(f"--holdout-split {args.holdout_split}: gt.db holds no split by that name "
+                                 + (f"(it has: {', '.join(known)})" if known else "(ingest with --split-column)"))
+            held = pool_df["article_id"].map(splits).eq("test")
+            excluded[f"held out: the test split of '{args.holdout_split}'"] = int(held.sum())
+            pool_df = pool_df[~held].reset_index(drop=True)
 
         predictions, pred_where = (None, None)
         if args.model_predictions:
@@ -435,27 +289,14 @@ def run(args: argparse.Namespace) -> Result:
                               f"smaller --target-size)")
 
         # ---- the program's input
-        tier_index = {t: i for i, t in enumerate(filt.tier_names)}
-        scores = pool_df[dims].to_numpy(dtype=float)
-        source_codes, source_names = pd.factorize(pool_df["source"].fillna("(unknown)"), sort=True)
-        cluster_codes = pd.factorize(pool_df["near_dup_cluster"])[0]  # NaN -> -1
-        weight, priority = None, None
-        if strategy.name == "active_learning":
-            pct = error.rank(pct=True, method="average")
-            levels = 2 * len(dims)
-            weight = np.minimum(levels - 1, np.floor(pct.fillna(0).to_numpy() * levels)).astype(np.int64)
-            weight[error.isna().to_numpy()] = 0
-            priority = error.fillna(-1.0).to_numpy()
-        pool = sel.Pool(bins=to_bins(scores, edges), tier=pool_df["tier"].map(tier_index).to_numpy(),
-                        source=source_codes, cluster=cluster_codes, weight=weight, priority=priority)
+        pool, source_names = program_pool(pool_df, dims, edges, filt.tier_names,
+                                          error if strategy.name == "active_learning" else None)
         program = build_program(strategy, edges, args.target_size, filt.tier_names, pool,
                                 tier_shares=tier_shares, max_per_source=args.max_per_source)
-        groups = sel.aggregate(pool, program)
         try:
-            solution = sel.solve(groups, program, time_limit=args.time_limit, seed=args.seed)
+            chosen, groups, solution = sel.choose(pool, program, seed=args.seed, time_limit=args.time_limit)
         except sel.SelectionError as e:
             raise SelectError(f"{e} ({oracle} labels of {filt.id}, pool {len(pool_df)})") from None
-        chosen = sel.pick_articles(pool, groups, solution.counts, args.seed)
 
         # ---- splits
         picked = np.flatnonzero(chosen)
@@ -480,6 +321,7 @@ def run(args: argparse.Namespace) -> Result:
             "tier_shares": tier_shares, "tier_min": program.tier_min.tolist(), "tier_max": program.tier_max.tolist(),
             "filter_by_difficulty": args.filter_by_difficulty, "model_predictions": pred_where,
             "prompt_sha256": prompt_sha, "time_limit": args.time_limit, "labeled_file": args.labeled_file,
+            "holdout_split": args.holdout_split,
             "gap": solution.gap, "groups": solution.groups, "proven_by": solution.proven_by,
         }
         ctx = ReportContext(filt=filt, dims=dims, edges=edges, strategy=strategy, program=program, pool_df=pool_df,
@@ -810,6 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--time-limit", type=float, default=60.0,
                     help="seconds the solver may take to prove optimality (default 60); the best answer so "
                          "far and its gap are reported when it runs out")
+    ap.add_argument("--holdout-split", metavar="NAME",
+                    help="never select the 'test' articles of this split scheme stored in gt.db (ingest "
+                         "--split-column; e.g. official): `evaluate --split NAME` measures the student on them")
     ap.add_argument("--seed", type=int, default=42, help="seed for ties, baselines and splits (default 42)")
     return ap
 

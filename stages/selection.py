@@ -20,6 +20,10 @@ Solved in four steps, each one cheap because of the first:
    the LP's reduced costs first fix every count that cannot be part of a solution at least as good
    as the hint (reduced-cost fixing), which shrinks the CP-SAT model to the few groups that matter.
 Group counts are mapped back to concrete articles deterministically (seeded order, then priority).
+
+The strategies (quotas, cell values, article weights, tier bounds: STRATEGIES), the score bins and
+build_program live here too, so the select stage and the learning curves (stages/curve.py) build
+the same program; choose() runs one selection start to end.
 """
 from __future__ import annotations
 
@@ -570,6 +574,180 @@ def _polish(groups, program, hint, hint_obj, lp_obj, lp_counts, reduced, time_li
     obj = objective_value(groups.bins, counts, groups.weight, program)
     cp_bound = int(math.floor(solver.best_objective_bound + 1e-6))
     return counts, obj, cp_bound, "optimal" if status == cp_model.OPTIMAL else "feasible", len(n)
+
+
+# ---- strategies: quotas, values, weights and tier bounds ---------------------------------------
+# Cells are (dimension, score bin). `base quota` = ceil(K / number of bins): an even share.
+# A bin is "extreme" when its midpoint is below EXTREME_LOW or at least EXTREME_HIGH (scores 0-3 and
+# 8-10 with the default integer bins): the one definition of the outer bins, used by the strategies
+# here and by the learning curves' tail MAE (stages/curve.py).
+
+EXTREME_LOW = 4.0
+EXTREME_HIGH = 8.0
+
+
+def is_extreme(score):
+    """True for a score or bin midpoint in the outer bins (below EXTREME_LOW or at least EXTREME_HIGH);
+    elementwise for an array."""
+    if np.ndim(score):
+        score = np.asarray(score, dtype=float)
+        return (score < EXTREME_LOW) | (score >= EXTREME_HIGH)
+    return bool(score < EXTREME_LOW or score >= EXTREME_HIGH)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    goal: str            # one line, for --help and the report
+    quotas: str          # the quota rule, in words
+    values: str          # the value of one article in a cell, in words
+    weights: str         # the per-article objective term, in words
+    tiers: str           # the tier bounds, in words
+    tier_rule: str       # 'shares' (clipped to the pool) | 'equal' | 'none'
+    tier_share: tuple[float, float] = (0.0, 1.0)
+    needs_predictions: bool = False
+
+    def quota_factor(self, mid: float) -> float:
+        if self.name == "extreme_focus":
+            return 2.0 if is_extreme(mid) else 0.5
+        return 1.0
+
+    def cell_value(self, mid: float) -> int:
+        if self.name == "extreme_focus":
+            return 3 if is_extreme(mid) else 1
+        if self.name == "iqr_optimization":
+            return 1 + int(round(abs(mid - 5.0) / 2.5))  # 1 in the middle, 2 at 1-3 / 7-9, 3 at 0 and 10
+        return 1
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("maximize_coverage", "every score bin of every dimension, tiers within stated shares (recommended)",
+             "base quota in every cell", "1 per article in a cell, up to its quota", "none",
+             "each tier 10%-70% of K (clipped to what the pool has)", "shares", (0.10, 0.70)),
+    Strategy("balanced_tiers", "equal tier counts first, coverage second",
+             "base quota in every cell", "1", "none",
+             "equal counts per tier (a tier with too few articles gives all it has, the rest share the remainder)",
+             "equal"),
+    Strategy("iqr_optimization", "spread: outer bins count more, which widens each dimension's IQR",
+             "base quota in every cell", "1 in the middle bins, 2 at 1-3 and 7-9, 3 at 0 and 10", "none",
+             "each tier 10%-70% of K (clipped)", "shares", (0.10, 0.70)),
+    Strategy("extreme_focus", "heavy over-sampling of 0-3 and 8-10; may sacrifice the middle",
+             "2 x base quota at 0-3 and 8-10, 0.5 x base quota at 4-7", "3 at 0-3 and 8-10, 1 at 4-7", "none",
+             "none", "none"),
+    Strategy("active_learning", "articles where the student errs most, still covering the bins",
+             "base quota in every cell", "1",
+             "student error |prediction - label| (mean over the dimensions), as its pool percentile cut "
+             "into 2D levels (0..2D-1): a worst-predicted article is worth up to about two full coverage rows",
+             "none", "none", needs_predictions=True),
+)}
+
+
+# ---- bins -------------------------------------------------------------------------------------
+
+DEFAULT_BINS = "0,1,2,3,4,5,6,7,8,9,10"
+
+
+def parse_bins(text: str) -> np.ndarray:
+    """Lower edges, e.g. '0,1,...,10' (the default: one bin per integer) or '0,3,5,7,9'."""
+    try:
+        edges = np.array([float(x) for x in text.split(",") if x.strip()], dtype=float)
+    except ValueError:
+        raise ValueError(f"--bins '{text}' is not a comma list of numbers (e.g. {DEFAULT_BINS})") from None
+    if len(edges) < 2 or edges[0] != 0 or (np.diff(edges) <= 0).any() or edges[-1] > 10:
+        raise ValueError(f"--bins '{text}': lower edges must start at 0, increase, and stay within 0-10")
+    return edges
+
+
+def bin_labels(edges: np.ndarray) -> list[str]:
+    if np.array_equal(edges, np.arange(11)):
+        return [str(int(e)) for e in edges]
+    uppers = list(edges[1:]) + [10.0]
+    return [f"{lo:g}-{hi:g}" if i < len(edges) - 1 else (f"{lo:g}-10" if lo < 10 else "10")
+            for i, (lo, hi) in enumerate(zip(edges, uppers))]
+
+
+def bin_midpoints(edges: np.ndarray) -> np.ndarray:
+    uppers = np.append(edges[1:], 10.0 if edges[-1] < 10 else 10.0)
+    mids = (edges + uppers) / 2
+    if np.array_equal(edges, np.arange(11)):
+        mids = edges.astype(float)  # integer bins: the bin is its score
+    return mids
+
+
+def to_bins(scores: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, len(edges) - 1).astype(np.int64)
+
+
+# ---- the program a strategy asks for ----------------------------------------------------------
+
+def _tier_units(pool: Pool, n_tiers: int) -> np.ndarray:
+    out = np.zeros(n_tiers, dtype=np.int64)
+    for t in range(n_tiers):
+        m = pool.tier == t
+        out[t] = int((m & (pool.cluster < 0)).sum()) + len(np.unique(pool.cluster[m & (pool.cluster >= 0)]))
+    return out
+
+
+def _water_fill(avail: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Equal counts per tier where possible: level L with sum(min(avail, L)) = k."""
+    lo, hi = 0.0, float(max(k, 1))
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if np.minimum(avail, mid).sum() < k:
+            lo = mid
+        else:
+            hi = mid
+    share = np.minimum(avail, hi)
+    return np.floor(share + 1e-9).astype(np.int64), np.minimum(avail, np.ceil(share - 1e-9)).astype(np.int64)
+
+
+def build_program(strategy: Strategy, edges: np.ndarray, k: int, tier_names: list[str], pool: Pool, *,
+                  tier_shares: dict[str, tuple[float, float]] | None, max_per_source: int | None) -> Program:
+    d = pool.bins.shape[1]
+    mids = bin_midpoints(edges)
+    base = math.ceil(k / len(edges))
+    quota_row = np.array([max(1, int(round(base * strategy.quota_factor(m)))) for m in mids])
+    value_row = np.array([strategy.cell_value(m) for m in mids])
+    t = len(tier_names)
+    avail = _tier_units(pool, t)
+    if tier_shares is not None:  # the user's shares are hard constraints
+        t_min = np.array([math.ceil(tier_shares.get(n, (0.0, 1.0))[0] * k - 1e-9) for n in tier_names])
+        t_max = np.array([math.floor(tier_shares.get(n, (0.0, 1.0))[1] * k + 1e-9) for n in tier_names])
+    elif strategy.tier_rule == "equal":
+        t_min, t_max = _water_fill(avail, k)
+    elif strategy.tier_rule == "shares":
+        lo, hi = strategy.tier_share
+        t_min = np.minimum(math.ceil(lo * k), avail)
+        others = avail.sum() - avail
+        t_max = np.maximum(np.maximum(math.floor(hi * k), k - others), t_min)
+    else:
+        t_min, t_max = np.zeros(t, dtype=np.int64), np.full(t, k, dtype=np.int64)
+    # covering an empty bin outweighs anything else one article can add, so every bin the pool
+    # reaches is covered before any quota is topped up
+    bonus = d * int(value_row.max()) + int(pool.weight.max(initial=0)) + 1
+    return Program(quota=np.tile(quota_row, (d, 1)), value=np.tile(value_row, (d, 1)), size=k,
+                   tier_names=list(tier_names), tier_min=t_min, tier_max=np.minimum(t_max, k),
+                   max_per_source=max_per_source, bonus=np.full((d, len(edges)), bonus, dtype=np.int64))
+
+
+# ---- one selection, start to end -------------------------------------------------------------
+
+def active_learning_weights(error: pd.Series, n_dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """Article weights and priorities of active_learning from the student's error per article (NaN
+    where there is no prediction): the error's pool percentile cut into 2 x n_dims levels, 0 where
+    unknown; within a group the worst-predicted articles are taken first."""
+    pct = error.rank(pct=True, method="average")
+    levels = 2 * n_dims
+    weight = np.minimum(levels - 1, np.floor(pct.fillna(0).to_numpy() * levels)).astype(np.int64)
+    weight[error.isna().to_numpy()] = 0
+    return weight, error.fillna(-1.0).to_numpy()
+
+
+def choose(pool: Pool, program: Program, *, seed: int, time_limit: float) -> tuple[np.ndarray, Groups, Solution]:
+    """Aggregate, solve and pick: the mask of the chosen articles, the groups and the solution."""
+    groups = aggregate(pool, program)
+    solution = solve(groups, program, time_limit=time_limit, seed=seed)
+    return pick_articles(pool, groups, solution.counts, seed), groups, solution
 
 
 # ---- from group counts to articles ------------------------------------------------------------

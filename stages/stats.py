@@ -31,6 +31,7 @@ CI_LEVEL = 0.95
 SCORE_BINS = list(range(11))     # histogram bins 0..10; bin k holds scores in [k, k+1), 10 holds 10
 MIDDLE_BAND = (4.0, 8.0)         # the "4-7 band" = score bins 4-7 (4 <= s < 8), as in coverage: where an uninformative rater piles its scores
 PC1_WARN = 0.70
+KRIPPENDORFF_MAX_CELLS = 20_000_000   # items x distinct values^2 above which alpha uses its closed form (memory)
 PAIR_R_WARN = 0.90
 
 
@@ -180,6 +181,14 @@ def krippendorff_alpha(ratings: Any) -> Stat:
     finite = values[np.isfinite(values)]
     if np.ptp(finite) == 0:
         return undefined(f"every rating is {finite[0]:g}", n)
+    distinct = np.unique(finite).size
+    if values.shape[1] * distinct * distinct > KRIPPENDORFF_MAX_CELLS:
+        # the package builds an items x values x values array (10,000 sentences with 300 distinct mean
+        # ratings: 7 GB); the interval metric's closed form gives the same number (tests/test_stats.py)
+        m, s1, s2, _ = _item_sums(values.T)
+        stat = _stat(float(_alpha_from_sums(m, s1, s2)), n, "no variation between items")
+        stat.ci_note = f"closed form: {distinct} distinct values x {n} items is too large for the krippendorff package"
+        return stat
     with np.errstate(divide="ignore", invalid="ignore"):
         value = krippendorff.alpha(reliability_data=values, level_of_measurement="interval")
     return _stat(value, n, "no variation between items")
@@ -323,6 +332,135 @@ def agreement(x: Any, y: Any, *, names: tuple[str, str] = ("a", "b"), n_boot: in
         for name, stat in out.items():
             if stat.defined:
                 stat.ci, stat.ci_note = cis[name]
+    return out
+
+
+# ---- several ratings per item (inter-rater agreement) ---------------------------------------------
+# Inputs are items x rating slots (NaN: no rating in that slot). A slot is not a person: crowd raters
+# (EmoBank's) differ from item to item, so every statistic here is one that does not depend on which
+# slot a rating sits in: Krippendorff's alpha, the one-way ICC(1) and each rating against the mean of
+# the item's other ratings.
+
+def _ratings(matrix: Any) -> np.ndarray:
+    data = np.asarray(matrix, dtype=float)
+    if data.ndim != 2:
+        raise ValueError("inter-rater statistics need an items x rating slots matrix")
+    return data
+
+
+def _item_sums(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per item: number of ratings m, sum, sum of squares, and the sum over its ratings of
+    |rating - mean of the item's other ratings| (0 where m < 2)."""
+    ok = np.isfinite(data)
+    v = np.where(ok, data, 0.0)
+    m = ok.sum(axis=1).astype(float)
+    s1 = v.sum(axis=1)
+    s2 = (v ** 2).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        others = (s1[:, None] - v) / (m[:, None] - 1)
+        loo = np.where(ok & (m[:, None] >= 2), np.abs(v - others), 0.0).sum(axis=1)
+    return m, s1, s2, loo
+
+
+def _alpha_from_sums(m: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """Interval Krippendorff's alpha from per-item sums (last axis: items; items with m >= 2 only):
+    D_o = sum_u 2 (m_u S2_u - S1_u^2) / (m_u - 1) / N, D_e = 2 (N S2 - S1^2) / (N (N - 1)),
+    alpha = 1 - D_o / D_e, N = the number of pairable ratings (Krippendorff 2011)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        within = np.where(m >= 2, 2 * (m * s2 - s1 ** 2) / (m - 1), 0.0)
+        n = np.where(m >= 2, m, 0.0).sum(axis=-1)
+        t1 = np.where(m >= 2, s1, 0.0).sum(axis=-1)
+        t2 = np.where(m >= 2, s2, 0.0).sum(axis=-1)
+        d_o = within.sum(axis=-1) / n
+        d_e = 2 * (n * t2 - t1 ** 2) / (n * (n - 1))
+        return np.where(d_e > 0, 1 - d_o / d_e, np.nan)
+
+
+def mae_vs_others(matrix: Any) -> Stat:
+    """Mean over every rating of an item rated at least twice of |rating - mean of the item's other
+    ratings|: how far one rater lies from the others (n = ratings compared)."""
+    data = _ratings(matrix)
+    m, _, _, loo = _item_sums(data)
+    keep = m >= 2
+    n = int(m[keep].sum())
+    if keep.sum() < MIN_PAIRED:
+        return undefined(f"only {int(keep.sum())} item(s) rated at least twice, need {MIN_PAIRED}", int(keep.sum()))
+    return Stat(float(loo[keep].sum() / n), n=n)
+
+
+def icc_oneway(matrix: Any) -> Stat:
+    """ICC(1,1) (Shrout & Fleiss: one-way random effects, single rating, absolute agreement) through
+    pingouin, the form for raters that differ from item to item. pingouin needs the same number of
+    ratings per item: the items with at least k ratings (k: the most common count, at least 2) enter
+    with their first k, which the Stat's ci_note says. Its interval is pingouin's F-based 95% CI."""
+    import pingouin as pg
+
+    data = _ratings(matrix)
+    counts = np.isfinite(data).sum(axis=1)
+    rated = counts[counts >= 2]
+    if rated.size < MIN_PAIRED:
+        return undefined(f"only {rated.size} item(s) rated at least twice, need {MIN_PAIRED}", int(rated.size))
+    values, freq = np.unique(rated, return_counts=True)
+    k = int(values[np.argmax(freq)])
+    rows = [row[np.isfinite(row)][:k] for row in data[counts >= k]]
+    block = np.vstack(rows)
+    n = block.shape[0]
+    if np.ptp(block) == 0:
+        return undefined(f"every rating is {block.flat[0]:g}", n)
+    if np.ptp(block.mean(axis=1)) == 0:
+        return undefined("every item has the same mean rating", n)
+    long = pd.DataFrame({"item": np.repeat(np.arange(n), k), "rater": np.tile(np.arange(k), n),
+                         "score": block.ravel()})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table = pg.intraclass_corr(long, targets="item", raters="rater", ratings="score")
+    row = table.loc[table["Type"].isin(["ICC1", "ICC(1,1)"])].iloc[0]
+    stat = _stat(row["ICC"], n, "no variation between items")
+    if stat.defined:
+        ci = row.get("CI95", row.get("CI95%"))   # the column's name depends on pingouin's version
+        if ci is not None and len(ci) == 2 and all(np.isfinite(ci)):
+            stat.ci = (float(ci[0]), float(ci[1]))
+    dropped = int(rated.size - n)
+    stat.ci_note = (f"items with at least {k} ratings, their first {k}"
+                    + (f" ({dropped} item(s) with fewer left out)" if dropped else "") + "; interval: pingouin's F test")
+    return stat
+
+
+def inter_rater(matrix: Any, *, n_boot: int = DEFAULT_BOOT, seed: int = 42) -> dict[str, Any]:
+    """Agreement among several ratings of the same items (items x rating slots, NaN = none):
+    Krippendorff's alpha (interval; the `krippendorff` package, every rating of every item rated at
+    least twice), ICC(1,1) (pingouin) and the MAE of each rating against the mean of the item's
+    other ratings, with percentile bootstrap intervals over items for alpha and MAE (closed forms,
+    as for pairs); plus how many items have how many ratings."""
+    data = _ratings(matrix)
+    counts = np.isfinite(data).sum(axis=1)
+    keep = counts >= 2
+    rated = data[keep]
+    out: dict[str, Any] = {
+        "items": int(keep.sum()),
+        "ratings": int(counts[keep].sum()),
+        "ratings_per_item": {str(int(c)): int((counts == c).sum()) for c in np.unique(counts[keep])},
+    }
+    out["alpha"] = (krippendorff_alpha(rated.T) if rated.shape[1] >= 2 else
+                    undefined("fewer than two rating slots", int(keep.sum())))
+    out["icc1"] = icc_oneway(rated)
+    out["mae_vs_others"] = mae_vs_others(rated)
+    targets = [s for s in (out["alpha"], out["mae_vs_others"]) if s.defined]
+    if targets and n_boot > 0 and rated.shape[0] >= MIN_BOOTSTRAP:
+        m, s1, s2, loo = _item_sums(rated)
+        rng = np.random.default_rng(seed)
+        alphas, maes = [], []
+        for start in range(0, n_boot, 250):
+            b = min(250, n_boot - start)
+            idx = rng.integers(0, len(m), size=(b, len(m)))
+            alphas.append(_alpha_from_sums(m[idx], s1[idx], s2[idx]))
+            maes.append(loo[idx].sum(axis=1) / m[idx].sum(axis=1))
+        tail = (1 - CI_LEVEL) / 2 * 100
+        for name, draws in (("alpha", alphas), ("mae_vs_others", maes)):
+            values = np.concatenate(draws)
+            values = values[np.isfinite(values)]
+            if out[name].defined and values.size >= max(10, n_boot // 2):
+                lo, hi = np.percentile(values, [tail, 100 - tail])
+                out[name].ci = (float(lo), float(hi))
     return out
 
 

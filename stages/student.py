@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,13 +35,19 @@ LORA_TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
-HEAD_NAMES = ("score", "classifier")  # the regression head of decoder / encoder sequence classifiers
+HEAD_NAMES = ("score", "classifier")
+CPU_DEFAULTS = dict(epochs=4, lr=3e-3, batch_size=8, max_length=256, lora_r=8, lora_alpha=16, lora_dropout=0.1)
+GPU_DEFAULTS = dict(epochs=3, lr=1e-4, batch_size=8, max_length=512, lora_r=16, lora_alpha=32, lora_dropout=0.05)  # the regression head of decoder / encoder sequence classifiers
 CONFIG_FILE = "training_config.json"
 DIMENSIONS_FILE = "dimensions.json"
 
 
 class StudentError(Exception):
     """A problem the user can fix (missing model, bad LoRA config, bad data)."""
+
+
+class UsageError(Exception):
+    """A training setting is wrong (the stages exit 2)."""
 
 
 @dataclass
@@ -289,6 +297,135 @@ def predict_scores(model, encoded: list[list[int]], pad_token_id: int, scaler: T
                 logits = model(**batch).logits
             out[idx] = logits.float().cpu().numpy()
     return scaler.to_scores(out)
+
+
+# ---- training settings and the LoRA fit --------------------------------------------------------
+
+def resolve_device(flag: str) -> str:
+    import torch
+
+    if flag == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
+    if flag == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return flag
+
+
+def resolve_precision(flag: str, device: str) -> str:
+    import torch
+
+    if flag != "auto":
+        if flag == "fp16" and device == "cpu":
+            raise UsageError("--precision fp16 needs a GPU (use bf16 or fp32 on a CPU)")
+        return flag
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def resolve_settings(given: Mapping[str, Any], device: str) -> dict:
+    """The device's defaults (GPU_DEFAULTS or CPU_DEFAULTS) overridden by every non-None value in
+    `given` (epochs, lr, batch_size, max_length, lora_r, lora_alpha, lora_dropout, grad_accum);
+    alpha follows a given r (2 x r) unless given too."""
+    defaults = GPU_DEFAULTS if device == "cuda" else CPU_DEFAULTS
+    s = {k: given.get(k) if given.get(k) is not None else v for k, v in defaults.items()}
+    if given.get("lora_r") is not None and given.get("lora_alpha") is None:
+        s["lora_alpha"] = 2 * given["lora_r"]
+    for k in ("epochs", "lr", "batch_size", "max_length", "lora_r", "lora_alpha"):
+        if s[k] <= 0:
+            raise UsageError(f"--{k.replace('_', '-')} must be positive")
+    if not 0 <= s["lora_dropout"] < 1:
+        raise UsageError("--lora-dropout must be in [0, 1)")
+    s["grad_accum"] = 1 if given.get("grad_accum") is None else given["grad_accum"]
+    if s["grad_accum"] <= 0:
+        raise UsageError("--grad-accum must be positive")
+    return s
+
+
+@dataclass
+class Fitted:
+    """A LoRA student fresh from training (best epoch by validation MAE), before it is saved."""
+    model: object
+    tokenizer: object
+    encoder: Encoder
+    scaler: TargetScaler
+    lora_targets: list[str]
+    modules_to_save: list[str]
+    trainable: int
+    total: int
+    seconds: float
+    samples_per_second: float | None
+    history: list[dict]
+
+
+def fit_lora(train_rows: Sequence[dict], val_rows: Sequence[dict], n_outputs: int, *, base_path: str, settings: dict,
+             device: str, precision: str, checkpointing: bool, lora_targets: Sequence[str] | None,
+             max_article_chars: int | None, seed: int, checkpoint_dir: str | Path,
+             progress: bool = True, log: bool = True) -> Fitted | None:
+    """LoRA on the base model in `base_path` with a regression head of n_outputs, trained with
+    transformers.Trainer on rows {'title', 'text', 'labels'} (labels on the 0-10 scale, standardised
+    with the train rows' mean and std); the epoch with the lowest validation MAE is kept. Checkpoints
+    go under checkpoint_dir. Returns None on the non-main processes of a multi-GPU run."""
+    import torch
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    set_seed(seed)
+    tokenizer = load_tokenizer(base_path)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    model, fresh = load_base_model(base_path, num_labels=n_outputs, pad_token_id=tokenizer.pad_token_id, dtype=dtype)
+    targets = list(lora_targets) if lora_targets else lora_target_modules(model)
+    saved = modules_to_save_for(model, fresh)
+    model, trainable = build_lora_model(model, target_modules=targets, r=settings["lora_r"],
+                                        alpha=settings["lora_alpha"], dropout=settings["lora_dropout"],
+                                        modules_to_save=saved)
+    total = sum(p.numel() for p in model.parameters())
+    encoder = Encoder(tokenizer, settings["max_length"], max_article_chars)
+    scaler = TargetScaler.fit(np.array([r["labels"] for r in train_rows], dtype=float))
+
+    def dataset(rows: Sequence[dict]) -> list[dict]:
+        ids = encoder.encode_many([(r.get("title", ""), r["text"]) for r in rows])
+        targets = scaler.to_targets(np.array([r["labels"] for r in rows], dtype=float))
+        return [{"input_ids": i, "labels": t.tolist()} for i, t in zip(ids, targets)]
+
+    train_set, val_set = dataset(train_rows), dataset(val_rows)
+
+    def compute_metrics(eval_pred) -> dict:
+        preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        return {"mae": float(np.mean(np.abs(scaler.to_scores(preds) - scaler.to_scores(eval_pred.label_ids))))}
+
+    grad_accum = settings.get("grad_accum", 1)
+    steps_per_epoch = max(1, -(-len(train_set) // (settings["batch_size"] * grad_accum)))
+    total_steps = int(np.ceil(steps_per_epoch * settings["epochs"]))
+    training_args = TrainingArguments(
+        output_dir=str(checkpoint_dir), num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
+        per_device_train_batch_size=settings["batch_size"], per_device_eval_batch_size=2 * settings["batch_size"],
+        gradient_accumulation_steps=grad_accum, warmup_steps=int(0.06 * total_steps),
+        lr_scheduler_type="linear", weight_decay=0.01, max_grad_norm=1.0,
+        eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="mae",
+        greater_is_better=False, save_total_limit=1, save_only_model=True,
+        logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 4), logging_first_step=True,
+        seed=seed, data_seed=seed, bf16=precision == "bf16", fp16=precision == "fp16",
+        use_cpu=device == "cpu", gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+        label_names=["labels"], remove_unused_columns=False, report_to="none", disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=val_set,
+                      data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
+                      compute_metrics=compute_metrics)
+    if not log and not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    started = time.time()
+    train_output = trainer.train()
+    seconds = time.time() - started
+    if not trainer.is_world_process_zero():
+        return None
+    return Fitted(model=trainer.model, tokenizer=tokenizer, encoder=encoder, scaler=scaler, lora_targets=targets,
+                  modules_to_save=saved, trainable=trainable, total=total, seconds=seconds,
+                  samples_per_second=train_output.metrics.get("train_samples_per_second"),
+                  history=trainer.state.log_history)
 
 
 # ---- a trained student -----------------------------------------------------------------------

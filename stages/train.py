@@ -29,9 +29,7 @@ import shutil
 import sqlite3
 import sys
 import warnings
-import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,18 +37,10 @@ import numpy as np
 from stages import store
 from stages.filters import FilterError, load_filter
 from stages.student import (
-    CONFIG_FILE, DIMENSIONS_FILE, Encoder, TargetScaler, StudentError, build_lora_model, collate,
-    default_base_model, dimension_metrics, lora_target_modules, load_base_model, load_tokenizer,
-    modules_to_save_for, predict_scores, read_split, resolve_base_model,
+    CONFIG_FILE, DIMENSIONS_FILE, Encoder, StudentError, UsageError,
+    default_base_model, dimension_metrics, fit_lora, predict_scores, read_split, resolve_base_model,
+    resolve_device, resolve_precision, resolve_settings,
 )
-
-CPU_DEFAULTS = dict(epochs=4, lr=3e-3, batch_size=8, max_length=256, lora_r=8, lora_alpha=16, lora_dropout=0.1)
-GPU_DEFAULTS = dict(epochs=3, lr=1e-4, batch_size=8, max_length=512, lora_r=16, lora_alpha=32, lora_dropout=0.05)
-
-
-class UsageError(Exception):
-    pass
-
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__,
@@ -113,43 +103,6 @@ class TrainResult:
     tokenizer: object
 
 
-def resolve_device(flag: str) -> str:
-    import torch
-
-    if flag == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
-    if flag == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return flag
-
-
-def resolve_precision(flag: str, device: str) -> str:
-    import torch
-
-    if flag != "auto":
-        if flag == "fp16" and device == "cpu":
-            raise UsageError("--precision fp16 needs a GPU (use bf16 or fp32 on a CPU)")
-        return flag
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def resolve_settings(args: argparse.Namespace, device: str) -> dict:
-    defaults = GPU_DEFAULTS if device == "cuda" else CPU_DEFAULTS
-    s = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
-    if args.lora_r is not None and args.lora_alpha is None:
-        s["lora_alpha"] = 2 * args.lora_r
-    for k in ("epochs", "lr", "batch_size", "max_length", "lora_r", "lora_alpha"):
-        if s[k] <= 0:
-            raise UsageError(f"--{k.replace('_', '-')} must be positive")
-    if not 0 <= s["lora_dropout"] < 1:
-        raise UsageError("--lora-dropout must be in [0, 1)")
-    if args.grad_accum <= 0:
-        raise UsageError("--grad-accum must be positive")
-    return s
-
-
 def load_splits(args: argparse.Namespace, conn: sqlite3.Connection, filt) -> Splits:
     if args.selection:
         if args.train_file or args.val_file or args.test_file:
@@ -210,15 +163,13 @@ def find_selection(conn: sqlite3.Connection, train_ids: list[str]) -> int | None
 
 def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | None:
     """Train, save models/<name>/ and register it in gt.db. Returns None on non-main processes."""
-    import torch
-    from transformers import Trainer, TrainingArguments, set_seed
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars: noise, not progress
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers v6 renames, not the user's concern
     device = resolve_device(args.device)
-    settings = resolve_settings(args, device)
+    settings = resolve_settings(vars(args), device)
     try:
         filt = load_filter(args.filter)
     except FilterError as e:
@@ -236,70 +187,29 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
 
     base_name = args.model or default_base_model(device)
     base_path = resolve_base_model(base_name)
-    set_seed(args.seed)
-    tokenizer = load_tokenizer(base_path)
     precision = resolve_precision(args.precision, device)
     checkpointing = args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and device == "cuda")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-    model, fresh = load_base_model(base_path, num_labels=len(splits.dimension_names),
-                                   pad_token_id=tokenizer.pad_token_id, dtype=dtype)
-    targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets \
-        else lora_target_modules(model)
-    saved = modules_to_save_for(model, fresh)
-    model, trainable = build_lora_model(model, target_modules=targets, r=settings["lora_r"],
-                                        alpha=settings["lora_alpha"], dropout=settings["lora_dropout"],
-                                        modules_to_save=saved)
-    total = sum(p.numel() for p in model.parameters())
-
-    encoder = Encoder(tokenizer, settings["max_length"], filt.max_article_chars)
-
-    scaler = TargetScaler.fit(np.array([r["labels"] for r in splits.train], dtype=float))
-
-    def dataset(rows: list[dict]) -> list[dict]:
-        ids = encoder.encode_many([(r.get("title", ""), r["text"]) for r in rows])
-        targets = scaler.to_targets(np.array([r["labels"] for r in rows], dtype=float))
-        return [{"input_ids": i, "labels": t.tolist()} for i, t in zip(ids, targets)]
-
-    train_set, val_set = dataset(splits.train), dataset(splits.val)
-
-    def compute_metrics(eval_pred) -> dict:
-        preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        return {"mae": float(np.mean(np.abs(scaler.to_scores(preds) - scaler.to_scores(eval_pred.label_ids))))}
+    targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets else None
 
     # one name for every process of a multi-GPU run: they share the checkpoint the best epoch is loaded from
     work = output.parent / f".{output.name}.partial"
     if int(os.environ.get("RANK", "0")) == 0:
         shutil.rmtree(work, ignore_errors=True)  # what a killed earlier run left
     work.mkdir(parents=True, exist_ok=True)
-    steps_per_epoch = max(1, -(-len(train_set) // (settings["batch_size"] * args.grad_accum)))
-    total_steps = int(np.ceil(steps_per_epoch * settings["epochs"]))
-    training_args = TrainingArguments(
-        output_dir=str(work / "checkpoints"), num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
-        per_device_train_batch_size=settings["batch_size"], per_device_eval_batch_size=2 * settings["batch_size"],
-        gradient_accumulation_steps=args.grad_accum, warmup_steps=int(0.06 * total_steps),
-        lr_scheduler_type="linear", weight_decay=0.01, max_grad_norm=1.0,
-        eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, metric_for_best_model="mae",
-        greater_is_better=False, save_total_limit=1, save_only_model=True,
-        logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 4), logging_first_step=True,
-        seed=args.seed, data_seed=args.seed, bf16=precision == "bf16", fp16=precision == "fp16",
-        use_cpu=device == "cpu", gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
-        label_names=["labels"], remove_unused_columns=False, report_to="none", disable_tqdm=not progress,
-        dataloader_num_workers=0,
-    )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=val_set,
-                      data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
-                      compute_metrics=compute_metrics)
-    started = time.time()
-    train_output = trainer.train()
-    seconds = time.time() - started
-    if not trainer.is_world_process_zero():
+    fitted = fit_lora(splits.train, splits.val, len(splits.dimension_names), base_path=base_path, settings=settings,
+                      device=device, precision=precision, checkpointing=checkpointing, lora_targets=targets,
+                      max_article_chars=filt.max_article_chars, seed=args.seed, checkpoint_dir=work / "checkpoints",
+                      progress=progress)
+    if fitted is None:
         return None
+    tokenizer, encoder, scaler, targets = fitted.tokenizer, fitted.encoder, fitted.scaler, fitted.lora_targets
+    saved, trainable, total, seconds = fitted.modules_to_save, fitted.trainable, fitted.total, fitted.seconds
 
-    model = trainer.model
+    model = fitted.model
     model_device = str(next(model.parameters()).device)
-    val_pred = predict_scores(model, [r["input_ids"] for r in val_set], tokenizer.pad_token_id, scaler,
-                              batch_size=2 * settings["batch_size"], device=model_device)
+    val_pred = predict_scores(model, encoder.encode_many([(r.get("title", ""), r["text"]) for r in splits.val]),
+                              tokenizer.pad_token_id, scaler, batch_size=2 * settings["batch_size"],
+                              device=model_device)
     val_true = np.array([r["labels"] for r in splits.val], dtype=float)
     metrics = {"val": dimension_metrics(val_true, val_pred, splits.dimension_names), "test": None}
     if splits.test:
@@ -308,12 +218,12 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
                                    device=model_device)
         metrics["test"] = dimension_metrics(np.array([r["labels"] for r in splits.test], dtype=float), test_pred,
                                             splits.dimension_names)
-    history = trainer.state.log_history
+    history = fitted.history
     evals = [h for h in history if "eval_mae" in h]
     best = min(evals, key=lambda h: h["eval_mae"]) if evals else None
     metrics.update({
         "best_epoch": best["epoch"] if best else None, "best_val_mae": best["eval_mae"] if best else None,
-        "train_seconds": round(seconds, 1), "train_samples_per_second": train_output.metrics.get("train_samples_per_second"),
+        "train_seconds": round(seconds, 1), "train_samples_per_second": fitted.samples_per_second,
         "trainable_parameters": trainable, "total_parameters": total, "history": history,
     })
     config = {
@@ -326,7 +236,7 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
         "truncation": "stages.text.head_tail_truncate on characters (max_article_chars), then on token ids",
         "special_tokens": {"prefix": encoder.prefix, "suffix": encoder.suffix},
         "epochs": settings["epochs"], "lr": settings["lr"], "batch_size": settings["batch_size"],
-        "grad_accum": args.grad_accum, "lora_r": settings["lora_r"], "lora_alpha": settings["lora_alpha"],
+        "grad_accum": settings["grad_accum"], "lora_r": settings["lora_r"], "lora_alpha": settings["lora_alpha"],
         "lora_dropout": settings["lora_dropout"], "lora_targets": targets, "modules_to_save": saved,
         "trainable_parameters": trainable, "seed": args.seed, "device": device,
         "precision": precision, "gradient_checkpointing": checkpointing,
