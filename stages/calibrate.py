@@ -220,7 +220,7 @@ def label_sample(conn: sqlite3.Connection, filt: Filter, specs: dict[str, Oracle
                  log=None) -> dict[str, Any]:
     """Label what is missing for every model with a spec (purpose 'calibrate'); returns
     name -> LabelRunSummary. `max_cost` is the budget for all models together."""
-    from stages.label import label_articles
+    from stages.labelling import label_articles
 
     summaries: dict[str, Any] = {}
     spent = 0.0
@@ -1139,7 +1139,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ingest(conn: sqlite3.Connection, sources: list[str], filt: Filter) -> str:
     """--source: ingest first (idempotent: records already in gt.db are skipped)."""
-    from stages.ingest import expand_sources, ingest_files
+    from stages.ingestion import expand_sources, ingest_files
     files, problems = expand_sources(sources)
     if not files:
         raise FileNotFoundError(problems[0] if problems else f"--source {', '.join(sources)} matches no file")

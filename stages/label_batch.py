@@ -46,13 +46,14 @@ from typing import Any, Sequence
 
 from stages import store
 from stages.filters import Filter
-from stages.labelling import (BATCH_LEASE_TTL_S, format_duration, owner_id, recorded_spend, FINAL_STATUSES, LabelKey, LabelOutcome, PlanCounts, article_text,
-                              build_request, claim_unit, existing_labels, plan_items, record_completion,
-                              release_unit, scrub_secrets, store_outcome, worst_case_cost)
-from stages.oracles.base import FatalError, OracleError, OracleRequest, OracleSpec, QuotaExhausted, RateLimited, TransientError
-from stages.oracles.batch import (MAX_TURNAROUND_H, REMOTE_ENDED, REMOTE_WAITING, TURNAROUND, BatchAdapter,
-                                  BatchUnavailable, ItemResult, JobNotFound, RemoteState, BATCH_PROVIDERS, cache_min_tokens,
-                                  cached_share, check_batch_support, limits, make_adapter)
+from stages.labelling import (BATCH_LEASE_TTL_S, LabelKey, LabelOutcome, article_text, build_request, claim_unit,
+                              existing_labels, format_duration, label_articles, owner_id, plan_items,
+                              record_completion, recorded_spend, scrub_secrets, store_outcome, worst_case_cost)
+from stages.oracles.base import (FatalError, OracleError, OracleRequest, OracleSpec, QuotaExhausted, RateLimited,
+                                 TransientError)
+from stages.oracles.batch import (BATCH_PROVIDERS, REMOTE_ENDED, TURNAROUND, BatchAdapter, BatchUnavailable, ItemResult,
+                                  JobNotFound, RemoteState, cache_min_tokens, cached_share, check_batch_support, limits,
+                                  make_adapter)
 
 # job states written to batch_jobs.state
 PREPARING, SUBMITTED, RUNNING, COLLECTED = "preparing", "submitted", "running", "collected"
@@ -532,7 +533,6 @@ def run_batch(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_
     if options.wait and options.retry == "sync":
         retry = failed_units(conn, filt, spec)
         if retry:
-            from stages.label import label_articles   # the label room's sync engine
             ids = list(dict.fromkeys(aid for aid, _ in retry))
             left = None if options.max_cost is None else max(options.max_cost - engine.reserved, 1e-9)
             sync = label_articles(conn, filt, spec, ids, purpose="label", repeats=options.repeats,

@@ -37,7 +37,7 @@ from stages.text import sha256_text
 if TYPE_CHECKING:
     import sqlite3
 
-    from stages.ingest import IngestSummary
+    from stages.ingestion import IngestSummary
 
 ANALYSIS_SUFFIX = "_analysis"
 IMPORTED_ORACLE = "imported"  # oracle name for analyses that do not say who made them
@@ -197,7 +197,7 @@ class LabelImporter:
 def import_labeled_file(conn: "sqlite3.Connection", filt: Filter, path: str | os.PathLike) -> "IngestSummary":
     """Ingest a labelled JSONL file: its articles go in like any ingest (cleaning, duplicates,
     near-duplicates) and its `<filter>_analysis` objects become labels. Re-importing adds nothing."""
-    from stages.ingest import ingest_files
+    from stages.ingestion import ingest_files
 
     return ingest_files(conn, [str(path)], filt=filt)
 

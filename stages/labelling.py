@@ -1,5 +1,5 @@
-"""What the label stage's engines (sync: stages/label.py, batch: stages/label_batch.py) and its dry
-run share: the sample and its plan, the request for one unit, the judgement of one answer, and
+"""The sync label engine (`label_articles`: the label stage and calibrate run it) and what it, the
+batch engine (stages/label_batch.py) and the dry run share: the sample and its plan, the request for one unit, the judgement of one answer, and
 the money path: the ledger, the leases, the writer thread and the circuit breaker.
 
 A unit is (article, filter, oracle, prompt hash, repeat). Its life:
@@ -19,6 +19,8 @@ they are kept in a spill file beside gt.db that the next run stores (`apply_spil
 from __future__ import annotations
 
 import asyncio
+import random
+import sys
 import collections
 import concurrent.futures
 import dataclasses
@@ -35,11 +37,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from stages import store
 from stages.filters import AnswerError, Filter
-from stages.oracles.base import Completion, OracleRequest, OracleSpec
+from stages.oracles.base import (Completion, FatalError, Oracle, OracleRequest, OracleSpec, QuotaExhausted,
+                                 RateLimited, TransientError)
+from stages.oracles.ratelimit import RateLimiter
 
 CHARS_PER_TOKEN = 4.0          # the usual estimate for English prompts (--dry-run, rate limiter)
 RESERVE_BYTES_PER_TOKEN = 3.0  # the budget reserve errs high: UTF-8 bytes / 3 overestimates tokens
@@ -349,8 +355,8 @@ def claim_unit(conn: sqlite3.Connection, key: LabelKey, article_id: str, repeat:
     now = time.time() if now is None else now
     unit = (key.filter_id, key.oracle, key.prompt_sha256, article_id, repeat)
     row = conn.execute(
-        f'SELECT status FROM labels WHERE article_id = ? AND filter_id = ? AND oracle = ? AND prompt_sha256 = ? '
-        f'AND "repeat" = ?', (article_id, *unit[:3], repeat)).fetchone()
+        'SELECT status FROM labels WHERE article_id = ? AND filter_id = ? AND oracle = ? AND prompt_sha256 = ? '
+        'AND "repeat" = ?', (article_id, *unit[:3], repeat)).fetchone()
     if row is not None and row[0] in FINAL_STATUSES:
         return "done"
     lease = conn.execute(f"SELECT owner, expires_at FROM label_leases WHERE {_LEASE_WHERE}", unit).fetchone()
@@ -515,7 +521,8 @@ class Breaker:
                 f"stopped before spending more. Most frequent: " + " | ".join(parts))
 
 
-def _clip(text: str, n: int) -> str:
+def _clip(text: str, n: int = 500) -> str:
+    """One line of at most n characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 1] + "…"
 
@@ -855,3 +862,656 @@ def scrub_secrets(text: str | None, spec: OracleSpec | None = None) -> str | Non
         if len(value) >= 6 and value in text:
             text = text.replace(value, "***")
     return text
+
+
+# ==== the sync engine (label_articles: the label stage and calibrate run it) ====================
+
+DB_PATIENCE_S = 300.0         # how long answers may wait for another process's write lock
+
+
+# ---- results and knobs ---------------------------------------------------------------------------
+
+@dataclass
+class LabelRunSummary:
+    run_id: int | None            # None when nothing needed labelling (no run was opened)
+    requested: int = 0            # labels this run started (article x repeat)
+    ok: int = 0
+    invalid: int = 0
+    error: int = 0
+    skipped_existing: int = 0     # already labelled ok/invalid for this (filter, oracle, prompt, repeat)
+    cost_usd: float = 0.0         # everything this run was billed (the ledger), unstored answers included
+    input_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    stopped_reason: str | None = None   # None: finished; budget | total_budget | quota | interrupted | locked | breaker | fatal | db
+    stopped_message: str = ""
+    prefiltered: int = 0          # skipped by the filter's keyword prefilter
+    ok_total: int = 0             # valid repeat-0 labels of this key among the articles, after the run
+    calls: int = 0                # provider calls, retries included
+    billed_calls: int = 0         # responses the provider bills (answers, corrective retries)
+    unstored: int = 0             # paid answers not kept: another process labelled the unit first
+    taken: int = 0                # units skipped because another process holds them
+    off_grid: int = 0             # valid labels with a score off the half-point grid (stored as given)
+    spilled: int = 0              # answers kept in spill_path because gt.db stayed locked
+    spill_path: str | None = None
+    bad_articles: int = 0         # articles whose request could not be built (stored as 'error')
+    writer_cpu_s: float = 0.0     # CPU of the writer thread (bench/label.py reports it)
+    transactions: int = 0         # write transactions it committed (each holds many pieces under load)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries: transient failures (5xx, timeouts) back off exponentially with jitter;
+    rate limits wait what the provider asks (or back off) and have their own, larger bound."""
+    attempts: int = 5
+    rate_limit_attempts: int = 12
+    initial_s: float = 1.0
+    max_s: float = 60.0
+    jitter_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """One sync run's settings."""
+    purpose: str = "label"
+    repeats: int = 1
+    concurrency: int = 16
+    max_cost: float | None = None          # USD, this invocation
+    max_total_cost: float | None = None    # USD, all spend gt.db records for this filter and oracle
+    target_valid: int | None = None
+    seed: int | None = None
+    params: dict | None = None
+    progress: bool = True
+    timeout: float | None = None
+    retry: RetryPolicy = RetryPolicy()
+    mode: str = "sync"
+    breaker_window: int = 20               # 0: no circuit breaker
+    db_patience_s: float = DB_PATIENCE_S
+    lease_ttl_s: float = LEASE_TTL_S
+
+
+@dataclass
+class _Unit:
+    article_id: str
+    repeat: int
+    title: str = ""
+    text: str = ""
+
+
+class _Abort(Exception):
+    """The run is stopping: a call not yet answered is not sent again."""
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+class _Budget:
+    """--max-cost and --max-total-cost: spent (reported usage x prices) plus a worst-case reserve
+    for every call in flight must stay within each limit before a call may start."""
+
+    def __init__(self, limit: float | None, total_limit: float | None = None, recorded: float = 0.0):
+        self.limit, self.total_limit, self.recorded = limit, total_limit, recorded
+        self.spent = 0.0
+        self.reserved = 0.0
+
+    def refusal(self, amount: float) -> str | None:
+        """None when `amount` more may be reserved, else which limit stops it ('budget'/'total_budget')."""
+        if self.limit is not None and self.spent + self.reserved + amount > self.limit + 1e-12:
+            return "budget"
+        if self.total_limit is not None and self.recorded + self.spent + self.reserved + amount > self.total_limit + 1e-12:
+            return "total_budget"
+        return None
+
+    def try_reserve(self, amount: float) -> bool:
+        if self.refusal(amount) is not None:
+            return False
+        self.reserved += amount
+        return True
+
+    def settle(self, reserved: float, actual: float) -> None:
+        self.reserved = max(0.0, self.reserved - reserved)
+        self.spent += actual
+
+
+def db_file(conn: sqlite3.Connection) -> str:
+    """The file behind a connection (the writer thread opens its own)."""
+    for row in conn.execute("PRAGMA database_list"):
+        if row[1] == "main":
+            if not row[2]:
+                raise ValueError("the label stage needs gt.db in a file (an in-memory database cannot be shared "
+                                 "with its writer thread)")
+            return row[2]
+    raise ValueError("no main database")
+
+
+class _Run:
+    """One label run's engine: a fixed pool of worker tasks pulls (article, repeat) units from a
+    lazy plan, so memory stays flat however large the sample. Reads use the caller's connection;
+    every write goes through the writer thread."""
+
+    def __init__(self, conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, oracle: Oracle,
+                 article_ids: Iterable[str], o: RunOptions):
+        self.conn, self.filt, self.spec, self.oracle, self.o = conn, filt, spec, oracle, o
+        self.key = LabelKey.of(filt, spec.name)
+        self.owner = owner_id()
+        self.db_path = db_file(conn)
+        self.target = o.target_valid
+        self.timeout = o.timeout if o.timeout is not None else spec.timeout_s
+        self.retry = o.retry
+        self.budget = _Budget(o.max_cost, o.max_total_cost,
+                              recorded_spend(conn, filt.id, spec.name) if o.max_total_cost is not None else 0.0)
+        self.limiter = RateLimiter(spec.rpm, spec.tpm)
+        self.breaker = Breaker(o.breaker_window)
+        self.summary = LabelRunSummary(run_id=None)
+        self.run_id: int | None = None
+        self.article_ids = list(article_ids)
+        self.existing = existing_labels(conn, filt, spec.name)
+        ok_ids = {a for a in self.article_ids if self.existing.get((a, 0)) == "ok"}
+        self.gate = TargetGate(self.key, self.article_ids, self.target, ok_ids) if self.target is not None else None
+        self.summary.ok_total = len(ok_ids)
+        self.counts = PlanCounts()
+        self.plan = plan_items(self.article_ids, self.existing, repeats=o.repeats, target=self.target,
+                               counts=self.counts)
+        self.queued: collections.deque = collections.deque()  # (unit, primary) ready to claim
+        self.front: collections.deque = collections.deque()   # units given back (budget, gate)
+        self.plan_done = False
+        self.target_met = False
+        self.in_flight_primary = 0
+        self.in_flight = 0
+        self.changed = asyncio.Event()
+        self.stopping = False
+        self.fatal: BaseException | None = None
+        self.db_error: BaseException | None = None
+        self.bar = None
+        self.owns_oracle = True
+        self.writer: DbWriter | None = None
+        self.open_lock = asyncio.Lock()
+        self.started = time.perf_counter()
+
+    # -- what to label ---------------------------------------------------------------------------
+    def _next_candidate(self):
+        """(unit, primary) from the front, the queue or the plan; None when there is none now."""
+        if self.front:
+            return self.front.popleft()
+        if self.queued:
+            return self.queued.popleft()
+        while not self.plan_done:
+            try:
+                item: PlanItem = next(self.plan)
+            except StopIteration:
+                self.plan_done = True
+                break
+            if item.primary:
+                if self.target_met:
+                    continue
+                # repeat 0 first; the article's other repeats once it is valid
+                return _Unit(item.article_id, 0), True
+            self.queued.extend((_Unit(item.article_id, r), False) for r in item.repeats)
+            return self.queued.popleft()
+        return None
+
+    async def _wait_for_change(self, timeout: float | None = None) -> None:
+        self.changed.clear()
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def _fill(self, unit: _Unit) -> bool:
+        """Fetch the unit's text; False when the article is gone or the prefilter skips it."""
+        if unit.text or unit.title:
+            return True
+        found = article_text(self.conn, unit.article_id)
+        if found is None:
+            return False
+        unit.title, unit.text = found
+        if self.filt.prefilter_reason(unit.title, unit.text):
+            if unit.repeat == 0 or self.target is None:
+                self.summary.prefiltered += 1
+            return False
+        return True
+
+    async def _next_unit(self):
+        """The next (unit, primary, request, reserve) to label, or None when the run is over. The
+        budget and the claim in gt.db (with the target across processes) come before any call."""
+        while True:
+            if self.stopping:
+                return None
+            candidate = self._next_candidate()
+            if candidate is None:
+                if self.in_flight == 0:
+                    return None  # nothing in flight can reopen the gate or queue repeats
+                await self._wait_for_change()
+                continue
+            unit, primary = candidate
+            if primary and self.target_met:
+                continue
+            if not self._fill(unit):
+                continue
+            try:
+                request = build_request(self.filt, unit.article_id, unit.repeat, unit.title, unit.text)
+                reserve = worst_case_cost(self.spec, request)
+            except Exception as e:  # noqa: BLE001 - one bad article must not stop the run
+                await self._store_bad_article(unit, e)
+                continue
+            refusal = self.budget.refusal(reserve)
+            if refusal is not None:
+                if self.in_flight == 0:
+                    self._stop_budget(refusal, reserve)
+                    return None
+                self.front.appendleft(candidate)  # a finishing call may free enough budget
+                await self._wait_for_change()
+                continue
+            self.budget.try_reserve(reserve)
+            self.in_flight += 1
+            if primary:
+                self.in_flight_primary += 1
+            try:
+                claim = await self._claim(unit, primary)
+            except BaseException:
+                self._give_back(primary, reserve)
+                raise
+            if claim == "claimed":
+                return unit, primary, request, reserve
+            self._give_back(primary, reserve)
+            if claim == "done":
+                self.summary.skipped_existing += 1
+            elif claim == "taken":
+                self.summary.taken += 1
+            elif claim == "met":
+                self.target_met = True
+            elif claim == "full":
+                # the target is full with calls in flight (ours or another process's): one may fail
+                self.front.appendleft(candidate)
+                await self._wait_for_change(None if self.in_flight_primary else 0.5)
+
+    def _give_back(self, primary: bool, reserve: float) -> None:
+        self.budget.settle(reserve, 0.0)
+        self.in_flight -= 1
+        if primary:
+            self.in_flight_primary -= 1
+        self.changed.set()
+
+    async def _claim(self, unit: _Unit, primary: bool) -> str:
+        await self._open_run()
+        gate, owner, run_id, key, ttl = self.gate, self.owner, self.run_id, self.key, self.o.lease_ttl_s
+
+        def op(conn: sqlite3.Connection) -> str:
+            if primary and gate is not None:
+                state = gate.state(conn, owner)
+                if state != "open":
+                    return state
+            return claim_unit(conn, key, unit.article_id, unit.repeat, owner=owner, run_id=run_id, ttl_s=ttl)
+
+        return await self._write(op)
+
+    async def _write(self, fn, spill: dict | None = None):
+        try:
+            return await self.writer.run(fn, spill)
+        except (Spilled, WriterStopped):
+            raise
+        except sqlite3.Error as e:
+            self.db_error = e
+            self._stop("db", store.describe_db_error(e, self.db_path))
+            raise _Abort() from e
+
+    async def _open_run(self) -> int:
+        async with self.open_lock:
+            if self.run_id is None:
+                s, f, o = self.spec, self.filt, self.o
+
+                def op(conn: sqlite3.Connection) -> int:
+                    mark_dead_runs(conn)
+                    return store.start_run(conn, purpose=o.purpose, filt=f, oracle=s.name, provider=s.provider,
+                                           model=s.model, mode=o.mode, params=o.params, seed=o.seed,
+                                           owner=self.owner)
+
+                self.run_id = await self._write(op)
+                self.summary.run_id = self.run_id
+        return self.run_id
+
+    async def _store_bad_article(self, unit: _Unit, e: Exception) -> None:
+        """An article whose request cannot be built is an 'error' label; the run goes on."""
+        self.summary.bad_articles += 1
+        await self._open_run()
+        outcome = LabelOutcome("error", error=_clip(f"could not build the request: {type(e).__name__}: {e}"))
+        await self._store(unit, outcome)
+
+    # -- one provider call -------------------------------------------------------------------------
+    def _backoff(self, attempt: int) -> float:
+        return min(self.retry.max_s, self.retry.initial_s * 2 ** (attempt - 1)) + random.uniform(0, self.retry.jitter_s)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimited):
+            return 0.0  # the limiter is paused for everyone; acquire() waits it out
+        return self._backoff(state.attempt_number)
+
+    async def _call(self, request: OracleRequest) -> tuple[Completion, int]:
+        """One answer, with rate limiting and bounded retries. Returns (completion, calls made).
+        Raises _Abort when the run stops between attempts."""
+        counts = {"transient": 0, "rate": 0, "calls": 0}
+
+        def stop(state: RetryCallState) -> bool:
+            if isinstance(state.outcome.exception(), RateLimited):
+                counts["rate"] += 1
+                return counts["rate"] >= self.retry.rate_limit_attempts
+            counts["transient"] += 1
+            return counts["transient"] >= self.retry.attempts
+
+        estimate = estimate_input_tokens(request) + expected_output_tokens(self.filt)
+        retrying = AsyncRetrying(retry=retry_if_exception_type((TransientError, RateLimited)), stop=stop,
+                                 wait=self._wait, reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                if self.stopping:
+                    raise _Abort()
+                await self.limiter.acquire(estimate)
+                if self.stopping:
+                    raise _Abort()
+                counts["calls"] += 1
+                self.summary.calls += 1
+                t0 = time.perf_counter()
+                try:
+                    # the SDK enforces the timeout; this is the safety net if a client ignores it
+                    completion = await asyncio.wait_for(self.oracle.complete(request), self.timeout + 5.0)
+                except asyncio.TimeoutError:
+                    self._count_answer(False, f"transient error: no answer within {self.timeout:g}s")
+                    raise TransientError(f"no answer within {self.timeout:g}s") from None
+                except RateLimited as e:
+                    self.limiter.pause(e.retry_after if e.retry_after is not None
+                                       else self._backoff(counts["rate"] + 1))
+                    raise
+                except TransientError as e:
+                    self._count_answer(False, f"transient error: {e}")
+                    raise
+                if not completion.latency_ms:
+                    completion.latency_ms = (time.perf_counter() - t0) * 1000.0
+                self.limiter.settle(estimate, (completion.input_tokens or 0) + (completion.output_tokens or 0))
+                return completion, counts["calls"]
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _priced_call(self, request: OracleRequest, reserve: float) -> tuple[Completion, int]:
+        """A call whose worst-case cost `reserve` is already reserved; settles it with the real cost."""
+        actual = 0.0
+        try:
+            completion, calls = await self._call(request)
+            actual = completion_cost(self.spec, completion)
+            return completion, calls
+        finally:
+            self.budget.settle(reserve, actual)
+
+    def _count_answer(self, good: bool, reason: str | None = None, raw: str | None = None) -> None:
+        if self.breaker.record(good, scrub_secrets(reason, self.spec), raw):
+            self._stop("breaker", scrub_secrets(self.breaker.message(), self.spec) or "")
+
+    # -- one label ---------------------------------------------------------------------------------
+    async def _label(self, unit: _Unit, request: OracleRequest, reserve: float) -> LabelOutcome:
+        calls_before = 0
+        try:
+            completion, calls = await self._priced_call(request, reserve)
+            calls_before = calls
+            outcome, problem = outcome_from_completion(self.filt, self.spec, completion)
+            outcome.attempts = calls
+            self._count_answer(outcome.status == "ok", outcome.error, outcome.raw_response)
+            if problem is None:
+                return outcome
+            # one corrective retry: show the model its answer and what was wrong with it
+            corrective = dataclasses.replace(
+                request, followups=((completion.text or "", self.filt.corrective_message(problem)),))
+            reserve2 = worst_case_cost(self.spec, corrective)
+            why_not = None
+            if self.stopping:
+                why_not = f"the run stopped ({self.summary.stopped_reason})"
+            elif not self.budget.try_reserve(reserve2):
+                why_not = "--max-cost reached"
+            if why_not:
+                # 'error', not 'invalid': a later run retries it
+                return dataclasses.replace(outcome, status="error", scores=None, content_type=None, evidence=None,
+                                           error=f"{outcome.error}; corrective retry not sent: {why_not}")
+            try:
+                completion2, calls2 = await self._priced_call(corrective, reserve2)
+            except (TransientError, RateLimited, _Abort) as e:
+                return dataclasses.replace(outcome, status="error", scores=None, content_type=None, evidence=None,
+                                           error=_clip(f"{outcome.error}; corrective retry failed: {e or 'run stopped'}"))
+            second, _ = outcome_from_completion(self.filt, self.spec, completion2, corrective=True,
+                                                first_problem=problem)
+            second.attempts = calls2
+            self._count_answer(second.status == "ok", second.error, second.raw_response)
+            return merge_outcomes(outcome, second)
+        except (TransientError, RateLimited) as e:
+            kind = "rate limited" if isinstance(e, RateLimited) else "transient error"
+            limit = self.retry.rate_limit_attempts if isinstance(e, RateLimited) else self.retry.attempts
+            return LabelOutcome("error", error=f"{kind}, gave up after {limit} attempts: {e}",
+                                attempts=calls_before + limit)
+
+    async def _store(self, unit: _Unit, outcome: LabelOutcome) -> None:
+        outcome.error = scrub_secrets(outcome.error, self.spec)
+        run_id, f, spec, key, owner = self.run_id, self.filt, self.spec, self.key, self.owner
+
+        def op(conn: sqlite3.Connection) -> int | None:
+            return store_outcome(conn, run_id=run_id, filt=f, oracle=spec.name, article_id=unit.article_id,
+                                 repeat=unit.repeat, outcome=outcome, owner=owner, key=key)
+
+        s = self.summary
+        try:
+            label_id = await self._write(op, spill=lambda: spill_outcome(run_id, key, unit.article_id, unit.repeat,
+                                                                         outcome))
+        except Spilled as e:
+            s.spilled += 1
+            s.spill_path = e.path
+            label_id = -1
+        s.cost_usd += outcome.cost_usd
+        s.input_tokens += outcome.input_tokens
+        s.output_tokens += outcome.output_tokens
+        s.billed_calls += outcome.calls
+        if label_id is None:
+            s.unstored += 1   # paid, but another process had labelled the unit first
+            return
+        self.existing[(unit.article_id, unit.repeat)] = outcome.status
+        setattr(s, outcome.status, getattr(s, outcome.status) + 1)
+        if outcome.status == "ok" and off_grid(outcome.scores):
+            s.off_grid += 1
+
+    async def _release(self, unit: _Unit) -> None:
+        key, owner = self.key, self.owner
+        try:
+            await self._write(lambda conn: release_unit(conn, key, unit.article_id, unit.repeat, owner))
+        except (Spilled, WriterStopped, _Abort):
+            pass  # the lease expires, or dies with this process
+
+    def _stop(self, reason: str, message: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.summary.stopped_reason = reason
+            self.summary.stopped_message = message
+        self.changed.set()
+
+    def _stop_budget(self, which: str, reserve: float) -> None:
+        b = self.budget
+        if which == "budget":
+            self._stop("budget", f"stopped before exceeding --max-cost ${b.limit:g}, this command's own limit "
+                                 f"(spent ${b.spent:.4f} in this run; the next label could cost up to ${reserve:.4f}); "
+                                 f"the same command with --max-cost spends up to that much again "
+                                 f"(--max-total-cost caps all recorded spend)")
+        else:
+            self._stop("total_budget", f"stopped before the spend gt.db records for {self.filt.id} with "
+                                       f"{self.spec.name} passes --max-total-cost ${b.total_limit:g} (recorded "
+                                       f"${b.recorded + b.spent:.4f}; the next label could cost up to ${reserve:.4f})")
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                got = await self._next_unit()
+            except (_Abort, Spilled, WriterStopped):
+                return
+            if got is None:
+                return
+            unit, primary, request, reserve = got
+            stored = False
+            try:
+                self.summary.requested += 1
+                outcome = await self._label(unit, request, reserve)
+                await self._store(unit, outcome)
+                stored = True
+                if outcome.status == "ok" and unit.repeat == 0:
+                    self.summary.ok_total += 1
+                    if self.target is not None:
+                        self.queued.extend((_Unit(unit.article_id, r, unit.title, unit.text), False)
+                                           for r in range(1, self.o.repeats)
+                                           if self.existing.get((unit.article_id, r)) not in FINAL_STATUSES)
+                self._tick()
+            except _Abort:
+                self.summary.requested -= 1   # never answered: the next run asks again
+            except (WriterStopped, Spilled):
+                pass
+            except QuotaExhausted as e:
+                self.summary.requested -= 1   # not stored: the next run asks again
+                hint = e.resume_hint or "re-run the same command to resume where it stopped"
+                self._stop("quota", scrub_secrets(f"{e}; {hint}", self.spec))
+            except FatalError as e:
+                self.summary.requested -= 1
+                self.fatal = e
+                self._stop("fatal", scrub_secrets(str(e), self.spec))
+                for t in self.tasks:
+                    if t is not asyncio.current_task():
+                        t.cancel()
+                return
+            finally:
+                if not stored:
+                    await asyncio.shield(self._release(unit))
+                self.in_flight -= 1
+                if primary:
+                    self.in_flight_primary -= 1
+                self.changed.set()
+
+    async def _watch_the_lock(self) -> None:
+        """Past the patience limit with gt.db locked by another process, stop: received answers go
+        to a spill file the next run stores."""
+        while True:
+            await asyncio.sleep(0.25)
+            blocked = self.writer.blocked_for()
+            if blocked > self.o.db_patience_s:
+                holders = store.who_has_open(self.db_path)
+                who = f" (open in {'; '.join(holders[:3])})" if holders else ""
+                self._stop("locked", f"{self.db_path} has been locked by another process for {blocked:.0f} s{who}; "
+                                     f"stopped after {self.o.db_patience_s:g} s of patience")
+                self.writer.abandon()
+                return
+
+    def _tick(self) -> None:
+        if self.bar is None:
+            return
+        s = self.summary
+        done = s.ok_total if self.target is not None else s.ok + s.invalid + s.error
+        self.bar.set_postfix_str(f"cost=${s.cost_usd:.4f} invalid={s.invalid} error={s.error}", refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def _final_status(self) -> tuple[str, str | None]:
+        reason = self.summary.stopped_reason
+        if reason in ("fatal", "breaker", "db"):
+            return "failed", reason
+        if reason:
+            return "stopped", reason
+        return "done", None
+
+    async def _finish(self) -> None:
+        """Close the run (its ledger is already complete) and drop this process's leases."""
+        owner = self.owner
+        if self.run_id is None:
+            return
+        status, reason = self._final_status()
+        run_id = self.run_id
+
+        def op(conn: sqlite3.Connection) -> None:
+            store.finish_run(conn, run_id, status, reason)
+            release_owner(conn, owner)
+
+        try:
+            await self.writer.run(op, spill=lambda: spill_finish(run_id, status, reason))
+        except (Spilled, WriterStopped, sqlite3.Error):
+            pass
+
+    async def run(self) -> LabelRunSummary:
+        loop = asyncio.get_running_loop()
+        owner, ttl = self.owner, self.o.lease_ttl_s
+        self.writer = await loop.run_in_executor(
+            None, lambda: DbWriter(self.db_path, heartbeat=lambda conn: renew(conn, owner, self.run_id, ttl)))
+        self.writer.open_inline()
+        if self.o.progress:
+            from tqdm import tqdm
+            if self.target is not None:
+                total, initial = self.target, min(self.summary.ok_total, self.target)
+            else:
+                total = sum(1 for a in self.article_ids for r in range(self.o.repeats)
+                            if self.existing.get((a, r)) not in FINAL_STATUSES)
+                initial = 0
+            self.bar = tqdm(total=total, initial=initial, desc=f"label {self.spec.name}", unit="label",
+                            file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
+        watcher = asyncio.create_task(self._watch_the_lock())
+        self.tasks = [asyncio.create_task(self._worker()) for _ in range(self.o.concurrency)]
+        interrupted = False
+        try:
+            results = await asyncio.gather(*self.tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            interrupted = True
+            self._stop("interrupted", "interrupted (Ctrl-C)")
+            raise
+        finally:
+            watcher.cancel()
+            if self.bar is not None:
+                self.bar.close()
+            if self.owns_oracle and not interrupted:
+                await self.oracle.aclose()
+            await asyncio.shield(self._finish())
+            writer = self.writer
+            await loop.run_in_executor(None, writer.close)
+            writer.close_inline()
+            self.summary.writer_cpu_s, self.summary.transactions = writer.cpu_s, writer.transactions
+            self.summary.skipped_existing += self.counts.skipped_existing
+            self.summary.seconds = time.perf_counter() - self.started
+        if self.fatal is not None:
+            raise self.fatal
+        for r in results:  # a bug in a worker is a bug: surface it
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                raise r
+        return self.summary
+
+
+def label_articles(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Iterable[str], *,
+                   purpose: str = "label", repeats: int = 1, concurrency: int = 16, max_cost: float | None = None,
+                   target_valid: int | None = None, seed: int | None = None, params: dict | None = None,
+                   progress: bool = True, timeout: float | None = None, retry: RetryPolicy | None = None,
+                   oracle: Oracle | None = None, mode: str = "sync", max_total_cost: float | None = None,
+                   breaker_window: int = 20, db_patience_s: float = DB_PATIENCE_S,
+                   lease_ttl_s: float = LEASE_TTL_S) -> LabelRunSummary:
+    """Label `article_ids` (in this order) with the oracle `spec`, storing every answer in gt.db.
+
+    Only what is missing for (filter, oracle, prompt hash, repeat) is labelled, and every unit is
+    claimed in gt.db first, so a label is never paid twice, across processes too. With
+    `target_valid`, articles are taken in order until that many articles have a valid repeat-0 label
+    (and each of them its `repeats`); without it every article gets every repeat. Stops cleanly
+    (summary.stopped_reason) on a spent quota or budget, a tripped circuit breaker or a database
+    locked past `db_patience_s`; raises FatalError (auth, bad request) and the registry's
+    MissingKey before any call. Ctrl-C marks the run 'stopped' and re-raises KeyboardInterrupt."""
+    if repeats < 1 or concurrency < 1:
+        raise ValueError("repeats and concurrency must be at least 1")
+    if timeout is not None:
+        spec = dataclasses.replace(spec, timeout_s=float(timeout))
+    owns_oracle = oracle is None  # an oracle passed in stays open for the caller
+    if oracle is None:
+        from stages.oracles.registry import make_oracle
+        oracle = make_oracle(spec)  # raises MissingKey before any work
+    store.register_filter(conn, filt)
+    options = RunOptions(purpose=purpose, repeats=repeats, concurrency=concurrency, max_cost=max_cost,
+                         max_total_cost=max_total_cost, target_valid=target_valid, seed=seed, params=params,
+                         progress=progress, timeout=timeout, retry=retry or RetryPolicy(), mode=mode,
+                         breaker_window=breaker_window, db_patience_s=db_patience_s, lease_ttl_s=lease_ttl_s)
+    for note in apply_spills(conn, db_file(conn), {filt.id: filt}):
+        print(note, file=sys.stderr)
+
+    async def main():
+        engine = _Run(conn, filt, spec, oracle, article_ids, options)
+        engine.owns_oracle = owns_oracle
+        return await engine.run()
+
+    return asyncio.run(main())

@@ -61,7 +61,7 @@ def work(tmp_path_factory):
     (folder / "more.jsonl").write_text("".join(lines[20:30]), encoding="utf-8")
     (folder / "model").mkdir()
     (folder / "model" / "training_config.json").write_text("{}", encoding="utf-8")
-    from stages.ingest import ingest_files
+    from stages.ingestion import ingest_files
 
     good = folder / "good.db"
     conn = store.connect(good)

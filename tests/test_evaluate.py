@@ -28,7 +28,7 @@ def synthetic_scores(rng: random.Random, dims: list[str]) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, uplifting):
     from stages import evaluate, store, train
-    from stages.ingest import ingest_files
+    from stages.ingestion import ingest_files
 
     folder = tmp_path_factory.mktemp("evaluate")
     source = folder / "articles.jsonl"
