@@ -31,12 +31,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from stages import report, store
 from stages.filters import Filter, FilterError, load_filter
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 QUERIES = Path(__file__).resolve().parent.parent / "sql" / "queries"
 BINS = list(range(11))  # score bins 0..10 (bin = floor(score))
@@ -432,7 +435,8 @@ def render_markdown(coverage: dict, images: Mapping[str, str] | None = None) -> 
         f"# Coverage of {coverage['filter']}",
         "",
         f"{n:,} valid labels by **{coverage['oracle']}** (prompt {coverage['prompt_sha256'][:12]}, repeat "
-        f"{coverage['repeat']}), one per article; generated {coverage['generated_at']}.",
+        f"{coverage['repeat']}), one per article, so every count of labels below is a count of articles; "
+        f"generated {coverage['generated_at']}.",
         "",
         "## Coverage gaps",
         "",
@@ -455,12 +459,13 @@ def render_markdown(coverage: dict, images: Mapping[str, str] | None = None) -> 
           ", ".join(map(str, f["missing_bins"])) or "none", ", ".join(map(str, f["sparse_bins"])) or "none"]
          for d, f in dims.items()],
         align="lrrrrrrrrrll", intfmt=","))
-    lines += ["## Histogram (labels per score bin)", ""]
+    lines += ["## Histogram (labels, i.e. articles, per score bin)", ""]
     lines.append(report.md_table(["dimension"] + [str(b) for b in BINS],
                                  [[d] + [f["histogram"][str(b)] for b in BINS] for d, f in dims.items()], intfmt=","))
     if images:
-        lines += [f"![{title}]({path})" for title, path in images.items()]
-        lines.append("")
+        captions = image_captions(coverage)
+        for kind, path in images.items():
+            lines += [f"![{coverage['filter']} {kind}]({path})", "", captions.get(kind, ""), ""]
     tiers = coverage["tiers"]
     lines += ["## Tiers", "", "Computed from the filter's current config (weights, gatekeepers, content-type caps, "
               "thresholds), as the score view computes them.", ""]
@@ -488,17 +493,42 @@ def render_markdown(coverage: dict, images: Mapping[str, str] | None = None) -> 
     return "\n".join(lines)
 
 
-def write_plots(coverage: dict, stem: Path) -> dict[str, Path]:
+def plot_figures(coverage: dict) -> dict[str, Figure]:
+    """The two plots, unsaved: a heatmap (dimension x score bin, articles per cell) and one
+    histogram per dimension (articles per score bin, a red x on each empty bin)."""
     dims = coverage["dimensions"]
     counts = [[f["histogram"][str(b)] for b in BINS] for f in dims.values()]
-    heatmap_path = stem.with_name(stem.name + "_heatmap.png")
-    histograms_path = stem.with_name(stem.name + "_histograms.png")
-    report.heatmap(counts, list(dims), BINS, title=f"{coverage['filter']}: labels per score bin ({coverage['oracle']})",
-                   xlabel="score bin (floor)", ylabel="dimension", colorbar_label="labels", path=heatmap_path)
-    report.histograms({d: {coverage["oracle"]: row} for d, row in zip(dims, counts)}, BINS,
-                      title=f"{coverage['filter']}: score histograms ({coverage['labels']:,} labels)",
-                      xlabel="score bin", ylabel="labels", path=histograms_path)
-    return {"heatmap": heatmap_path, "histograms": histograms_path}
+    heatmap = report.heatmap(counts, list(dims), BINS,
+                             title=f"{coverage['filter']}: articles per score bin ({coverage['oracle']})",
+                             xlabel="score bin (floor of the score)", ylabel="dimension",
+                             colorbar_label="articles (one label each)", integer_colorbar=True)
+    histograms = report.histograms({d: {coverage["oracle"]: row} for d, row in zip(dims, counts)}, BINS,
+                                   title=f"{coverage['filter']}: score histograms "
+                                         f"({coverage['labels']:,} articles, one label each)",
+                                   xlabel="score bin", ylabel="articles")
+    return {"heatmap": heatmap, "histograms": histograms}
+
+
+def write_plots(coverage: dict, stem: Path) -> dict[str, Path]:
+    paths = {}
+    for kind, fig in plot_figures(coverage).items():
+        paths[kind] = report.save_figure(fig, stem.with_name(f"{stem.name}_{kind}.png"))
+    return paths
+
+
+def image_captions(coverage: dict) -> dict[str, str]:
+    """What each plot shows, for the line beside its image in the markdown."""
+    empty = {d: f["missing_bins"] for d, f in coverage["dimensions"].items() if f["missing_bins"]}
+    marks = ("A red x on the axis marks an empty bin (no article scores there): "
+             + "; ".join(f"{d} bin{'s' if len(b) > 1 else ''} {', '.join(map(str, b))}" for d, b in empty.items())
+             + "." if empty else "No bin is empty, so no red x is drawn.")
+    return {
+        "heatmap": "Heatmap: one row per dimension, one column per score bin (floor of the score); the number "
+                   "and colour of a cell are the articles whose score on that dimension falls in that bin "
+                   "(0 = an empty bin).",
+        "histograms": f"Histograms: one panel per dimension; each bar is the number of articles whose "
+                      f"{coverage['oracle']} score falls in that bin (x: score bin, y: articles). {marks}",
+    }
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -648,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_plots:
             images = write_plots(coverage, stem)
         md_path = stem.with_suffix(".md")
-        relative = {f"{coverage['filter']} {k}": Path(p).name for k, p in images.items()}
+        relative = {k: Path(p).name for k, p in images.items()}
         report.write_text_atomic(md_path, render_markdown(coverage, relative))
         coverage["report"] = str(md_path)
         coverage["plots"] = {k: str(p) for k, p in images.items()}

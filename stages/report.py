@@ -151,11 +151,14 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
 def heatmap(matrix: Sequence[Sequence[float]], row_labels: Sequence[str], col_labels: Sequence[Any], *,
             title: str = "", xlabel: str = "", ylabel: str = "", annotate: bool = True, fmt: str = "{:.0f}",
             cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
-            colorbar_label: str = "", path: str | os.PathLike | None = None) -> Figure:
+            colorbar_label: str = "", integer_colorbar: bool = False,
+            path: str | os.PathLike | None = None) -> Figure:
     """A labelled heatmap (rows x columns), e.g. dimension x score counts, or a correlation
-    matrix with cmap='RdBu_r', vmin=-1, vmax=1, fmt='{:.2f}'. Saved to `path` when given."""
+    matrix with cmap='RdBu_r', vmin=-1, vmax=1, fmt='{:.2f}'. With `integer_colorbar` (the cells
+    are counts) the colour bar has whole-number ticks only. Saved to `path` when given."""
     import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     data = np.asarray(matrix, dtype=float)
     if data.shape != (len(row_labels), len(col_labels)):
@@ -172,6 +175,9 @@ def heatmap(matrix: Sequence[Sequence[float]], row_labels: Sequence[str], col_la
     cbar = fig.colorbar(image, ax=ax)
     if colorbar_label:
         cbar.set_label(colorbar_label)
+    if integer_colorbar:
+        cbar.locator = MaxNLocator(integer=True, nbins="auto")
+        cbar.update_ticks()
     if annotate and data.size:
         finite = data[np.isfinite(data)]
         lo = vmin if vmin is not None else (finite.min() if finite.size else 0.0)
@@ -194,10 +200,13 @@ def histograms(panels: Mapping[str, Mapping[str, Sequence[float]]], bin_labels: 
                mark_empty: bool = True, path: str | os.PathLike | None = None) -> Figure:
     """Small-multiple bar histograms of pre-binned counts, one panel per key of `panels` (e.g. a
     dimension); each panel may hold several series side by side (e.g. two oracles, or the pool and
-    the selection), all over the same `bin_labels`. With `mark_empty`, bins where every series is
-    zero get a red x on the axis, so a gap is seen rather than inferred. Saved to `path` when given."""
+    the selection), all over the same `bin_labels`. Every panel has both axis labels and whole-number
+    count ticks. With `mark_empty`, bins where every series is zero get a red x on the axis, so a gap
+    is seen rather than inferred. A legend below the panels names the series (when there are several)
+    and the red x (when one is drawn). Saved to `path` when given."""
     import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     if not panels:
@@ -208,7 +217,8 @@ def histograms(panels: Mapping[str, Mapping[str, Sequence[float]]], bin_labels: 
     fig = Figure(figsize=(3.2 * ncols, 2.4 * nrows + (0.4 if title else 0.0)), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     x = np.arange(len(bin_labels))
-    series_names: list[str] = []
+    handles: dict[str, Any] = {}  # series label -> its first bar container, for the legend
+    any_empty = False
     for k, name in enumerate(names):
         ax = axes[k // ncols][k % ncols]
         series = panels[name]
@@ -216,28 +226,30 @@ def histograms(panels: Mapping[str, Mapping[str, Sequence[float]]], bin_labels: 
         for s, (label, counts) in enumerate(series.items()):
             if len(counts) != len(bin_labels):
                 raise ValueError(f"panel '{name}', series '{label}': {len(counts)} counts for {len(bin_labels)} bins")
-            ax.bar(x + (s - (len(series) - 1) / 2) * width, counts, width=width, label=label,
-                   color=f"C{s}")
-            if label not in series_names:
-                series_names.append(label)
+            bars = ax.bar(x + (s - (len(series) - 1) / 2) * width, counts, width=width, label=label,
+                          color=f"C{s}")
+            handles.setdefault(label, bars)
         if mark_empty:
             empty = [i for i in range(len(bin_labels)) if all(counts[i] == 0 for counts in series.values())]
             if empty:
+                any_empty = True
                 ax.plot(empty, [0] * len(empty), linestyle="none", marker="x", color="red", markersize=6,
                         clip_on=False, zorder=3, label="_empty")
         ax.set_title(name, fontsize=9)
         ax.set_xticks(x, [str(b) for b in bin_labels], fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        if k % ncols == 0:
-            ax.set_ylabel(ylabel, fontsize=8)
-        if k // ncols == nrows - 1:
-            ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
     for k in range(len(names), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
-    if len(series_names) > 1:
-        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center",
-                   ncols=len(series_names), fontsize=8)
+    if any_empty:
+        what = f"0 {ylabel}" if ylabel else "count 0"
+        handles[f"empty bin ({what} in every series)" if len(handles) > 1 else f"empty bin ({what})"] = Line2D(
+            [], [], linestyle="none", marker="x", color="red", markersize=6)
+    if len(handles) > 1:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 4),
+                   fontsize=8)
     if title:
         fig.suptitle(title)
     if path is not None:

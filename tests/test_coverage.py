@@ -426,3 +426,81 @@ def test_the_score_view_follows_an_edited_tier_threshold_after_coverage(tmp_path
     conn.close()
     assert rows and all(t == filt.tier(o) for o, t in rows)          # the view follows the new threshold
     assert any(filt.tier(o) != uplifting.tier(o) for o, _ in rows)   # ... which moved some articles
+
+
+# ---- plots and captions a reader can trust ----------------------------------------------------
+
+def drawn(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    return fig
+
+
+def tick_texts(labels) -> list[str]:
+    return [t.get_text().replace("\u2212", "-") for t in labels if t.get_text()]
+
+
+def assert_whole_number_ticks(labels) -> None:
+    texts = tick_texts(labels)
+    assert texts and all(t.lstrip("-").isdigit() for t in texts), texts
+
+
+def test_coverage_plots_label_their_axes_count_in_whole_articles_and_explain_the_red_marks(fixed):
+    _, _, result = fixed
+    assert any(f["missing_bins"] for f in result["dimensions"].values())  # the fixture has empty bins
+    figs = {k: drawn(f) for k, f in coverage.plot_figures(result).items()}
+    heat_ax, colorbar = figs["heatmap"].axes
+    assert heat_ax.get_xlabel().startswith("score bin") and heat_ax.get_ylabel() == "dimension"
+    assert "articles" in colorbar.get_ylabel()
+    assert_whole_number_ticks(colorbar.get_yticklabels())
+    panels = [ax for ax in figs["histograms"].axes if ax.get_visible()]
+    assert len(panels) == len(result["dimensions"])
+    for ax in panels:
+        assert ax.get_xlabel() == "score bin" and ax.get_ylabel() == "articles"
+        assert_whole_number_ticks(ax.get_yticklabels())
+    legend = figs["histograms"].legends
+    assert len(legend) == 1
+    entries = [t.get_text() for t in legend[0].get_texts()]
+    assert entries == [result["oracle"], "empty bin (0 articles)"]
+    red = legend[0].legend_handles[1]
+    assert red.get_marker() == "x" and red.get_color() == "red"
+
+
+def test_histograms_legend_only_when_it_explains_something():
+    from stages import report
+
+    one_series_full = drawn(report.histograms({"a": {"pool": [1, 3, 2]}}, [0, 1, 2]))
+    assert not one_series_full.legends  # one series, no red x: nothing to explain
+    ax = one_series_full.axes[0]
+    assert ax.get_xlabel() and ax.get_ylabel()
+    assert_whole_number_ticks(ax.get_yticklabels())
+    two_series = drawn(report.histograms({"a": {"pool": [1, 3, 2], "selection": [1, 1, 1]},
+                                          "b": {"pool": [2, 0, 2], "selection": [1, 0, 1]}}, [0, 1, 2]))
+    entries = [t.get_text() for t in two_series.legends[0].get_texts()]
+    assert entries == ["pool", "selection", "empty bin (0 articles in every series)"]
+    for ax in two_series.axes:
+        assert ax.get_xlabel() and ax.get_ylabel()
+        assert_whole_number_ticks(ax.get_yticklabels())
+    # small counts: matplotlib would put ticks at 0.5 steps without the integer locator
+    assert_whole_number_ticks(drawn(report.histograms({"a": {"x": [1, 0, 2]}}, [0, 1, 2])).axes[0].get_yticklabels())
+
+
+def test_coverage_markdown_explains_each_image_and_the_empty_bin_marks(fixed):
+    _, _, result = fixed
+    images = {"heatmap": "cov_heatmap.png", "histograms": "cov_histograms.png"}
+    md = coverage.render_markdown(result, images)
+    assert "every count of labels below is a count of articles" in md
+    after = md.split("(cov_histograms.png)")[1].split("\n## ")[0]
+    assert "red x" in after and "empty bin" in after
+    justice_empty = ", ".join(map(str, result["dimensions"]["justice"]["missing_bins"]))
+    assert f"justice bins {justice_empty}" in after
+    assert "articles" in md.split("(cov_heatmap.png)")[1].split("![")[0]
+    # with no empty bin, no red x is drawn and none is described
+    full = json.loads(json.dumps(result))
+    for f in full["dimensions"].values():
+        f["missing_bins"] = []
+        f["histogram"] = {b: max(c, 1) for b, c in f["histogram"].items()}
+    after = coverage.render_markdown(full, images).split("(cov_histograms.png)")[1].split("\n## ")[0]
+    assert "No bin is empty" in after and "red x on the axis marks" not in after
+    assert not [l for l in drawn(coverage.plot_figures(full)["histograms"]).legends]
