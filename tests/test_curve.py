@@ -190,7 +190,7 @@ def test_tail_metrics_match_an_independent_computation():
 
 
 def test_ridge_head_leave_one_out_error_equals_refitting_without_each_article():
-    from stages.curve import RidgeHead
+    from stages.probe import RidgeHead
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(25, 40))                      # fewer articles than features, as at small budgets

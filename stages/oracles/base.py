@@ -110,6 +110,11 @@ class FatalError(OracleError):
     """Auth failures, bad requests, unknown models: fail fast, retrying would only cost money."""
 
 
+class NotAnswerable(OracleError):
+    """This one request has no answer and never will (a replayed oracle never labelled the
+    article): stored as an `error` label, the run goes on, nothing is billed."""
+
+
 class Oracle(Protocol):
     spec: OracleSpec
 

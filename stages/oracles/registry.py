@@ -17,7 +17,7 @@ import yaml
 
 from stages.oracles.base import Oracle, OracleSpec
 
-PROVIDERS = ("gemini", "anthropic", "openai", "local-embed", "local-llm")
+PROVIDERS = ("gemini", "anthropic", "openai", "local-embed", "local-llm", "replay")
 # provider -> (module, class); imported lazily so `--help` and the offline oracles never load SDKs
 _PROVIDER_CLASSES = {
     "gemini": ("stages.oracles.gemini", "GeminiOracle"),
@@ -25,6 +25,7 @@ _PROVIDER_CLASSES = {
     "openai": ("stages.oracles.openai_compat", "OpenAICompatOracle"),
     "local-embed": ("stages.oracles.local_embed", "LocalEmbedOracle"),
     "local-llm": ("stages.oracles.local_llm", "LocalLLMOracle"),
+    "replay": ("stages.oracles.replay", "ReplayOracle"),
 }
 BASE_URL_ENV = {"gemini": "GEMINI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
 PATTERN = "<model>"
