@@ -10,8 +10,11 @@ tails (true score >= 7 and <= 2; "undefined" where the test split has no such ar
 articles are --test-file's, or with --split NAME the 'test' articles of a split scheme stored in
 gt.db (`ingest --split-column`: a dataset's own test set, e.g. EmoBank's) with the labels of
 --oracle; articles the student was trained or validated on are left out and counted. Next to
-them, the floor: how far two raters' labels of the same articles lie apart, the best a student
-trained on one can hope to reach. It is read from the calibration report's JSON (--calibration,
+them, the mean predictor (every article gets each dimension's mean of the training labels, saved
+with the model): a dimension where the student's MAE is not lower than its MAE is flagged "worse
+than mean" in the report's summary and table and in the printed summary line. And the floor:
+how far two raters' labels of the same articles lie apart, the best a student trained on one can
+hope to reach. It is read from the calibration report's JSON (--calibration,
 default the newest reports/*calibration*.json of the model's filter): where a label set there has
 several ratings per article (human raters), the MAE of one rating against the mean of the others;
 else the pair of oracles compared on the most articles. Without a report it is computed from
@@ -203,21 +206,110 @@ def _fmt(x, digits: int = 2) -> str:
     return "undefined" if x is None else f"{x:.{digits}f}"
 
 
+def mean_predictor(true: np.ndarray, train_means, dims: list[str]) -> dict:
+    """The baseline: every test article gets, on each dimension, that dimension's mean of the
+    training labels (the train split the student was fitted on, as saved with the model). Its
+    figures are dimension_metrics'; `predicts` holds the constant it answers per dimension."""
+    true = np.asarray(true, dtype=float)
+    baseline = dimension_metrics(true, np.tile(np.asarray(train_means, dtype=float), (len(true), 1)), dims)
+    baseline["predicts"] = {d: float(v) for d, v in zip(dims, train_means)}
+    return baseline
+
+
+def worse_than_mean(metrics: dict, baseline: dict | None) -> list[str]:
+    """The dimensions where the student's MAE is no lower than the mean predictor's (in order)."""
+    if not baseline:
+        return []
+    return [d for d, m in metrics["per_dimension"].items() if m["mae"] >= baseline["per_dimension"][d]["mae"]]
+
+
+WORSE_THAN_MEAN = "**worse than mean**"
+
+
+def _vs_mean(student_mae: float, mean_mae: float | None) -> str:
+    """The table cell comparing the student with the mean predictor: the MAE difference, flagged
+    when the student does not beat it."""
+    if mean_mae is None:
+        return "-"
+    diff = student_mae - mean_mae
+    return f"{WORSE_THAN_MEAN} ({diff:+.2f})" if diff >= 0 else f"better ({diff:+.2f})"
+
+
+def _floor_kind(floor: dict | None) -> str:
+    return "inter-rater" if floor and floor.get("kind") == "inter_rater" else "inter-oracle"
+
+
 def evaluation_table(metrics: dict, floor: dict | None, dims: list[str],
                      baseline: dict | None = None) -> tuple[list[str], list[list[str]]]:
-    headers = ["dimension", "MAE", "RMSE", "Spearman", "bias", "MAE true>=7 (n)", "MAE true<=2 (n)",
-               "mean-predictor MAE",
-               "inter-rater MAE (one vs the others)" if floor and floor.get("kind") == "inter_rater" else "inter-oracle MAE"]
+    headers = ["dimension", "MAE", "RMSE", "Spearman", "bias", "tail MAE, truth >= 7 (n)", "tail MAE, truth <= 2 (n)",
+               "mean-predictor MAE", "student vs mean predictor (MAE difference)",
+               "floor: inter-rater MAE (one vs the others)" if _floor_kind(floor) == "inter-rater"
+               else "floor: inter-oracle MAE"]
     rows = []
     for d in dims:
         m = metrics["per_dimension"][d]
+        mean_mae = baseline["per_dimension"][d]["mae"] if baseline else None
         rows.append([d, _fmt(m["mae"]), _fmt(m["rmse"]), _fmt(m["spearman"]), f"{m['bias']:+.2f}",
                      f"{_fmt(m['tail_high_mae'])} ({m['tail_high_n']})", f"{_fmt(m['tail_low_mae'])} ({m['tail_low_n']})",
-                     _fmt(baseline["per_dimension"][d]["mae"]) if baseline else "-",
-                     _fmt(floor["per_dimension"].get(d)) if floor else "no calibration"])
+                     _fmt(mean_mae) if baseline else "-", _vs_mean(m["mae"], mean_mae),
+                     _fmt(floor["per_dimension"].get(d)) if floor else "no floor"])
+    mean_all = baseline["mae"] if baseline else None
     rows.append(["all", _fmt(metrics["mae"]), _fmt(metrics["rmse"]), _fmt(metrics["mean_spearman"]), "", "", "",
-                 _fmt(baseline["mae"]) if baseline else "-", _fmt(floor["mae"]) if floor else "no calibration"])
+                 _fmt(mean_all) if baseline else "-", _vs_mean(metrics["mae"], mean_all),
+                 _fmt(floor["mae"]) if floor else "no floor"])
     return headers, rows
+
+
+def floor_definition(floor: dict | None) -> str:
+    """What the floor is, where it comes from, and why it bounds the student."""
+    if floor and floor.get("kind") == "inter_rater":
+        return (f"inter-rater MAE: one {floor['oracles'][0]} rating against {floor['oracles'][1]} of the same "
+                f"article, on {floor['n']} articles ({floor['source']}): how far one human lies from the others, "
+                f"the floor set by the raters' own disagreement (a student scored against the raters' mean can "
+                f"land below it: a mean is less noisy than one rating)")
+    if floor:
+        return (f"inter-oracle MAE: {floor['oracles'][0]} vs {floor['oracles'][1]} on {floor['n']} articles "
+                f"labelled by both ({floor['source']}): how far two oracles disagree, the floor a student of one "
+                f"oracle can hope for")
+    return ("none here: no two oracles labelled the same articles in gt.db and no calibration report was found "
+            "(run `make calibrate`), so there is no inter-oracle floor to compare with")
+
+
+def terms_section(floor: dict | None, baseline: dict | None) -> str:
+    predicts = (baseline or {}).get("predicts")
+    means = (" (here: " + ", ".join(f"{d} {v:.2f}" for d, v in predicts.items()) + ")") if predicts else ""
+    return f"""## Terms
+
+- **MAE** (mean absolute error): the mean of |student score - oracle score| over the test articles, on the 0-10
+  scale; lower is better. RMSE is the root of the mean squared difference (it weighs large misses more).
+- **Spearman**: the rank correlation between the student's and the oracle's scores (1 = same order).
+- **bias**: the mean of student score - oracle score (> 0: the student scores too high).
+- **tail MAE**: the MAE on only the test articles whose oracle (true) score on that dimension is >= 7 (high
+  tail) or <= 2 (low tail); the number of such articles is in brackets, "undefined" where there is none.
+- **mean predictor** (the baseline): predicts, for every article, each dimension's mean of the training labels
+  (the oracle scores of the train split the student was fitted on){means}. A dimension where the student's
+  MAE is not lower than the mean predictor's is marked {WORSE_THAN_MEAN}: there the student has learnt
+  nothing a constant would not give.
+- **floor**: {floor_definition(floor)}.
+"""
+
+
+def summary_sentences(metrics: dict, floor: dict | None, baseline: dict | None) -> str:
+    """The verdict in words: the test MAE against the mean predictor and the floor, and the
+    dimensions where the student is no better than the mean predictor."""
+    text = (f"Test MAE **{metrics['mae']:.2f}** (0-10 scale) on {metrics['n']} articles; mean Spearman "
+            f"{_fmt(metrics['mean_spearman'])}.")
+    if baseline:
+        text += f" The mean predictor's MAE is {baseline['mae']:.2f}."
+    if floor:
+        text += f" The student is {metrics['mae'] - floor['mae']:+.2f} MAE from the floor ({floor['mae']:.2f})."
+    worse = worse_than_mean(metrics, baseline)
+    if worse:
+        text += (f" The student is no better than the mean predictor on {len(worse)} of "
+                 f"{len(metrics['per_dimension'])} dimensions: {', '.join(worse)} (marked {WORSE_THAN_MEAN} below).")
+    elif baseline:
+        text += " The student beats the mean predictor on every dimension."
+    return text
 
 
 def evaluation_report(model_id: str, test_file: str, metrics: dict, floor: dict | None, dims: list[str],
@@ -225,15 +317,6 @@ def evaluation_report(model_id: str, test_file: str, metrics: dict, floor: dict 
     from stages import report
 
     headers, rows = evaluation_table(metrics, floor, dims, baseline)
-    floor_line = (f"Inter-rater MAE: one {floor['oracles'][0]} rating against {floor['oracles'][1]} of the same "
-                  f"article, on {floor['n']} articles ({floor['source']}): how far one human lies from the others, "
-                  f"the floor set by the raters' own disagreement."
-                  if floor and floor.get("kind") == "inter_rater" else
-                  f"Inter-oracle MAE: {floor['oracles'][0]} vs {floor['oracles'][1]} on {floor['n']} articles "
-                  f"labelled by both ({floor['source']}): the floor a student of one oracle can hope for."
-                  if floor else "No two oracles labelled the same articles in gt.db (run `make calibrate`), so there "
-                                "is no inter-oracle floor to compare with.")
-    gap = (f" The student is {metrics['mae'] - floor['mae']:+.2f} MAE from that floor." if floor else "")
     split_line = ""
     if split_info:
         i = split_info
@@ -243,15 +326,31 @@ def evaluation_report(model_id: str, test_file: str, metrics: dict, floor: dict 
                       f"student trained or validated on.\n")
     return f"""# Evaluation of {model_id}
 
-Test MAE **{metrics['mae']:.2f}** (0-10 scale) on {metrics['n']} articles of `{test_file}`; mean Spearman
-{_fmt(metrics['mean_spearman'])}.{gap}
+Test articles: `{test_file}`. The truth is the oracle's scores.
+
+{terms_section(floor, baseline)}
+## Summary
+
+{summary_sentences(metrics, floor, baseline)}
 
 {report.md_table(headers, rows)}
-
-Bias is the mean of prediction minus oracle score. The mean predictor answers every article with
-the train split's mean score (the baseline a student must beat). Tail MAE is measured only on articles whose oracle
-score is >= 7 or <= 2 (count in brackets; "undefined" where there are none). {floor_line}
 {split_line}"""
+
+
+def summary_line(result: Evaluation, db: str) -> str:
+    """The line `main` prints at the end."""
+    measured = ""
+    if result.metrics:
+        worse = worse_than_mean(result.metrics, result.baseline)
+        measured = (f"Test MAE {result.metrics['mae']:.2f} on {result.metrics['n']} articles of {result.test_name}"
+                    + (f" (mean predictor {result.baseline['mae']:.2f}, " if result.baseline else " (")
+                    + (f"{_floor_kind(result.floor)} floor {result.floor['mae']:.2f})" if result.floor
+                       else "no inter-oracle floor in gt.db)")
+                    + (f"; WORSE THAN THE MEAN PREDICTOR on {', '.join(worse)}" if worse else "")
+                    + f"; report {result.report}. ")
+    skipped = f" ({result.not_in_db} test articles are not in gt.db: in the JSONL only)" if result.not_in_db else ""
+    return (f"{measured}Predicted {result.predicted:,} articles with {result.model_id}: {result.stored:,} stored in "
+            f"{db} (predictions, model_id '{result.model_id}'){skipped}, all in {result.jsonl}.")
 
 
 def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
@@ -299,7 +398,7 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
                                    progress=progress)
             true = np.array([r["labels"] for r in test], dtype=float)
             metrics = dimension_metrics(true, pred, dims)
-            baseline = dimension_metrics(true, np.tile(student.scaler.mean, (len(test), 1)), dims)
+            baseline = mean_predictor(true, student.scaler.mean, dims)
             floor = find_floor(conn, args.calibration, config.get("filter"), dims)
             ids += [r["id"] for r in test]
             blocks.append(pred)
@@ -318,7 +417,7 @@ def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
             from stages import report
 
             evaluation = {"test_file": test_name, "test": metrics, "inter_oracle": floor,
-                          "mean_predictor": baseline}
+                          "mean_predictor": baseline, "worse_than_mean": worse_than_mean(metrics, baseline)}
             if split_info:
                 evaluation["split"] = split_info
             report.write_json_atomic(model_dir / "evaluation.json", evaluation)
@@ -427,14 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         headers, rows = evaluation_table(result.metrics, result.floor, dims, result.baseline)
         print(report.md_table(headers, rows))
         print()
-    skipped = f" ({result.not_in_db} test articles are not in gt.db: in the JSONL only)" if result.not_in_db else ""
-    kind = "inter-rater" if result.floor and result.floor.get("kind") == "inter_rater" else "inter-oracle"
-    measured = (f"Test MAE {result.metrics['mae']:.2f} on {result.metrics['n']} articles of {result.test_name}"
-                + (f" ({kind} floor {result.floor['mae']:.2f}, mean predictor {result.baseline['mae']:.2f})"
-                   if result.floor else " (no inter-oracle floor in gt.db)")
-                + f"; report {result.report}. " if result.metrics else "")
-    print(f"{measured}Predicted {result.predicted:,} articles with {result.model_id}: {result.stored:,} stored in "
-          f"{args.db} (predictions, model_id '{result.model_id}'){skipped}, all in {result.jsonl}.")
+    print(summary_line(result, args.db))
     return 0
 
 

@@ -221,3 +221,68 @@ def test_train_reads_a_selection_from_gt_db_and_links_the_model_to_it(evaluated)
     from stages.filters import load_filter
     assert train.load_splits(args, conn, load_filter(UPLIFTING)).selection_id == sel_id
     conn.close()
+
+
+def test_report_defines_every_term_before_using_it_and_flags_the_fixture_s_losing_dimensions(evaluated):
+    evaluation = json.loads((evaluated["model_dir"] / "evaluation.json").read_text())
+    md = (evaluated["model_dir"] / "evaluation.md").read_text()
+    terms = md.index("## Terms")
+    for term in ("floor", "mean predictor", "mean-predictor", "tail MAE", "Spearman", "bias"):
+        assert md.index(term) > terms, term
+    section = md[terms:md.index("## Summary")]
+    for bullet in ("- **MAE**", "- **tail MAE**: the MAE on only the test articles whose oracle (true) score",
+                   ">= 7", "<= 2", "- **mean predictor**", "each dimension's mean of the training labels",
+                   "- **floor**: inter-oracle MAE: oracle-a vs oracle-b on 12 articles"):
+        assert bullet in section, bullet
+    # the means the mean predictor answers are the train split's, and the report names them
+    train = np.array([json.loads(line)["labels"] for line in evaluated["splits"]["train"].read_text().splitlines()])
+    for d, v in zip(evaluated["dims"], train.mean(0)):
+        assert evaluation["mean_predictor"]["predicts"][d] == pytest.approx(v)
+        assert f"{d} {v:.2f}" in section
+    flagged = {line.split("|")[1].strip() for line in md.splitlines()
+               if line.startswith("| ") and "**worse than mean**" in line} - {"all"}
+    assert flagged == set(evaluation["worse_than_mean"])
+    summary = md[md.index("## Summary"):md.index("| dimension |")]
+    if flagged:
+        assert ", ".join(evaluation["worse_than_mean"]) in summary
+    else:
+        assert "beats the mean predictor on every dimension" in summary
+
+
+def test_a_dimension_no_better_than_the_mean_predictor_is_flagged_and_a_winning_one_is_not():
+    from pathlib import Path
+
+    from stages import evaluate
+    from stages.student import dimension_metrics
+
+    rng = np.random.default_rng(3)
+    dims = ["wins", "loses", "ties"]
+    true = rng.uniform(0, 10, (60, 3))
+    train_means = [5.0, 5.0, 5.0]
+    pred = np.column_stack([np.clip(true[:, 0] + rng.normal(0, 0.5, 60), 0, 10),  # close to the truth
+                            10 - true[:, 1],                                       # the order reversed
+                            np.full(60, 5.0)])                                     # the mean predictor itself
+    metrics = dimension_metrics(true, pred, dims)
+    baseline = evaluate.mean_predictor(true, train_means, dims)
+    assert baseline["per_dimension"]["ties"]["mae"] == metrics["per_dimension"]["ties"]["mae"]
+    assert evaluate.worse_than_mean(metrics, baseline) == ["loses", "ties"]
+
+    md = evaluate.evaluation_report("m", "test.jsonl", metrics, None, dims, baseline)
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "**worse than mean**" in rows["loses"] and "**worse than mean** (+0.00)" in rows["ties"]
+    assert "**worse than mean**" not in rows["wins"] and "better (-" in rows["wins"]
+    summary = md[md.index("## Summary"):md.index("| dimension |")]
+    assert "no better than the mean predictor on 2 of 3 dimensions: loses, ties" in summary
+
+    result = evaluate.Evaluation("m", metrics, None, baseline, 60, 60, 0, Path("p.jsonl"), Path("evaluation.md"),
+                                 "test.jsonl")
+    line = evaluate.summary_line(result, "gt.db")
+    assert "WORSE THAN THE MEAN PREDICTOR on loses, ties;" in line and "mean predictor" in line
+
+    # a student that beats the mean everywhere gets no flag anywhere
+    good = dimension_metrics(true, np.clip(true + rng.normal(0, 0.5, true.shape), 0, 10), dims)
+    assert evaluate.worse_than_mean(good, baseline) == []
+    md = evaluate.evaluation_report("m", "test.jsonl", good, None, dims, baseline)
+    assert "**worse than mean** (" not in md and "beats the mean predictor on every dimension" in md
+    good_result = evaluate.Evaluation("m", good, None, baseline, 60, 60, 0, Path("p.jsonl"), Path("e.md"), "t")
+    assert "WORSE" not in evaluate.summary_line(good_result, "gt.db")
