@@ -70,6 +70,7 @@ class Scorer:
     predicted: np.ndarray                  # (candidates, D) on 0-10, used by rank
     uncertainty: np.ndarray | None = None  # (candidates,) ensemble spread in label standard deviations
     seconds: dict = field(default_factory=dict)
+    skill: np.ndarray | None = None        # (D,) leave-one-out R^2 of the probe per dimension (None: unknown)
 
 
 @dataclass
@@ -203,7 +204,8 @@ def fit_scorer(conn: sqlite3.Connection, filt: Filter, key: LabelKey, ids: Seque
             + (f", {ensemble} bootstrap refits for the spread" if ensemble else ""))
     return Scorer(desc, len(lab), pred, uncertainty,
                   {"embed": round(t1 - t0, 2), "fit_predict": round(time.perf_counter() - t1, 2),
-                   "embedded": stats["computed"], "cached": stats["cached"]})
+                   "embedded": stats["computed"], "cached": stats["cached"]},
+                  skill=np.clip(1.0 - head.loo_mse, 0.0, 1.0))
 
 
 # ---- the picks -------------------------------------------------------------------------------------
@@ -224,22 +226,34 @@ def even_quota(n_labels: int, n_bins: int) -> int:
     return max(1, math.ceil(n_labels / n_bins))
 
 
+def skill_values(skill: np.ndarray | None, d: int) -> np.ndarray:
+    """(D,) integer value of filling one short cell of each dimension: the scorer's leave-one-out R^2
+    in tenths (a prediction the probe cannot make is worth nothing to aim at), 1 each when unknown."""
+    if skill is None:
+        return np.ones(d, dtype=np.int64)
+    return np.round(10 * np.clip(skill, 0.0, 1.0)).astype(np.int64)
+
+
 def gap_choice(pred_bins: np.ndarray, current: np.ndarray, k: int, *, cluster: np.ndarray, priority: np.ndarray,
-               seed: int, time_limit: float = PICK_TIME_LIMIT) -> tuple[np.ndarray, np.ndarray]:
+               seed: int, values: np.ndarray | None = None,
+               time_limit: float = PICK_TIME_LIMIT) -> tuple[np.ndarray, np.ndarray]:
     """Mask of k candidates whose predicted bins best fill the shortfall of `current` (D, B) against
-    an even share of the enlarged set, and each one's (D,) 'short cell' flags. Cells with no
-    shortfall are folded into one extra bin worth nothing, so candidates differing only there
-    aggregate (the program stays small on a 100k pool)."""
+    an even share of the enlarged set, and each one's (D,) 'short cell' flags. A short cell of
+    dimension j is worth values[j] per article (the scorer's skill there), and a cell no label
+    reaches yet is covered first. Cells with no shortfall, and every cell of a dimension worth 0,
+    are folded into one extra bin worth nothing, so candidates differing only there aggregate (the
+    program stays small on a 100k pool)."""
     n, d = pred_bins.shape
     b = current.shape[1]
+    values = np.ones(d, dtype=np.int64) if values is None else np.asarray(values, dtype=np.int64)
     quota = even_quota(int(current[0].sum()) + k, b)
-    short = np.maximum(quota - current, 0)                                    # (D, B)
+    short = np.maximum(quota - current, 0) * (values[:, None] > 0)           # (D, B)
     hits = short[np.arange(d)[None, :], pred_bins] > 0                       # (n, D)
     bins = np.where(hits, pred_bins, b)
     quota_x = np.concatenate([short, np.zeros((d, 1), dtype=np.int64)], axis=1)
-    value = (quota_x > 0).astype(np.int64)
+    value = (quota_x > 0) * values[:, None]
     bonus = np.where((np.concatenate([current, np.ones((d, 1), dtype=np.int64)], axis=1) == 0) & (quota_x > 0),
-                     d + 1, 0)
+                     int(values.sum()) + 1, 0)
     pool = sel.Pool(bins=bins, tier=np.zeros(n), source=np.zeros(n), cluster=cluster, priority=priority)
     units = int((cluster < 0).sum()) + len(np.unique(cluster[cluster >= 0]))
     k = min(k, units)
@@ -293,8 +307,9 @@ def plan_picks(conn: sqlite3.Connection, filt: Filter, key: LabelKey, method: st
     current = cell_counts(sel.to_bins(lab[dims].to_numpy(float), edges), len(edges))
     hits = np.zeros_like(pred_bins, dtype=bool)
     if method == "gaps":
-        z = np.abs(mapped - reference.mean(axis=0)) / np.maximum(reference.std(axis=0), 1e-9)
-        chosen, hits = gap_choice(pred_bins, current, n_aim, cluster=_cluster_codes(conn, pool),
+        values = skill_values(scorer.skill, len(dims))
+        z = np.abs(mapped - reference.mean(axis=0)) / np.maximum(reference.std(axis=0), 1e-9) * values
+        chosen, hits = gap_choice(pred_bins, current, n_aim, cluster=_cluster_codes(conn, pool), values=values,
                                   priority=z.max(axis=1) + 1e-6 * rng.random(len(pool)), seed=seed)
         aim = list(np.flatnonzero(chosen))
         reason = "gap"
@@ -319,6 +334,7 @@ def plan_picks(conn: sqlite3.Connection, filt: Filter, key: LabelKey, method: st
                   uncertainty=None if scorer.uncertainty is None else scorer.uncertainty[order],
                   explore_share=explore_share, candidates=len(pool))
     picks.params = {"bins": [float(e) for e in edges], "seconds": scorer.seconds,
+                    "skill": None if scorer.skill is None else {d: round(float(v), 3) for d, v in zip(dims, scorer.skill)},
                     "predicted": predicted_gain(current, pred_bins, np.asarray(order, dtype=np.int64), mapped)}
     return picks
 
