@@ -175,7 +175,8 @@ def test_constraints_hold_and_outputs_load(pool_db, tmp_path, uplifting, capsys)
         lines = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
         assert len(lines) == n
         for rec in lines:
-            assert set(rec) == {"id", "title", "text", "labels", "dimension_names", "tier", "overall"}
+            assert set(rec) == {"id", "title", "text", "labels", "dimension_names", "tier", "overall",
+                                "label_id", "oracle", "model", "prompt_sha256", "evidence"}  # tests/test_splits.py
             assert rec["dimension_names"] == uplifting.dimension_names
             assert rec["labels"] == [df.loc[rec["id"], d] for d in uplifting.dimension_names]
             assert rec["tier"] == df.loc[rec["id"], "tier"] and rec["text"] == arts[rec["id"]]["text"]
@@ -187,6 +188,65 @@ def test_constraints_hold_and_outputs_load(pool_db, tmp_path, uplifting, capsys)
     coverage = (out / "coverage_comparison.md").read_text()
     assert "random (mean of 5)" in coverage and "greedy" in coverage
     assert (out / "coverage_comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_high_scores_are_counted_per_article_once(conn, uplifting, db_path, tmp_path):
+    """a000 scores 9 on agency and 9 on progress, a001 8 on wonder: 2 articles, 3 high (dimension,
+    article) pairs. The headline counts articles; the per-dimension table counts pairs."""
+    names = uplifting.dimension_names
+    scores = np.full((12, len(names)), 3.0)
+    scores[:, 0] = np.arange(12) % 6                       # spread, so the bins differ
+    scores[0, names.index("agency")] = scores[0, names.index("progress")] = 9
+    scores[1, names.index("wonder")] = 8
+    make_pool_db(conn, uplifting, scores)
+    assert run_select(db_path, tmp_path / "o", "--target-size", 12) == 0
+    coverage = (tmp_path / "o" / "coverage_comparison.md").read_text()
+    assert "**2** of the 12 selected articles score 8-10 on at least one of the 8 dimensions" in coverage
+    table = coverage.split("## Articles scoring 8-10, per dimension")[1]
+    row = lambda d: [x.strip() for x in table.split(f"| {d} |")[1].split("\n")[0].split("|")]  # noqa: E731
+    assert row("agency")[:2] == ["1", "1"] and row("progress")[:2] == ["1", "1"] and row("wonder")[:2] == ["1", "1"]
+    assert row("justice")[:2] == ["0", "0"]
+
+
+def test_both_reports_name_the_baselines_and_quote_the_same_numbers(pool_db, tmp_path):
+    assert run_select(pool_db, tmp_path / "o", "--target-size", 50, "--seed", 7) == 0
+    report = (tmp_path / "o" / "selection_report.md").read_text()
+    coverage = (tmp_path / "o" / "coverage_comparison.md").read_text()
+    section = lambda text: text.split("## Baselines")[1].split("\n## ")[0]  # noqa: E731
+    assert section(report) == section(coverage)
+    assert "5 subsets of 50 articles drawn uniformly at random" in section(report)
+    assert "seeds 7 to 11" in section(report)
+    assert "**greedy**: starts empty" in section(report)
+    random_row = [x.strip() for x in section(report).split("| random (mean of 5) |")[1].split("\n")[0].split("|")]
+    assert f"The random baseline reaches {random_row[1]} of this objective" in report
+    assert f"the random baseline {random_row[3]}" in coverage
+    for text in (report, coverage):
+        terms = text.index("**Terms.**")
+        assert all(terms < text.index(word) for word in ("fill", "quota", "cell"))
+        assert all(f"*{word}*" in text[terms:text.index("\n", terms)] for word in ("Bin", "Cell", "Quota", "Value",
+                                                                                     "Fill"))
+
+
+def test_coverage_figure_is_labelled_with_integer_ticks_and_explains_its_marks():
+    dims = ["agency", "progress", "wonder", "justice", "hope"]
+    rng = np.random.default_rng(0)
+    selection = rng.integers(0, 3, size=(5, 11))
+    pool = selection + 1
+    pool[2, 10] = 0                                         # wonder: no article scores 10 in the pool
+    fig = stage.coverage_figure({"selection": selection, "random (mean of 5)": selection * 0.37 + 0.2}, pool, dims,
+                                [str(b) for b in range(11)], "t")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 5
+    assert {ax.get_ylabel() for ax in visible[::4]} == {"articles"}       # the first panel of each row
+    # the lowest panel of each column: agency has hope below it, the others nothing
+    assert [ax.get_xlabel() for ax in visible] == ["", "score bin", "score bin", "score bin", "score bin"]
+    for ax in visible:
+        ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:2] == ["selection", "random (mean of 5)"] and "no article in the pool" in legend[2]
+    no_gap = stage.coverage_figure({"selection": selection}, selection + 1, dims, [str(b) for b in range(11)], "t")
+    assert [t.get_text() for t in no_gap.legends[0].get_texts()] == ["selection"]
 
 
 def test_selection_covers_more_than_random(pool_db, tmp_path, uplifting):
