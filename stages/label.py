@@ -37,6 +37,7 @@ from stages.labelling import (CHARS_PER_TOKEN, DB_PATIENCE_S, FINAL_STATUSES, RE
                               plan_items, record_completion, run_state, scrub_secrets, store_outcome,
                               worst_case_cost)
 from stages.oracles.base import FatalError, OracleSpec
+from stages.oracles.replay import replay_priced
 from stages.oracles.ratelimit import RateLimiter
 
 __all__ = ["label_articles", "LabelRunSummary", "RetryPolicy", "RunOptions", "estimate_run", "main",
@@ -337,18 +338,6 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), 2)
     except (store.StoreError, sqlite3.Error) as e:
         return _fail(store.describe_db_error(e, args.db))
-
-
-def replay_priced(spec: OracleSpec, text: str) -> OracleSpec:
-    if spec.provider != "replay":
-        raise ValueError(f"--replay-price is for replay/<oracle> oracles; {spec.name} is priced in oracles.yaml")
-    try:
-        pin, pout = (float(x) for x in text.split(","))
-        if pin < 0 or pout < 0:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"--replay-price '{text}': pass USD per 1M input and output tokens, e.g. 0.30,2.50") from None
-    return dataclasses.replace(spec, input_per_m=pin, output_per_m=pout)
 
 
 def pick_usage_problem(args: argparse.Namespace) -> str | None:

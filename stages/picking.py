@@ -423,28 +423,32 @@ def record_round(conn: sqlite3.Connection, key: LabelKey, picks: Picks, *, reque
 
 
 def open_round(conn: sqlite3.Connection, key: LabelKey, method: str, loop_key: str | None = None) -> Picks | None:
-    """The newest round of this key, method and loop whose picks are not all labelled yet (some pick
-    has no label row at all: the run that picked them stopped before asking): its unasked picks, in
-    order. A pick whose call failed has an 'error' label and is not resumed here (it stays a
-    candidate for later picks)."""
+    """The newest round of this key, method and loop whose picks are not all asked yet (the run that
+    picked them stopped first): its unasked picks, in order; None when there is no such round."""
     if not has_pick_tables(conn):
         return None
     row = conn.execute(
-        """SELECT * FROM pick_rounds WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ? AND method = ?
+        """SELECT id FROM pick_rounds WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ? AND method = ?
            AND loop_key IS ? ORDER BY id DESC LIMIT 1""",
         (key.filter_id, key.oracle, key.prompt_sha256, method, loop_key)).fetchone()
     if row is None:
         return None
+    pending = pending_picks(conn, key, int(row[0]))
+    return pending if pending.article_ids else None
+
+
+def pending_picks(conn: sqlite3.Connection, key: LabelKey, round_id: int) -> Picks:
+    """A recorded round's picks with no label row yet, in order. A pick whose call failed has an
+    'error' label and is not pending (it stays a candidate for later picks)."""
+    row = conn.execute("SELECT * FROM pick_rounds WHERE id = ?", (round_id,)).fetchone()
     rows = conn.execute(
         """SELECT p.article_id, p.reason, p.cell FROM label_picks p WHERE p.round_id = ? AND NOT EXISTS (
                SELECT 1 FROM labels l WHERE l.article_id = p.article_id AND l.filter_id = ? AND l.oracle = ?
                AND l.prompt_sha256 = ? AND l."repeat" = 0) ORDER BY p.rank""",
-        (row["id"], key.filter_id, key.oracle, key.prompt_sha256)).fetchall()
-    if not rows:
-        return None
-    return Picks(method, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], scorer=row["scorer"],
+        (round_id, key.filter_id, key.oracle, key.prompt_sha256)).fetchall()
+    return Picks(row["method"], [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], scorer=row["scorer"],
                  labels_seen=row["labels_seen"] or 0, explore_share=row["explore_share"],
-                 params=json.loads(row["params_json"] or "{}"), round_id=int(row["id"]), resumed=True)
+                 params=json.loads(row["params_json"] or "{}"), round_id=round_id, resumed=True)
 
 
 def describe(picks: Picks) -> str:

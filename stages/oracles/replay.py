@@ -15,6 +15,7 @@ them (a real LLM run), else estimated the way `--dry-run` does (characters / 4).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from stages.oracles.base import Completion, FatalError, NotAnswerable, OracleRequest, OracleSpec
@@ -45,3 +46,16 @@ class ReplayOracle:
 
     async def aclose(self) -> None:
         return None
+
+
+def replay_priced(spec: OracleSpec, text: str) -> OracleSpec:
+    """`--replay-price IN,OUT` (USD per 1M input and output tokens) applied to a replay oracle."""
+    if spec.provider != "replay":
+        raise ValueError(f"--replay-price is for replay/<oracle> oracles; {spec.name} is priced in oracles.yaml")
+    try:
+        pin, pout = (float(x) for x in text.split(","))
+        if pin < 0 or pout < 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--replay-price '{text}': pass USD per 1M input and output tokens, e.g. 0.30,2.50") from None
+    return dataclasses.replace(spec, input_per_m=pin, output_per_m=pout)
