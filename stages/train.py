@@ -171,7 +171,6 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars: noise, not progress
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers v6 renames, not the user's concern
     device = resolve_device(args.device)
     settings = resolve_settings(vars(args), device)
@@ -192,7 +191,8 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
                          f"{filt.dimension_names} (pass the --filter they were labelled with)")
 
     base_name = args.model or default_base_model(device)
-    base_path = resolve_base_model(base_name)
+    base_path = resolve_base_model(base_name)  # a download shows its progress bars
+    hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars: noise, not progress
     precision = resolve_precision(args.precision, device)
     checkpointing = args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and device == "cuda")
     targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets else None
