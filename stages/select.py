@@ -1,6 +1,9 @@
 """Select stage (step 4 of the workflow): from the labelled pool in gt.db, pick the training subset
 that best covers every dimension's score range, as an OR-Tools integer program, split it into
-train/val/test, and write the splits and two reports.
+train/val/test, and write the splits (JSONL, or Parquet with --format parquet; every line carries the
+provenance of its label: labels.id, oracle, model, prompt hash, evidence), their dataset card
+(README.md, Hugging Face conventions: `datasets.load_dataset("json", data_dir=...)` loads them) and
+two reports.
 
     python -m stages.select --db gt.db --target-size 2000 --strategy maximize_coverage \\
         --output-dir data/training
@@ -953,7 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m stages.select",
         description="Select the training subset that best covers every dimension's score range (an OR-Tools "
                     "integer program over the labelled pool in gt.db), split it into train/val/test and write "
-                    "the splits, selection_report.md and coverage_comparison.md (+ PNG).",
+                    "the splits, their dataset card README.md, selection_report.md and coverage_comparison.md (+ PNG).",
         epilog="Strategies:\n" + "\n".join(f"  {s.name:18} {s.goal}" for s in STRATEGIES.values())
                + "\n\nSelections are stored in gt.db by --name; the same name replaces the old selection in one "
                  "transaction unless a trained model refers to it (then the stage refuses).\n"
@@ -1020,8 +1023,8 @@ def main(argv: list[str] | None = None) -> int:
     rand = f"{100 * r.random_objective / s.objective:.1f}%" if s.objective else "—"
     print(f"{r.imported or ''}Selected {r.size} of {r.pool_size} eligible articles ({r.oracle} labels) as selection '{r.name}' "
           f"(id {r.selection_id}) in {args.db}: objective {s.objective:,}, bound {s.bound:,}, gap {100 * s.gap:.2f}%, "
-          f"{s.status}{' (' + s.proven_by + ')' if s.proven_by else ''} in {s.seconds:.2f} s; random reaches {rand}, "
-          f"greedy {greedy}. Wrote train/val/test.{args.format} ({r.split_counts['train']}/{r.split_counts['val']}/"
+          f"{s.status}{' (' + s.proven_by + ')' if s.proven_by else ''} in {s.seconds:.2f} s; of that objective "
+          f"{RANDOM_SUBSETS} random subsets reach {rand} (mean), the greedy baseline {greedy}. Wrote train/val/test.{args.format} ({r.split_counts['train']}/{r.split_counts['val']}/"
           f"{r.split_counts['test']}), README.md (dataset card), selection_report.md and coverage_comparison.md "
           f"(+ PNG) to {r.output_dir}/"
           + (f"; removed the earlier {', '.join(r.removed)}" if r.removed else "")
