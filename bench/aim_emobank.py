@@ -31,7 +31,6 @@ sys.path[:] = [p for p in sys.path if not p.endswith("bench")]   # bench/select.
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
 import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -126,7 +125,10 @@ def main() -> int:
     for seed in range(1, args.seeds + 1):
         for arm in ("aimed", "random"):
             db = work / f"{arm}-{seed}.db"
-            shutil.copyfile(base, db)
+            src, dst = sqlite3.connect(base), sqlite3.connect(db)
+            src.backup(dst)   # not a file copy: pages still in the -wal file would be missed
+            src.close()
+            dst.close()
             t0 = time.perf_counter()
             if arm == "aimed":
                 label(db, "--target-count", str(START), "--random-sample", "--seed", str(seed))

@@ -50,6 +50,7 @@ MIN_LABELS_TO_AIM = 30          # fewer valid labels than this and no scorer can
 MIN_REFERENCE = 50              # unaimed labels needed to use them (not all labels) as the score reference
 ENSEMBLE = 5                    # bootstrap refits of the probe for `uncertain`
 PICK_TIME_LIMIT = 20.0          # seconds CP-SAT may polish the gap program
+EXTREMENESS_LEVELS = 10         # an article's extremeness weight is 0..9, a short cell worth 10 x the skill
 
 
 class PickError(Exception):
@@ -240,9 +241,11 @@ def gap_choice(pred_bins: np.ndarray, current: np.ndarray, k: int, *, cluster: n
     """Mask of k candidates whose predicted bins best fill the shortfall of `current` (D, B) against
     an even share of the enlarged set, and each one's (D,) 'short cell' flags. A short cell of
     dimension j is worth values[j] per article (the scorer's skill there), and a cell no label
-    reaches yet is covered first. Cells with no shortfall, and every cell of a dimension worth 0,
-    are folded into one extra bin worth nothing, so candidates differing only there aggregate (the
-    program stays small on a 100k pool)."""
+    reaches yet is covered first. Past the shortfall (or where the scorer cannot reach it), the
+    picks go to the most extreme predictions: each article weighs its `priority` percentile in
+    EXTREMENESS_LEVELS levels, less than one short cell is worth. Cells with no shortfall, and every
+    cell of a dimension worth 0, are folded into one extra bin worth nothing, so candidates
+    differing only there aggregate (the program stays small on a 100k pool)."""
     n, d = pred_bins.shape
     b = current.shape[1]
     values = np.ones(d, dtype=np.int64) if values is None else np.asarray(values, dtype=np.int64)
@@ -251,10 +254,13 @@ def gap_choice(pred_bins: np.ndarray, current: np.ndarray, k: int, *, cluster: n
     hits = short[np.arange(d)[None, :], pred_bins] > 0                       # (n, D)
     bins = np.where(hits, pred_bins, b)
     quota_x = np.concatenate([short, np.zeros((d, 1), dtype=np.int64)], axis=1)
-    value = (quota_x > 0) * values[:, None]
+    value = (quota_x > 0) * values[:, None] * EXTREMENESS_LEVELS
     bonus = np.where((np.concatenate([current, np.ones((d, 1), dtype=np.int64)], axis=1) == 0) & (quota_x > 0),
-                     int(values.sum()) + 1, 0)
-    pool = sel.Pool(bins=bins, tier=np.zeros(n), source=np.zeros(n), cluster=cluster, priority=priority)
+                     int(values.sum()) * EXTREMENESS_LEVELS + 1, 0)
+    pct = pd.Series(priority).rank(pct=True, method="average").to_numpy()
+    weight = np.minimum(EXTREMENESS_LEVELS - 1, np.floor(pct * EXTREMENESS_LEVELS)).astype(np.int64)
+    pool = sel.Pool(bins=bins, tier=np.zeros(n), source=np.zeros(n), cluster=cluster, weight=weight,
+                    priority=priority)
     units = int((cluster < 0).sum()) + len(np.unique(cluster[cluster >= 0]))
     k = min(k, units)
     program = sel.Program(quota=quota_x, value=value, size=k, tier_names=["all"], tier_min=np.array([0]),
