@@ -40,6 +40,7 @@ export GT_DB=$(DB)
 help:
 	@echo "make demo | emobank | test | ingest | calibrate | label | label-status | coverage | select | train | evaluate | browse | bench | bench-gpu | clean"
 	@echo "  make demo reruns from scratch each time (its own database, model and reports); make clean removes data/demo, reports/ and models/"
+	@echo "  on a GPU machine: make venv-gpu [CUDA=cu128] first; make train MODEL=<hub id> [GPUS=4] downloads the model unless HF_HUB_OFFLINE=1"
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
