@@ -244,6 +244,8 @@ def run(args: argparse.Namespace) -> Result:
         raise SelectError(f"--labeled-file {args.labeled_file}: no such file")
     name = args.name or "-".join([strategy.name, str(args.target_size), f"seed{args.seed}"]
                                  + ([args.filter_by_difficulty] if args.filter_by_difficulty else []))
+    if args.extend and not args.name:
+        name = f"{args.extend}+{name}"
 
     conn = store.connect(args.db, create=bool(args.labeled_file))  # only importing --labeled-file may create gt.db
     try:
@@ -274,6 +276,20 @@ def run(args: argparse.Namespace) -> Result:
             excluded[f"held out: the test split of '{args.holdout_split}'"] = int(held.sum())
             pool_df = pool_df[~held].reset_index(drop=True)
 
+        all_rows = pool_df
+        kept = extended_members(conn, args.extend, oracle) if args.extend else {}
+        if kept:
+            missing = sorted(set(kept) - set(pool_df["article_id"]))
+            if missing:
+                raise SelectError(f"--extend {args.extend}: {len(missing)} of its articles have no {oracle} label in "
+                                  f"this label set, e.g. {missing[0]} (extend a selection of the same labels)")
+            pool_df = drop_with_cluster_mates(pool_df, set(kept), excluded,
+                                              f"already in '{args.extend}' (extended) or a near-duplicate of one")
+        if strategy.name == "active_learning" and args.model_predictions:
+            trained = student_training_split(conn, args.model_predictions)
+            if trained:
+                pool_df = drop_with_cluster_mates(pool_df, trained, excluded,
+                                                  "in the student's own training split (or a near-duplicate)")
         predictions, pred_where = (None, None)
         if args.model_predictions:
             predictions, pred_where = load_predictions(conn, args.model_predictions, filt.dimension_names)
@@ -309,6 +325,9 @@ def run(args: argparse.Namespace) -> Result:
         unit = np.where(pool.cluster[picked] >= 0, pool.cluster[picked] + pool.size, picked)
         split_idx = sel.assign_splits(pool.bins[picked], unit, ratios, args.seed)
         split_of = pd.Series(np.array(sel.SPLITS)[split_idx], index=pool_df["article_id"].to_numpy()[picked])
+        if kept:  # the picks join the extended selection's train split; its val and test stay as they are
+            split_of = pd.concat([pd.Series(kept, dtype=object),
+                                  pd.Series("train", index=split_of.index, dtype=object)])
 
         # ---- baselines beside the answer
         randoms = [sel.random_subset(pool.size, args.target_size, args.seed + r) for r in range(RANDOM_SUBSETS)]
@@ -328,13 +347,14 @@ def run(args: argparse.Namespace) -> Result:
             "filter_by_difficulty": args.filter_by_difficulty, "model_predictions": pred_where,
             "prompt_sha256": prompt_sha, "time_limit": args.time_limit, "labeled_file": args.labeled_file,
             "holdout_split": args.holdout_split, "format": args.format,
+            "extends": args.extend, "extended_members": len(kept),
             "gap": solution.gap, "groups": solution.groups, "proven_by": solution.proven_by,
         }
         ctx = ReportContext(filt=filt, dims=dims, edges=edges, strategy=strategy, program=program, pool_df=pool_df,
                             pool=pool, chosen=chosen, split_of=split_of, solution=solution, randoms=randoms,
                             random_objs=random_objs, greedy_mask=greedy_mask, greedy_obj=greedy_obj,
                             excluded=excluded, labelled=labelled, oracle=oracle, name=name, params=params,
-                            source_names=list(source_names), args=args, error=error)
+                            source_names=list(source_names), args=args, error=error, all_rows=all_rows)
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".select-", dir=out_dir))
         try:
@@ -353,6 +373,36 @@ def run(args: argparse.Namespace) -> Result:
                       files=files, imported=imported, removed=removed)
     finally:
         conn.close()
+
+
+def extended_members(conn: sqlite3.Connection, name: str, oracle: str) -> dict[str, str]:
+    """--extend: the selection's members and their splits."""
+    row = conn.execute("SELECT id, oracle FROM selections WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        known = [r[0] for r in conn.execute("SELECT name FROM selections ORDER BY id DESC LIMIT 5")]
+        raise UsageError(f"--extend {name}: no selection by that name in gt.db"
+                         + (f" (recent: {', '.join(known)})" if known else " (make select first)"))
+    if row["oracle"] != oracle:
+        raise UsageError(f"--extend {name}: it was selected from {row['oracle']}'s labels, this run uses {oracle}'s "
+                         f"(pass --oracle {row['oracle']})")
+    return {r[0]: r[1] for r in conn.execute("SELECT article_id, split FROM selection_members WHERE selection_id = ?",
+                                             (row["id"],))}
+
+
+def student_training_split(conn: sqlite3.Connection, model_id: str) -> set[str]:
+    """The articles a model in gt.db was trained on (its selection's train split); empty for a
+    predictions file or a model without a recorded selection."""
+    return {r[0] for r in conn.execute(
+        """SELECT sm.article_id FROM models m JOIN selection_members sm ON sm.selection_id = m.selection_id
+           WHERE m.id = ? AND sm.split = 'train'""", (model_id,))}
+
+
+def drop_with_cluster_mates(pool_df: pd.DataFrame, ids: set[str], excluded: dict, why: str) -> pd.DataFrame:
+    """The pool without these articles and their near-duplicate cluster mates (counted under `why`)."""
+    clusters = set(pool_df.loc[pool_df["article_id"].isin(ids), "near_dup_cluster"].dropna())
+    drop = pool_df["article_id"].isin(ids) | pool_df["near_dup_cluster"].isin(clusters)
+    excluded[why] = int(drop.sum())
+    return pool_df[~drop].reset_index(drop=True)
 
 
 def save_selection(conn: sqlite3.Connection, ctx: "ReportContext", seconds: float) -> int:
@@ -404,6 +454,7 @@ class ReportContext:
     source_names: list
     args: argparse.Namespace
     error: pd.Series | None
+    all_rows: pd.DataFrame | None = None   # every labelled row (an extended selection's members are not in pool_df)
 
 
 def write_outputs(conn: sqlite3.Connection, ctx: ReportContext, folder: Path) -> list[str]:
@@ -438,7 +489,7 @@ def split_records(conn: sqlite3.Connection, ctx: ReportContext, articles: dict) 
     prompt hash, and the evidence per dimension: '' where the answer gave none, null where the
     label carries no evidence at all, e.g. imported human ratings)."""
     names = ctx.filt.dimension_names
-    rows = ctx.pool_df.set_index("article_id")
+    rows = (ctx.all_rows if ctx.all_rows is not None else ctx.pool_df).set_index("article_id")
     labels = {r["id"]: r for r in _rows_by_id(
         conn, """SELECT l.id, l.oracle, l.prompt_sha256, l.evidence_json, r.model FROM labels l
                  JOIN label_runs r ON r.id = l.run_id WHERE l.id IN ({ids})""",
@@ -1002,6 +1053,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--format", choices=SPLIT_FORMATS, default="jsonl",
                     help="file format of the splits: jsonl (default; what `make train` reads) or parquet (same "
                          "columns); the other format's split files of an earlier run in --output-dir are removed")
+    ap.add_argument("--extend", metavar="SELECTION",
+                    help="add this run's picks to an existing selection's train split, keeping its val and test "
+                         "splits as they are (its members and their near-duplicates are not picked again); saved "
+                         "under a new name (default <SELECTION>+<strategy>-<size>-seed<seed>)")
     ap.add_argument("--seed", type=int, default=42, help="seed for ties, baselines and splits (default 42)")
     return ap
 

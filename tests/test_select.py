@@ -490,3 +490,34 @@ def test_predictions_of_a_model_in_gt_db_drive_active_learning(pool_db, tmp_path
                       "--model-predictions", "student-v1", "--name", "al-db") == 0
     chosen = {a for a, _ in members(pool_db, "al-db")}
     assert len(chosen & worst) >= 20                  # random would give about 4
+
+
+def test_active_learning_never_repicks_training_articles_and_extend_keeps_val_and_test(pool_db, tmp_path, uplifting):
+    assert run_select(pool_db, tmp_path / "base", "--target-size", 60, "--name", "base") == 0
+    base = dict(members(pool_db, "base"))
+    trained = {a for a, s in base.items() if s == "train"}
+    df, _ = frame_of(pool_db, uplifting)
+    dims = uplifting.dimension_names
+    c = sqlite3.connect(pool_db)
+    c.execute("INSERT INTO models (id, base_model, selection_id) VALUES ('s1', 'minilm', "
+              "(SELECT id FROM selections WHERE name = 'base'))")
+    # the student errs most on its own training articles: a stage that ignored the rule would pick them
+    c.executemany("INSERT INTO predictions (model_id, article_id, dimension, score) VALUES ('s1', ?, ?, ?)",
+                  [(aid, d, float(row[d]) + (4.0 if aid in trained and row[d] < 5 else -4.0 if aid in trained else 0.5))
+                   for aid, row in df.iterrows() for d in dims])
+    c.commit()
+    c.close()
+    assert run_select(pool_db, tmp_path / "al", "--target-size", 30, "--strategy", "active_learning",
+                      "--model-predictions", "s1", "--name", "al") == 0
+    assert not {a for a, _ in members(pool_db, "al")} & trained
+    assert run_select(pool_db, tmp_path / "ext", "--target-size", 30, "--strategy", "active_learning",
+                      "--model-predictions", "s1", "--extend", "base") == 0
+    extended = dict(members(pool_db, "base+active_learning-30-seed42"))
+    assert len(extended) == 90
+    assert {a: s for a, s in extended.items() if a in base} == base          # every old member keeps its split
+    new = set(extended) - set(base)
+    assert len(new) == 30 and {extended[a] for a in new} == {"train"}
+    counts = {s: sum(1 for line in open(tmp_path / "ext" / f"{s}.jsonl")) for s in ("train", "val", "test")}
+    assert counts["val"] == sum(1 for s in base.values() if s == "val")
+    assert counts["test"] == sum(1 for s in base.values() if s == "test")
+    assert counts["train"] == len(trained) + 30
