@@ -38,7 +38,7 @@ export GT_DB=$(DB)
 .PHONY: venv venv-gpu demo test ingest label label-status calibrate coverage select train evaluate browse bench bench-gpu clean help
 
 help:
-	@echo "make demo | emobank | test | ingest | calibrate | label | label-status | coverage | select | train | evaluate | browse | bench | bench-gpu | clean"
+	@echo "make demo | emobank | test | ingest | calibrate | label | loop | label-status | coverage | select | train | evaluate | browse | bench | bench-gpu | clean"
 	@echo "  make demo reruns from scratch each time (its own database, model and reports); make clean removes data/demo, reports/ and models/"
 	@echo "  on a GPU machine: make venv-gpu [CUDA=cu128] first; make train MODEL=<hub id> [GPUS=4] downloads the model unless HF_HUB_OFFLINE=1"
 
@@ -72,10 +72,21 @@ test: $(STAMP)
 ingest: $(STAMP)
 	$(PY) -m stages.ingest --db $(DB) --filter $(FILTER) $(if $(SOURCE),--source '$(SOURCE)') $(ARGS)
 
+# PICK=random (the seeded sample) | gaps | uncertain | ids (ARGS='--ids-file FILE'): stages/picking.py
+PICK    ?= random
 label: $(STAMP)
 	$(PY) -m stages.label --db $(DB) --filter $(FILTER) $(if $(SOURCE),--source '$(SOURCE)') --llm $(LLM) \
 		--target-count $(TARGET) --random-sample --seed $(SEED) --concurrency $(CONCURRENCY) \
-		--mode $(MODE) --output-dir $(OUT) $(ARGS)
+		--mode $(MODE) --pick $(PICK) --output-dir $(OUT) $(ARGS)
+
+# Rounds of aimed buying: pick PER_ROUND articles (PICK=gaps by default here), label them, refit the
+# scorer, again; a report per round in reports/ (python -m stages.loop --help). A rerun resumes.
+ROUNDS    ?= 3
+PER_ROUND ?= 2000
+.PHONY: loop
+loop: $(STAMP)
+	$(PY) -m stages.loop --db $(DB) --filter $(FILTER) --llm $(LLM) --rounds $(ROUNDS) --per-round $(PER_ROUND) \
+		--pick $(if $(filter command line environment,$(origin PICK)),$(PICK),gaps) --seed $(SEED) --concurrency $(CONCURRENCY) $(ARGS)
 
 label-status: $(STAMP)
 	$(PY) -m stages.label --db $(DB) --status $(ARGS)
