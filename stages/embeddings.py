@@ -140,13 +140,10 @@ def article_vectors(conn: sqlite3.Connection, article_ids: Sequence[str], max_ar
                     progress: bool = False) -> tuple[np.ndarray, dict]:
     """One embedding per article of gt.db (rows in the order of `article_ids`), from the cache
     where it has them."""
-    texts: dict[str, str] = {}
+    from stages.store import article_texts
+
     ids = list(article_ids)
-    for start in range(0, len(ids), 900):
-        chunk = ids[start:start + 900]
-        for r in conn.execute(f"SELECT id, title, text FROM articles WHERE id IN ({','.join('?' * len(chunk))})",
-                              chunk):
-            texts[r[0]] = article_text(r[1] or "", r[2] or "", max_article_chars)
+    texts = {a: article_text(title, text, max_article_chars) for a, (title, text) in article_texts(conn, ids).items()}
     missing = [a for a in ids if a not in texts]
     if missing:
         raise KeyError(f"{len(missing)} article(s) not in gt.db, e.g. {missing[0]}")

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from stages import bands
+
 
 class SelectionError(Exception):
     """The program cannot be solved as asked; the message names the constraint responsible."""
@@ -582,17 +584,9 @@ def _polish(groups, program, hint, hint_obj, lp_obj, lp_counts, reduced, time_li
 # 8-10 with the default integer bins): the one definition of the outer bins, used by the strategies
 # here and by the learning curves' tail MAE (stages/curve.py).
 
-EXTREME_LOW = 4.0
-EXTREME_HIGH = 8.0
-
-
-def is_extreme(score):
-    """True for a score or bin midpoint in the outer bins (below EXTREME_LOW or at least EXTREME_HIGH);
-    elementwise for an array."""
-    if np.ndim(score):
-        score = np.asarray(score, dtype=float)
-        return (score < EXTREME_LOW) | (score >= EXTREME_HIGH)
-    return bool(score < EXTREME_LOW or score >= EXTREME_HIGH)
+EXTREME_LOW = bands.MIDDLE_LOW      # the outer bins are stages/bands.py's, the one definition
+EXTREME_HIGH = bands.MIDDLE_HIGH
+is_extreme = bands.is_outer
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,40 @@ class DatabaseTrouble(StoreError):
     locked, corrupt, newer schema...). Its message is already the one line describe_db_error makes."""
 
 
+QUERIES_DIR = SQL_DIR / "queries"
+
+
+def query_text(name: str) -> str:
+    """The text of sql/queries/<name>.sql: the named queries stages run."""
+    return (QUERIES_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def run_script(conn: sqlite3.Connection, name: str, params: "dict | None" = None) -> None:
+    """Run every statement of sql/queries/<name>.sql with named parameters (executescript takes none)."""
+    buffer = ""
+    for line in query_text(name).splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            buffer = ""
+            used = {k: v for k, v in (params or {}).items() if f":{k}" in statement}
+            conn.execute(statement, used)
+    if buffer.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buffer.splitlines()):
+        raise ValueError(f"sql/queries/{name}.sql ends with an incomplete statement")
+
+
+def article_texts(conn: sqlite3.Connection, article_ids) -> dict[str, tuple[str, str]]:
+    """{id: (title, text)} of these articles (the one article-text query; ids not in gt.db are absent)."""
+    ids = list(dict.fromkeys(article_ids))
+    out: dict[str, tuple[str, str]] = {}
+    for start in range(0, len(ids), 900):
+        chunk = ids[start:start + 900]
+        for r in conn.execute(f"SELECT id, title, text FROM articles WHERE id IN ({','.join('?' * len(chunk))})",
+                              chunk):
+            out[r[0]] = (r[1] or "", r[2] or "")
+    return out
+
+
 def default_db_path() -> str:
     return os.environ.get("GT_DB") or "gt.db"
 

@@ -28,6 +28,8 @@ _PROVIDER_CLASSES = {
     "replay": ("stages.oracles.replay", "ReplayOracle"),
 }
 BASE_URL_ENV = {"gemini": "GEMINI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
+OFFLINE_PROVIDERS = ("local-embed", "local-llm", "replay")   # need no network and no key
+STAND_IN_PROVIDERS = ("local-embed", "local-llm")            # offline stand-ins, not substitutes for a real LLM
 PATTERN = "<model>"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "oracles.yaml"
 
