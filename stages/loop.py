@@ -22,11 +22,13 @@ import json
 import re
 import sqlite3
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from stages import picking, store
+from stages.cli import StageError, UsageError, exit_code, fail
 from stages import selection as sel
 from stages.filters import Filter, FilterError, load_filter
 from stages.labelling import LabelRunSummary, RetryPolicy, eligible_article_ids, label_articles
@@ -36,12 +38,52 @@ from stages.oracles.replay import replay_priced
 RANDOM_REASONS = ("explore", "random")
 
 
-def loop_key(args: argparse.Namespace) -> str:
+@dataclass
+class LoopOptions:
+    rounds: int = 3
+    per_round: int = 2000
+    pick: str = "gaps"
+    explore_share: float | None = None
+    name: str | None = None
+    seed: int = 42
+    concurrency: int = 16
+    max_cost: float | None = None
+    embed_cache: str | None = None
+    output_dir: str = "reports"
+    quiet: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "LoopOptions":
+        opts = cls(**{k: getattr(args, k) for k in cls.__dataclass_fields__})
+        for flag, value in (("--rounds", opts.rounds), ("--per-round", opts.per_round),
+                            ("--concurrency", opts.concurrency)):
+            if value < 1:
+                raise UsageError(f"{flag} must be at least 1, got {value}")
+        if opts.explore_share is not None and not 0 <= opts.explore_share <= 1:
+            raise UsageError(f"--explore-share must lie in 0-1, got {opts.explore_share}")
+        return opts
+
+
+@dataclass
+class LoopResult:
+    name: str
+    rounds: list[dict] = field(default_factory=list)
+    report: Path | None = None
+    stopped: str | None = None       # why the loop stopped early, in words
+    code: int = 0
+
+
+def loop_key(args: LoopOptions) -> str:
     return args.name or f"{args.pick}-{args.per_round}x{args.rounds}-seed{args.seed}"
 
 
+def say(line: str) -> None:
+    """Progress of a long loop (stderr, like the progress bars)."""
+    print(line, file=sys.stderr)
+
+
 def round_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, key: picking.LabelKey, name: str,
-                round_no: int, args: argparse.Namespace) -> tuple[picking.Picks | None, str | None]:
+                round_no: int, args: LoopOptions) -> tuple[picking.Picks | None, str | None]:
     """The round's picks still to ask (recorded now if the round is new), or None when it is done."""
     row = conn.execute("SELECT id FROM pick_rounds WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ? "
                        "AND loop_key = ? AND round_no = ?",
@@ -153,81 +195,80 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(msg: str, code: int = 1) -> int:
-    print("error: " + " ".join(msg.split()), file=sys.stderr)
-    return code
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag, value in (("--rounds", args.rounds), ("--per-round", args.per_round), ("--concurrency", args.concurrency)):
-        if value < 1:
-            return _fail(f"{flag} must be at least 1, got {value}", 2)
-    if args.explore_share is not None and not 0 <= args.explore_share <= 1:
-        return _fail(f"--explore-share must lie in 0-1, got {args.explore_share}", 2)
     from stages.oracles import registry as reg
     try:
+        opts = LoopOptions.from_args(args)
         filt = load_filter(args.filter)
         spec = reg.resolve(args.llm, reg.load_registry(args.oracles_file) if args.oracles_file else reg.load_registry())
         reg.check_credentials(spec)
         if args.replay_price:
             spec = replay_priced(spec, args.replay_price)
+    except StageError as e:
+        return exit_code(e)
     except FilterError as e:
-        return _fail(f"{e.problems[0]}, {e.path} (fix the filter package or pass --filter filters/<name>/v<N>)", 2)
+        return fail(f"{e.problems[0]}, {e.path} (fix the filter package or pass --filter filters/<name>/v<N>)", 2)
     except reg.MissingKey as e:
-        return _fail(str(e), 1)
+        return fail(str(e), 1)
     except (reg.OracleConfigError, ValueError) as e:
-        return _fail(str(e).splitlines()[0], 2)
+        return fail(str(e).splitlines()[0], 2)
     try:
         conn = store.connect(args.db, create=False)
         store.register_filter(conn, filt)
-        return run_loop(conn, filt, spec, args)
+        result = run_loop(conn, filt, spec, opts)
     except store.FilterMismatch as e:
-        return _fail(str(e), 2)
+        return fail(str(e), 2)
     except (store.StoreError, sqlite3.Error) as e:
-        return _fail(store.describe_db_error(e, args.db))
+        return fail(store.describe_db_error(e, args.db))
     except picking.PickError as e:
-        return _fail(str(e), 1)
+        return fail(str(e), 1)
     except FatalError as e:
-        return _fail(f"{spec.name} refused the request: {e} (nothing more was sent)", 1)
+        return fail(f"{spec.name} refused the request: {e} (nothing more was sent)", 1)
+    for r in result.rounds:
+        print(f"round {r['round']} ({r['method']}): {r['labels']} labels, ${r['cost_usd']:.4f}, "
+              f"{r['outer']} in the outer bins (random: {r['outer_at_random']}), coverage {r['fill']} of {r['fill_max']}")
+    if result.stopped:
+        print(result.stopped)
+    print(f"report: {result.report}")
+    return result.code
 
 
-def run_loop(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, args: argparse.Namespace) -> int:
+def run_loop(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, args: LoopOptions) -> LoopResult:
+    """Every round still to do (picked, recorded, labelled), then the report files."""
     key = picking.LabelKey(filt.id, spec.name, filt.prompt_sha256)
-    name = loop_key(args)
-    spent, code = 0.0, 0
+    result = LoopResult(loop_key(args))
+    spent = 0.0
     for round_no in range(1, args.rounds + 1):
-        picks, note = round_picks(conn, filt, spec, key, name, round_no, args)
+        picks, note = round_picks(conn, filt, spec, key, result.name, round_no, args)
         if note:
-            print(note)
+            say(note)
         if picks is None:
             if note:
                 break
             continue
-        print(f"round {round_no}/{args.rounds}: " + picking.describe(picks))
+        say(f"round {round_no}/{args.rounds}: " + picking.describe(picks))
         budget = None if args.max_cost is None else max(args.max_cost - spent, 0.0)
         summary: LabelRunSummary = label_articles(
             conn, filt, spec, picks.article_ids, purpose="label", concurrency=args.concurrency, max_cost=budget,
-            seed=args.seed, params={"loop": name, "round": round_no, "pick_round": picks.round_id},
+            seed=args.seed, params={"loop": result.name, "round": round_no, "pick_round": picks.round_id},
             progress=not args.quiet, retry=RetryPolicy())
         spent += summary.cost_usd
-        print(f"round {round_no}: {summary.ok} ok, {summary.invalid} invalid, {summary.error} error, "
-              f"${summary.cost_usd:.4f}")
         if summary.stopped_reason:
-            print(f"stopped in round {round_no}: {summary.stopped_message}; run the same command to resume "
-                  f"(the round's unasked picks are kept)")
-            code = 0 if summary.stopped_reason in ("budget", "total_budget") else 1
+            result.stopped = (f"stopped in round {round_no}: {summary.stopped_message}; run the same command to "
+                              f"resume (the round's unasked picks are kept)")
+            result.code = 0 if summary.stopped_reason in ("budget", "total_budget") else 1
             break
-    rows = round_figures(conn, filt, key, name)
+    result.rounds = round_figures(conn, filt, key, result.name)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "loop_" + re.sub(r"[^A-Za-z0-9]+", "_", f"{filt.id}_{spec.name}")
     from stages.report import write_text_atomic
-    write_text_atomic(out / f"{stem}.md", report(filt, spec, name, rows))
-    write_text_atomic(out / f"{stem}.json", json.dumps({"loop": name, "filter": filt.id, "oracle": spec.name,
-                                                        "rounds": rows}, indent=1))
-    print(f"report: {out / (stem + '.md')}")
-    return code
+    write_text_atomic(out / f"{stem}.md", report(filt, spec, result.name, result.rounds))
+    write_text_atomic(out / f"{stem}.json", json.dumps({"loop": result.name, "filter": filt.id, "oracle": spec.name,
+                                                        "rounds": result.rounds}, indent=1))
+    result.report = out / f"{stem}.md"
+    return result
 
 
 if __name__ == "__main__":
