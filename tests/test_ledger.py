@@ -191,8 +191,8 @@ def test_kill_9_then_a_40_s_write_lock_mid_run_keeps_the_ledger_equal_to_the_bil
     assert killed_ledger > 0                        # a killed run keeps what it was billed
     second = start(args, env)
     wait_for(lambda: count(db, "SELECT COUNT(*) FROM labels") >= 15)
-    locked_at = count(db, "SELECT COUNT(*) FROM labels")
     holder = hold_lock(db, 40)
+    locked_at = count(db, "SELECT COUNT(*) FROM labels")   # read once the lock is held (WAL readers never wait)
     time.sleep(3)
     # while the lock is held the run goes on in memory but nothing more can be written
     assert count(db, "SELECT COUNT(*) FROM labels") == locked_at
