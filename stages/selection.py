@@ -580,17 +580,23 @@ def _polish(groups, program, hint, hint_obj, lp_obj, lp_counts, reduced, time_li
 
 # ---- strategies: quotas, values, weights and tier bounds ---------------------------------------
 # Cells are (dimension, score bin). `base quota` = ceil(K / number of bins): an even share.
-# A bin is "extreme" when its midpoint is below EXTREME_LOW or at least EXTREME_HIGH (scores 0-3 and
-# 8-10 with the default integer bins): the one definition of the outer bins, used by the strategies
-# here and by the learning curves' tail MAE (stages/curve.py).
+# A bin is "extreme" (outer) when its midpoint lies in an outer band of stages/bands.py (below
+# MIDDLE_LOW or at least MIDDLE_HIGH: scores 0-3 and 8-10 with the default integer bins): the one
+# definition of the outer bins, used by the strategies here, the learning curves' tail MAE
+# (stages/curve.py) and aimed labelling.
 
-EXTREME_LOW = bands.MIDDLE_LOW      # the outer bins are stages/bands.py's, the one definition
+EXTREME_LOW = bands.MIDDLE_LOW      # kept for callers that name the edges (curve, bench)
 EXTREME_HIGH = bands.MIDDLE_HIGH
 is_extreme = bands.is_outer
+
+SCALE_MIDDLE = (bands.SCORE_MIN + bands.SCORE_MAX) / 2      # 5: the 'distance' value rule counts from here
+DISTANCE_STEP = 2.5                                          # ... one more value per 2.5 points away
 
 
 @dataclass(frozen=True)
 class Strategy:
+    """One row of the strategy table: what the program of this strategy is, as data. A new strategy
+    is one more row; nothing elsewhere branches on a strategy's name."""
     name: str
     goal: str            # one line, for --help and the report
     quotas: str          # the quota rule, in words
@@ -599,19 +605,19 @@ class Strategy:
     tiers: str           # the tier bounds, in words
     tier_rule: str       # 'shares' (clipped to the pool) | 'equal' | 'none'
     tier_share: tuple[float, float] = (0.0, 1.0)
-    needs_predictions: bool = False
+    outer_quota_factor: float = 1.0    # quota of an outer (extreme) bin's cell, in base quotas
+    middle_quota_factor: float = 1.0   # ... of a middle-band bin's cell
+    value_rule: str = "outer"          # 'outer': outer_value in the outer bins, 1 in the middle;
+    outer_value: int = 1               # 'distance': 1 + round(|midpoint - 5| / 2.5)
+    uses_student_error: bool = False   # article weights from the student's error (needs --model-predictions)
 
     def quota_factor(self, mid: float) -> float:
-        if self.name == "extreme_focus":
-            return 2.0 if is_extreme(mid) else 0.5
-        return 1.0
+        return self.outer_quota_factor if is_extreme(mid) else self.middle_quota_factor
 
     def cell_value(self, mid: float) -> int:
-        if self.name == "extreme_focus":
-            return 3 if is_extreme(mid) else 1
-        if self.name == "iqr_optimization":
-            return 1 + int(round(abs(mid - 5.0) / 2.5))  # 1 in the middle, 2 at 1-3 / 7-9, 3 at 0 and 10
-        return 1
+        if self.value_rule == "distance":
+            return 1 + int(round(abs(mid - SCALE_MIDDLE) / DISTANCE_STEP))
+        return self.outer_value if is_extreme(mid) else 1
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
@@ -623,16 +629,17 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
              "equal counts per tier (a tier with too few articles gives all it has, the rest share the remainder)",
              "equal"),
     Strategy("iqr_optimization", "spread: outer bins count more, which widens each dimension's IQR",
-             "base quota in every cell", "1 in the middle bins, 2 at 1-3 and 7-9, 3 at 0 and 10", "none",
-             "each tier 10%-70% of K (clipped)", "shares", (0.10, 0.70)),
+             "base quota in every cell", "1 + round(|bin midpoint - 5| / 2.5): 1 at 4-6, 2 at 2-3 and 7-8, 3 at "
+             "0-1 and 9-10", "none", "each tier 10%-70% of K (clipped)", "shares", (0.10, 0.70),
+             value_rule="distance"),
     Strategy("extreme_focus", "heavy over-sampling of 0-3 and 8-10; may sacrifice the middle",
              "2 x base quota at 0-3 and 8-10, 0.5 x base quota at 4-7", "3 at 0-3 and 8-10, 1 at 4-7", "none",
-             "none", "none"),
+             "none", "none", outer_quota_factor=2.0, middle_quota_factor=0.5, outer_value=3),
     Strategy("active_learning", "articles where the student errs most, still covering the bins",
              "base quota in every cell", "1",
              "student error |prediction - label| (mean over the dimensions), as its pool percentile cut "
              "into 2D levels (0..2D-1): a worst-predicted article is worth up to about two full coverage rows",
-             "none", "none", needs_predictions=True),
+             "none", "none", uses_student_error=True),
 )}
 
 

@@ -7,11 +7,13 @@ import json
 import sqlite3
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from stages import select as stage
 from stages import selection as sel
-from stages import store
+from stages import selection_report, store
+from stages.pool import program_pool
 
 TIERS = ["impact", "connection", "not_uplifting"]
 
@@ -233,8 +235,8 @@ def test_coverage_figure_is_labelled_with_integer_ticks_and_explains_its_marks()
     selection = rng.integers(0, 3, size=(5, 11))
     pool = selection + 1
     pool[2, 10] = 0                                         # wonder: no article scores 10 in the pool
-    fig = stage.coverage_figure({"selection": selection, "random (mean of 5)": selection * 0.37 + 0.2}, pool, dims,
-                                [str(b) for b in range(11)], "t")
+    fig = selection_report.coverage_figure({"selection": selection, "random (mean of 5)": selection * 0.37 + 0.2},
+                                           pool, dims, [str(b) for b in range(11)], "t")
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 5
     assert {ax.get_ylabel() for ax in visible[::4]} == {"articles"}       # the first panel of each row
@@ -245,7 +247,8 @@ def test_coverage_figure_is_labelled_with_integer_ticks_and_explains_its_marks()
         assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[:2] == ["selection", "random (mean of 5)"] and "no article in the pool" in legend[2]
-    no_gap = stage.coverage_figure({"selection": selection}, selection + 1, dims, [str(b) for b in range(11)], "t")
+    no_gap = selection_report.coverage_figure({"selection": selection}, selection + 1, dims,
+                                              [str(b) for b in range(11)], "t")
     assert [t.get_text() for t in no_gap.legends[0].get_texts()] == ["selection"]
 
 
@@ -329,13 +332,12 @@ def strategy_pool():
 
 
 def _select(strategy, scores, tier, k=80, error=None):
-    n = len(scores)
-    weight = None
-    if error is not None:
-        pct = (np.argsort(np.argsort(error)) + 1) / n
-        weight = np.minimum(7, np.floor(pct * 8)).astype(int)
-    pool = sel.Pool(bins=stage.to_bins(scores, np.arange(11.0)), tier=tier, source=np.zeros(n), cluster=np.full(n, -1),
-                    weight=weight, priority=error)
+    """The strategy's program on a pool frame built the stage's way (stages.pool.program_pool): with
+    `error`, the article weights and priorities are the stage's own (selection.active_learning_weights)."""
+    dims = [f"d{j}" for j in range(scores.shape[1])]
+    frame = pd.DataFrame(scores, columns=dims).assign(tier=[TIERS[t] for t in tier], source="one source",
+                                                      near_dup_cluster=None)
+    pool, _ = program_pool(frame, dims, np.arange(11.0), TIERS, None if error is None else pd.Series(error))
     program = stage.build_program(stage.STRATEGIES[strategy], np.arange(11.0), k, TIERS, pool, tier_shares=None,
                                   max_per_source=None)
     groups = sel.aggregate(pool, program)
@@ -370,6 +372,20 @@ def test_active_learning_prefers_high_error_articles(strategy_pool):
     baseline = _select("maximize_coverage", scores, tier)
     assert error[picked].mean() > error[baseline].mean() + 0.3
     assert error[picked].mean() > np.percentile(error, 65)
+
+
+def test_active_learning_weights_rank_the_students_error():
+    """Weights: the error's pool percentile (average ranks, unknown errors left out) cut into 2 x D
+    levels, the top level for the worst; no prediction, no weight and the lowest priority."""
+    error = pd.Series([0.1, 2.0, np.nan, 0.5, 3.0, 0.1, 1.0, np.nan])
+    weight, priority = sel.active_learning_weights(error, n_dims=2)             # 4 levels: 0..3
+    # percentiles of the six known errors: 0.1 and 0.1 -> 1.5/6, 0.5 -> 3/6, 1.0 -> 4/6, 2.0 -> 5/6, 3.0 -> 6/6
+    assert weight.tolist() == [1, 3, 0, 2, 3, 1, 2, 0]
+    known = error.notna().to_numpy()
+    assert (priority[known] == error[known]).all() and (priority[~known] < error.min()).all()
+    many = pd.Series(np.random.default_rng(4).gamma(2.0, 0.5, 400))
+    w, _ = sel.active_learning_weights(many, n_dims=4)
+    assert sorted(set(w)) == list(range(8)) and (np.diff(w[np.argsort(many.to_numpy())]) >= 0).all()
 
 
 def test_active_learning_through_the_stage_with_a_predictions_file(pool_db, tmp_path, uplifting):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from stages import select as stage
-from stages import store
+from stages import selection_report, store
 from stages.student import read_split
 from tests.test_select import skewed_scores
 
@@ -155,16 +155,17 @@ def test_unknown_sources_leave_the_licence_to_the_user():
 
     rows = lambda *pairs: pd.DataFrame([{"source": s, "origin": o, "articles": 1} for s, o in pairs])  # noqa: E731
     sample = "data/sample/articles.jsonl"
-    assert stage.card_licence(rows(("Wikinews", sample), ("VOA Learning English", "./" + sample))) == \
+    assert selection_report.card_licence(rows(("Wikinews", sample), ("VOA Learning English", "./" + sample))) == \
         {"license": "cc-by-2.5"}
-    assert stage.card_licence(rows(("VOA Learning English", sample)))["license_name"] == "public-domain"
-    assert stage.card_licence(rows(("Wikinews", sample), ("Reuters", "feeds/reuters.jsonl"))) == {"license": "unknown"}
-    assert stage.card_licence(rows(("Wikinews", "my/own/wikinews.jsonl"))) == {"license": "unknown"}
-    assert stage.card_licence(rows((None, "data/emobank/emobank.csv.gz"))) == {"license": "cc-by-sa-4.0"}
-    mixed = stage.card_licence(rows((None, "data/emobank/emobank.csv.gz"), ("Wikinews", sample)))
+    assert selection_report.card_licence(rows(("VOA Learning English", sample)))["license_name"] == "public-domain"
+    assert selection_report.card_licence(rows(("Wikinews", sample), ("Reuters", "feeds/reuters.jsonl"))) == \
+        {"license": "unknown"}
+    assert selection_report.card_licence(rows(("Wikinews", "my/own/wikinews.jsonl"))) == {"license": "unknown"}
+    assert selection_report.card_licence(rows((None, "data/emobank/emobank.csv.gz"))) == {"license": "cc-by-sa-4.0"}
+    mixed = selection_report.card_licence(rows((None, "data/emobank/emobank.csv.gz"), ("Wikinews", sample)))
     assert mixed["license"] == "other" and mixed["license_name"] == "mixed"
-    section = "\n".join(stage.card_licence_section(rows(("Reuters", "feeds/reuters.jsonl"))))
-    assert stage.UNKNOWN_LICENCE in section and "Reuters (feeds/reuters.jsonl)" in section
+    section = "\n".join(selection_report.card_licence_section(rows(("Reuters", "feeds/reuters.jsonl"))))
+    assert selection_report.UNKNOWN_LICENCE in section and "Reuters (feeds/reuters.jsonl)" in section
 
 
 def test_an_empty_split_is_left_out_of_the_cards_configs(conn, uplifting, db_path, tmp_path, hf_offline, capsys):
