@@ -3,15 +3,21 @@ answers and token usage users get, how every provider failure surfaces, credenti
 any request, keys never leaked, and the offline local-embed oracle."""
 from __future__ import annotations
 
+import ast
 import asyncio
 import dataclasses
+import importlib
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from stages.filters import AnswerError
 from stages.oracles import registry
-from stages.oracles.base import (Completion, FatalError, OracleRequest, QuotaExhausted, RateLimited,
+from stages.oracles.base import (Completion, FatalError, OracleRequest, ProviderInfo, QuotaExhausted, RateLimited,
                                  TransientError)
 from tests.conftest import ROOT, SAMPLE
 from tests.conftest import sample_articles as sample
@@ -20,8 +26,7 @@ from tests.fakes import FakeProviderServer, expected_answer
 SECRET = "sk-test-SECRET-never-leak-0123456789"
 REMOTE = ["gemini-flash", "claude-haiku", "gpt-4o-mini", "deepseek"]
 PROVIDER_OF = {"gemini-flash": "gemini", "claude-haiku": "anthropic", "gpt-4o-mini": "openai"}
-
-
+SDKS = ("google.genai", "anthropic", "openai", "httpx2")
 
 
 def request_for(filt, article: dict, followups=()) -> OracleRequest:
@@ -320,6 +325,204 @@ def test_the_shipped_registry_prices_batch_and_cache_where_sold():
         assert spec.batch_output_per_m == pytest.approx(spec.output_per_m / 2)
         assert 0 < spec.cache_read_per_m < spec.input_per_m
     assert known["deepseek"].batch_input_per_m is None
+
+
+# ---- providers declare themselves -----------------------------------------------------------
+
+ECHO_MODULES = {
+    # a remote provider with a key, a base-URL variable, an option and a batch service
+    "echo_remote": """
+        from stages.oracles.base import Option, ProviderInfo
+
+        class EchoBatches:
+            provider = "echo"
+            turnaround = "at once"
+
+        class EchoOracle:
+            def __init__(self, spec, *, api_key=None, base_url=None):
+                self.spec, self.api_key, self.base_url = spec, api_key, base_url
+
+        PROVIDER = ProviderInfo(name="echo", oracle_class=EchoOracle, key_envs=("ECHO_API_KEY", "ECHO_KEY"),
+                                key_required=True, base_url_env="ECHO_BASE_URL", batch_adapter=EchoBatches,
+                                options={"loudness": Option(int, "how loud")})
+    """,
+    # an offline stand-in without options
+    "echo_local": """
+        from stages.oracles.base import ProviderInfo
+
+        class EchoLocal:
+            def __init__(self, spec):
+                self.spec = spec
+
+        PROVIDER = ProviderInfo(name="echo-local", oracle_class=EchoLocal, offline=True, stand_in=True)
+    """,
+}
+ECHO_YAML = """
+oracles:
+  echo-1: {provider: echo, model: e1, api_key_env: [ECHO_API_KEY, ECHO_KEY], options: {loudness: 3}}
+  echo-offline: {provider: echo-local, model: e0}
+"""
+# run in a fresh interpreter whose stages.oracles package also holds the two modules above
+ECHO_SCRIPT = """
+import json, os, sys
+import stages.oracles
+stages.oracles.__path__.append(sys.argv[1])
+from stages.oracles import batch, registry as r
+specs = r.load_registry(sys.argv[2])
+os.environ.update(ECHO_KEY="k-echo", ECHO_BASE_URL="http://127.0.0.1:7/echo")
+oracle = r.make_oracle(specs["echo-1"])
+problems = []
+for entry in ("{provider: echo, model: e}", "{provider: echo, model: e, api_key_env: K, options: {loud: 1}}",
+              "{provider: echo-local, model: e, options: {cache_min_tokens: 1}}"):
+    with open(sys.argv[2], "w") as f:
+        f.write("oracles:\\n  bad: " + entry + "\\n")
+    try:
+        r.load_registry(sys.argv[2])
+    except r.RegistryError as e:
+        problems += e.problems
+print(json.dumps({
+    "providers": r.PROVIDERS, "classes": {k: v.__name__ for k, v in r._PROVIDER_CLASSES.items()},
+    "base_url_env": r.BASE_URL_ENV, "offline": r.OFFLINE_PROVIDERS, "stand_in": r.STAND_IN_PROVIDERS,
+    "batch": batch.BATCH_PROVIDERS, "turnaround": batch.TURNAROUND.get("echo"),
+    "keys": sorted(r.key_variables(specs.values())), "oracle": [type(oracle).__name__, oracle.api_key, oracle.base_url],
+    "offline_oracle": type(r.make_oracle(specs["echo-offline"])).__name__, "problems": problems}))
+"""
+
+
+def test_a_provider_declared_in_a_new_module_joins_every_table(tmp_path):
+    for name, source in ECHO_MODULES.items():
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    yaml_path = tmp_path / "oracles.yaml"
+    yaml_path.write_text(ECHO_YAML, encoding="utf-8")
+    run_ = subprocess.run([sys.executable, "-c", ECHO_SCRIPT, str(tmp_path), str(yaml_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("ECHO")})
+    assert run_.returncode == 0, run_.stderr
+    out = json.loads(run_.stdout)
+    for shipped in ("gemini", "anthropic", "openai", "local-embed", "local-llm", "replay"):
+        assert shipped in out["providers"]
+    assert {"echo", "echo-local"} <= set(out["providers"])
+    assert out["classes"]["echo"] == "EchoOracle" and out["classes"]["echo-local"] == "EchoLocal"
+    assert out["base_url_env"]["echo"] == "ECHO_BASE_URL" and "echo-local" not in out["base_url_env"]
+    assert "echo-local" in out["offline"] and "echo-local" in out["stand_in"]
+    assert "echo" not in out["offline"] and "echo" not in out["stand_in"]
+    assert "echo" in out["batch"] and "echo-local" not in out["batch"] and out["turnaround"] == "at once"
+    assert {"ECHO_API_KEY", "ECHO_KEY"} <= set(out["keys"])
+    # the registry hands the key (the first variable set) and the base URL to the class
+    assert out["oracle"] == ["EchoOracle", "k-echo", "http://127.0.0.1:7/echo"]
+    assert out["offline_oracle"] == "EchoLocal"
+    # the declaration's key_required, options and offline flag are what oracles.yaml is checked against
+    bad = out["problems"]
+    assert len(bad) == 3, bad
+    assert "api_key_env is required for provider echo" in bad[0]
+    assert "unknown option 'loud'" in bad[1] and "loudness" in bad[1] and "batch_max_requests" in bad[1]
+    assert "unknown option 'cache_min_tokens'" in bad[2] and "knows: none" in bad[2]
+
+
+def test_each_provider_module_declares_its_provider_and_the_tables_show_it():
+    from stages.oracles import batch
+    shipped = {"gemini": "GeminiOracle", "anthropic_provider": "AnthropicOracle", "openai_compat": "OpenAICompatOracle",
+               "local_embed": "LocalEmbedOracle", "local_llm": "LocalLLMOracle", "replay": "ReplayOracle"}
+    for module_name, class_name in shipped.items():
+        info = importlib.import_module(f"stages.oracles.{module_name}").PROVIDER
+        assert isinstance(info, ProviderInfo) and registry.PROVIDER_INFO[info.name] is info
+        assert registry._PROVIDER_CLASSES[info.name].__name__ == class_name
+    assert set(registry.PROVIDERS) == {"gemini", "anthropic", "openai", "local-embed", "local-llm", "replay"}
+    assert set(registry.OFFLINE_PROVIDERS) == {"local-embed", "local-llm", "replay"}
+    assert set(registry.STAND_IN_PROVIDERS) == {"local-embed", "local-llm"}
+    assert registry.BASE_URL_ENV == {"gemini": "GEMINI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL",
+                                     "openai": "OPENAI_BASE_URL"}
+    assert set(batch.BATCH_PROVIDERS) == set(batch.TURNAROUND) == {"gemini", "anthropic", "openai"}
+    assert all("24 h" in t for t in batch.TURNAROUND.values())
+
+
+def test_an_unknown_or_ill_typed_option_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "oracles.yaml"
+    path.write_text(
+        "oracles:\n"
+        "  gem:\n    provider: gemini\n    model: g\n    api_key_env: K\n"
+        "    options: {thinking_budjet: 0, thinking_budget: 0}\n"
+        "  ds:\n    provider: openai\n    model: d\n    options: {response_format: xml, temperature: warm}\n"
+        "  small:\n    provider: local-llm\n    model: s\n    options: {score_mode: greedy, threads: 2, dtype: auto}\n",
+        encoding="utf-8")
+    with pytest.raises(registry.RegistryError) as info:
+        registry.load_registry(path)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"{path}: oracle '") for line in lines), lines
+    typo = next(line for line in lines if "thinking_budjet" in line)
+    assert "'gem'" in typo and "provider gemini knows:" in typo
+    for known in ("thinking_budget", "temperature", "cache_min_tokens", "batch_max_requests", "batch_max_bytes"):
+        assert known in typo
+    assert any("'ds'" in line and "options.response_format must be one of json_schema, json_object (got 'xml')"
+               in line for line in lines)
+    assert any("'ds'" in line and "options.temperature must be a number (got 'warm')" in line for line in lines)
+
+
+def test_every_shipped_entry_sets_only_options_its_provider_knows():
+    known = registry.load_registry(ROOT / "oracles.yaml")   # raises on any unknown option
+    assert len(known) >= 10
+    for spec in known.values():
+        user_options = set(spec.options) - {"api_key_env_alternatives"}
+        assert user_options <= set(registry.known_options(spec.provider)), spec.name
+
+
+def test_importing_the_registry_and_the_offline_oracles_loads_no_sdk():
+    script = (
+        "import sys\n"
+        "from stages.oracles import batch, registry as r\n"
+        "batch.TURNAROUND\n"
+        "specs = r.load_registry()\n"
+        "r.make_oracle(r.resolve('local-embed', specs)); r.make_oracle(r.resolve('local-llm', specs))\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({SDKS!r})))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def imported_modules(path) -> set[str]:
+    """Every module a source file imports, at its top or inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_provider_modules_never_import_the_registry_nor_read_the_environment():
+    modules = [sys.modules[info.oracle_class.__module__] for info in registry.PROVIDER_INFO.values()]
+    modules += [sys.modules[info.batch_adapter.__module__] for info in registry.PROVIDER_INFO.values()
+                if info.batch_adapter]
+    assert len(modules) == 9
+    for module in modules:
+        path = ROOT / (module.__name__.replace(".", "/") + ".py")
+        assert "stages.oracles.registry" not in imported_modules(path), path
+        source = path.read_text(encoding="utf-8")
+        assert "environ" not in source and "getenv" not in source, path
+
+
+def test_key_variables_cover_every_providers_keys_and_each_entrys(tmp_path):
+    everything = registry.key_variables()
+    for info in registry.PROVIDER_INFO.values():
+        assert set(info.key_envs) <= everything, info.name
+    assert {"GEMINI_API_KEY", "GOOGLE_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"} <= everything
+    assert "DEEPSEEK_API_KEY" in everything                     # an entry's own variable, from oracles.yaml
+    path = tmp_path / "oracles.yaml"
+    path.write_text("oracles:\n  mine: {provider: openai, model: m, api_key_env: [MY_KEY, MY_OTHER_KEY]}\n",
+                    encoding="utf-8")
+    mine = registry.key_variables(registry.load_registry(path).values())
+    assert {"MY_KEY", "MY_OTHER_KEY", "OPENAI_API_KEY"} <= mine and "DEEPSEEK_API_KEY" not in mine
+    assert "MY_KEY" not in everything
+
+
+def test_the_fake_server_points_every_remote_provider_at_itself(server):
+    env = server.env()
+    for info in registry.PROVIDER_INFO.values():
+        if not info.offline:
+            assert env[info.base_url_env].startswith(server.url), info.name
+            assert info.key_envs[0] in env, info.name
 
 
 # ---- local-embed ----------------------------------------------------------------------------

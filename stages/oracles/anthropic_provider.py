@@ -5,7 +5,8 @@ filter's answer schema, and tool_choice forcing it; the answer text is the tool 
 rubric is a system block marked `cache_control: ephemeral`, so after the first call it is billed at
 the cache-read rate; the article is the user message.
 
-spec.options: temperature (sent only when set), tool_name (default record_scores).
+spec.options: see PROVIDER at the end. The SDK is imported inside the methods that use it, so
+reading the declaration loads no SDK.
 """
 from __future__ import annotations
 
@@ -13,12 +14,10 @@ import json
 import time
 from typing import Any
 
-import anthropic
-
-from stages.oracles import registry
-from stages.oracles.base import (Completion, FatalError, OracleRequest, OracleSpec, QuotaExhausted,
-                                 RateLimited, TransientError, daily_quota_hint, parse_retry_after,
+from stages.oracles.base import (Completion, FatalError, Option, OracleRequest, OracleSpec, ProviderInfo,
+                                 QuotaExhausted, RateLimited, TransientError, daily_quota_hint, parse_retry_after,
                                  sdk_error_message, scrub_secret)
+from stages.oracles.batch_anthropic import AnthropicBatches
 
 TOOL_NAME = "record_scores"
 TOOL_DESCRIPTION = "Record the scores, content type and evidence for the article, exactly as the rubric asks."
@@ -27,9 +26,11 @@ _QUOTA_PHRASES = ("usage limit", "credit balance", "spend limit", "billing")
 
 class AnthropicOracle:
     def __init__(self, spec: OracleSpec, *, api_key: str | None = None, base_url: str | None = None):
+        import anthropic
+
         self.spec = spec
-        self._api_key = api_key or registry.api_key(spec)
-        self.base_url = base_url or registry.base_url(spec)
+        self._api_key = api_key
+        self.base_url = base_url
         self.tool_name = spec.options.get("tool_name", TOOL_NAME)
         self._client = anthropic.AsyncAnthropic(api_key=self._api_key, base_url=self.base_url,
                                                 max_retries=0, timeout=spec.timeout_s)
@@ -86,6 +87,8 @@ class AnthropicOracle:
         )
 
     def _map_error(self, e: Exception) -> Exception:
+        import anthropic
+
         where = f"{self.spec.name} ({self.spec.model})"
         if isinstance(e, anthropic.APITimeoutError):
             return TransientError(f"{where}: timed out after {self.spec.timeout_s:g} s")
@@ -96,7 +99,7 @@ class AnthropicOracle:
             message = self._scrub(sdk_error_message(e))
             if status in (400, 402, 403) and any(p in message.lower() for p in _QUOTA_PHRASES):
                 return QuotaExhausted(f"{where}: usage limit reached ({status}): {message}",
-                                      resume_hint=daily_quota_hint("anthropic", message[:200]))
+                                      resume_hint=daily_quota_hint(PROVIDER, message[:200]))
             if status == 429:
                 headers = e.response.headers
                 return RateLimited(f"{where}: rate limited (429): {message}",
@@ -112,3 +115,17 @@ class AnthropicOracle:
     async def aclose(self) -> None:
         await self._client.close()
 
+
+PROVIDER = ProviderInfo(
+    name="anthropic",
+    oracle_class=AnthropicOracle,
+    key_envs=("ANTHROPIC_API_KEY",),
+    key_required=True,
+    base_url_env="ANTHROPIC_BASE_URL",
+    batch_adapter=AnthropicBatches,
+    quota_hint="the Anthropic spend limit or credit balance must be raised in the console",
+    options={
+        "temperature": Option(float, "sampling temperature, sent only when set"),
+        "tool_name": Option(str, f"name of the forced tool the answer comes through (default {TOOL_NAME})"),
+    },
+)

@@ -2,19 +2,50 @@
 
 An oracle turns one `OracleRequest` into one `Completion` (the raw answer text plus reported token
 usage) or raises one of the errors below; the label stage owns concurrency, rate limits, retries,
-validation and storage. Keeping providers this thin means adding one is one small module.
+validation and storage. Keeping providers this thin means adding one is one small module, which
+says what it is in one `ProviderInfo` (its module-level `PROVIDER`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Mapping, NamedTuple, Protocol
+
+
+class Option(NamedTuple):
+    """One `options.<name>` an oracles.yaml entry may set: its kind (int, float, str, bool, or a
+    tuple of the allowed values) and what it does, in a few words."""
+    kind: type | tuple
+    help: str
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    """What one provider module declares about itself, as its module-level `PROVIDER`. The registry
+    builds every provider table from these declarations: the names oracles.yaml accepts, the class
+    to build, the variables holding keys (masked in every stored error) and base URLs, the offline
+    and stand-in sets, the batch adapters and the options each entry may set.
+
+    The module must not import its SDK at import time (import it inside the methods that use it),
+    so that reading the declarations loads no SDK. The registry builds remote oracles as
+    `oracle_class(spec, api_key=..., base_url=...)` and offline ones as `oracle_class(spec)`; a
+    provider module never reads the environment nor imports the registry."""
+    name: str                                 # the `provider:` value of oracles.yaml entries
+    oracle_class: type                        # implements the Oracle protocol below
+    key_envs: tuple[str, ...] = ()            # the variables its keys usually live in
+    key_required: bool = False                # every entry must name its api_key_env
+    base_url_env: str | None = None           # redirects the entries without a base_url of their own
+    offline: bool = False                     # needs no network and no key
+    stand_in: bool = False                    # an offline stand-in, no substitute for a real LLM
+    batch_adapter: type | None = None         # its batch service (a batch.BatchAdapter), None: none
+    quota_hint: str = "the provider's quota or billing balance must be raised or reset"
+    options: Mapping[str, Option] = field(default_factory=dict)   # its own options.<name>
 
 
 @dataclass(frozen=True)
 class OracleSpec:
     """One entry of oracles.yaml: the name users type and everything needed to call and price it."""
     name: str
-    provider: str                 # gemini | anthropic | openai | local-embed | local-llm
+    provider: str                 # a ProviderInfo.name: gemini | anthropic | openai | local-embed | ...
     model: str
     input_per_m: float = 0.0      # USD per 1M input tokens, synchronous
     output_per_m: float = 0.0
@@ -152,16 +183,11 @@ def parse_retry_after(value: Any) -> float | None:
     return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
 
 
-def daily_quota_hint(provider: str, detail: str = "") -> str:
-    """The resume hint a QuotaExhausted carries: when the quota resets and how to resume."""
-    if provider == "gemini":
-        when = "Gemini per-day quotas reset at midnight Pacific time"
-    elif provider == "anthropic":
-        when = "the Anthropic spend limit or credit balance must be raised in the console"
-    else:
-        when = "the provider's quota or billing balance must be raised or reset"
+def daily_quota_hint(info: ProviderInfo, detail: str = "") -> str:
+    """The resume hint a QuotaExhausted carries: when the quota resets (the provider's own
+    quota_hint) and how to resume."""
     extra = f" ({detail})" if detail else ""
-    return f"{when}{extra}; re-run the same command to resume where it stopped"
+    return f"{info.quota_hint}{extra}; re-run the same command to resume where it stopped"
 
 
 def sdk_error_message(e: Exception) -> str:

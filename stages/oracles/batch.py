@@ -11,29 +11,35 @@ prefixes implicitly. Cached token counts come back per item and are priced at th
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stages.oracles.base import Completion, FatalError, OracleRequest, OracleSpec
+from stages.oracles.base import Completion, FatalError, Option, OracleRequest, OracleSpec
 
 # what a provider says about a job, normalised (adapters map their own states onto these)
 REMOTE_WAITING = ("submitted", "running")
 REMOTE_ENDED = ("ended", "failed", "expired", "cancelled")
-
-# provider -> (module, class) of the batch adapters, imported lazily (SDKs load only when used)
-_ADAPTERS = {
-    "gemini": ("stages.oracles.batch_gemini", "GeminiBatches"),
-    "anthropic": ("stages.oracles.batch_anthropic", "AnthropicBatches"),
-    "openai": ("stages.oracles.batch_openai", "OpenAIBatches"),
-}
-# documented turnaround of each batch service (for --dry-run and the summary)
-TURNAROUND = {
-    "gemini": "target 24 h, usually much sooner (Gemini batch mode)",
-    "anthropic": "most batches within 1 h, at most 24 h (Anthropic Message Batches)",
-    "openai": "within the 24 h completion window, often sooner (OpenAI Batch API)",
-}
 MAX_TURNAROUND_H = 24.0
+
+# the options.<name> read here, besides each provider's own (registry.known_options): the prompt
+# cache's minimum for every remote provider, the job limits for every provider with a batch service
+CACHE_OPTIONS = {"cache_min_tokens": Option(int, "the model's smallest cacheable prompt prefix, in tokens")}
+BATCH_OPTIONS = {
+    "batch_max_requests": Option(int, "at most this many requests per batch job (below the provider's limit)"),
+    "batch_max_bytes": Option(int, "at most this many bytes of requests per batch job (below the provider's limit)"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """BATCH_PROVIDERS (providers with a batch service) and TURNAROUND (provider -> its documented
+    turnaround) come from the providers' declarations, read on first use: the registry imports the
+    provider modules, whose batch adapters import this module."""
+    if name not in ("BATCH_PROVIDERS", "TURNAROUND"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from stages.oracles.registry import BATCH_ADAPTERS
+    if name == "BATCH_PROVIDERS":
+        return tuple(BATCH_ADAPTERS)
+    return {provider: adapter.turnaround for provider, adapter in BATCH_ADAPTERS.items()}
 
 
 class BatchUnavailable(Exception):
@@ -69,8 +75,10 @@ class RemoteState:
 
 
 class BatchAdapter(Protocol):
-    """What batch mode needs from a provider; one small module per provider implements it."""
+    """What batch mode needs from a provider; one small module per provider implements it, and the
+    provider's declaration (ProviderInfo.batch_adapter) names it."""
     provider: str
+    turnaround: str                # the documented turnaround, in words
     max_requests: int | None       # per job
     max_bytes: int                 # per job, of the serialised items
 
@@ -83,7 +91,8 @@ class BatchAdapter(Protocol):
 
 
 def check_batch_support(spec: OracleSpec) -> None:
-    if spec.provider not in _ADAPTERS:
+    from stages.oracles.registry import BATCH_ADAPTERS
+    if spec.provider not in BATCH_ADAPTERS:
         raise BatchUnavailable(f"oracle '{spec.name}' ({spec.provider}) runs locally and has no batch mode")
     if spec.batch_input_per_m is None or spec.batch_output_per_m is None:
         raise BatchUnavailable(
@@ -94,12 +103,11 @@ def check_batch_support(spec: OracleSpec) -> None:
 def make_adapter(spec: OracleSpec, oracle: Any = None) -> BatchAdapter:
     """The batch adapter for `spec`, built on the provider's sync oracle (its client, its request
     builder and its response parser), so batch requests are the sync requests."""
+    from stages.oracles.registry import BATCH_ADAPTERS, make_oracle
     check_batch_support(spec)
     if oracle is None:
-        from stages.oracles.registry import make_oracle
         oracle = make_oracle(spec)   # raises MissingKey before any work
-    module, cls = _ADAPTERS[spec.provider]
-    return getattr(importlib.import_module(module), cls)(spec, oracle)
+    return BATCH_ADAPTERS[spec.provider](spec, oracle)
 
 
 def limits(spec: OracleSpec, adapter: BatchAdapter) -> tuple[int | None, int]:
@@ -111,7 +119,6 @@ def limits(spec: OracleSpec, adapter: BatchAdapter) -> tuple[int | None, int]:
         max_requests = min(max_requests, wanted) if max_requests else wanted
     max_bytes = min(adapter.max_bytes, int(spec.options.get("batch_max_bytes") or adapter.max_bytes))
     return max_requests, max_bytes
-
 
 
 def cache_min_tokens(spec: OracleSpec) -> int | None:
@@ -129,6 +136,3 @@ def cached_share(spec: OracleSpec, prefix_tokens: int, requests: int) -> int:
     if spec.cache_read_per_m is None or requests <= 1 or (minimum is not None and prefix_tokens < minimum):
         return 0
     return prefix_tokens * (requests - 1)
-
-
-BATCH_PROVIDERS = tuple(_ADAPTERS)   # providers with a batch service

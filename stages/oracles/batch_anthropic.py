@@ -24,6 +24,8 @@ ADOPT_WINDOW_S = 60.0   # a batch created this long after our attempt may be the
 
 class AnthropicBatches:
     provider = "anthropic"
+    # the documented turnaround, for --dry-run and the summary
+    turnaround = "most batches within 1 h, at most 24 h (Anthropic Message Batches)"
     max_requests = MAX_REQUESTS
     max_bytes = MAX_BYTES
 

@@ -28,6 +28,8 @@ _STATES = {
 
 class GeminiBatches:
     provider = "gemini"
+    # the documented turnaround, for --dry-run and the summary
+    turnaround = "target 24 h, usually much sooner (Gemini batch mode)"
     max_requests = None
     max_bytes = INLINE_MAX_BYTES
 

@@ -29,6 +29,8 @@ _STATES = {"validating": "submitted", "in_progress": "running", "finalizing": "r
 
 class OpenAIBatches:
     provider = "openai"
+    # the documented turnaround, for --dry-run and the summary
+    turnaround = "within the 24 h completion window, often sooner (OpenAI Batch API)"
     max_requests = MAX_REQUESTS
     max_bytes = MAX_BYTES
 

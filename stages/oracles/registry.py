@@ -1,35 +1,60 @@
 """The oracle registry: names users type (`--llm gemini-pro`) -> an OracleSpec from oracles.yaml
 -> a live Oracle from the matching provider module.
 
-Keys and base URLs are read from the environment here, at the edge, so provider modules receive
-them as arguments and nothing else ever sees a key.
+Providers declare themselves: every module of this package with a module-level `PROVIDER` (a
+base.ProviderInfo) is a provider, and every provider table below is built from those declarations,
+so adding a provider is adding its module. Provider modules import their SDK only where they use it,
+so reading the declarations (and `--help`, and the offline oracles) never loads an SDK.
+
+Keys and base URLs are read from the environment here, at the edge, and handed to the provider's
+class as arguments: provider modules never read the environment nor import this module.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import os
+import pkgutil
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import yaml
 
-from stages.oracles.base import Oracle, OracleSpec
+from stages.oracles.base import Option, Oracle, OracleSpec, ProviderInfo
+from stages.oracles.batch import BATCH_OPTIONS, CACHE_OPTIONS
 
-PROVIDERS = ("gemini", "anthropic", "openai", "local-embed", "local-llm", "replay")
-# provider -> (module, class); imported lazily so `--help` and the offline oracles never load SDKs
-_PROVIDER_CLASSES = {
-    "gemini": ("stages.oracles.gemini", "GeminiOracle"),
-    "anthropic": ("stages.oracles.anthropic_provider", "AnthropicOracle"),
-    "openai": ("stages.oracles.openai_compat", "OpenAICompatOracle"),
-    "local-embed": ("stages.oracles.local_embed", "LocalEmbedOracle"),
-    "local-llm": ("stages.oracles.local_llm", "LocalLLMOracle"),
-    "replay": ("stages.oracles.replay", "ReplayOracle"),
-}
-BASE_URL_ENV = {"gemini": "GEMINI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
-OFFLINE_PROVIDERS = ("local-embed", "local-llm", "replay")   # need no network and no key
-STAND_IN_PROVIDERS = ("local-embed", "local-llm")            # offline stand-ins, not substitutes for a real LLM
+
+def provider_modules() -> list[str]:
+    """Every module of this package (each folder of its __path__, in name order): those declaring a
+    PROVIDER are the providers."""
+    package = importlib.import_module(__package__)
+    return [f"{__package__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+            if not m.ispkg and m.name != __name__.rpartition(".")[2]]
+
+
+def declarations(modules: Iterable[str]) -> dict[str, ProviderInfo]:
+    """provider name -> its ProviderInfo, from the `PROVIDER` of each module that has one."""
+    found: dict[str, ProviderInfo] = {}
+    for module_name in modules:
+        info = getattr(importlib.import_module(module_name), "PROVIDER", None)
+        if not isinstance(info, ProviderInfo):
+            continue
+        if info.name in found:
+            raise ImportError(f"{module_name}: provider '{info.name}' is already declared by another module "
+                              f"(give one of them another name)")
+        found[info.name] = info
+    return found
+
+
+# provider name -> declaration; the tables below are views of it, kept under the names other code imports
+PROVIDER_INFO: dict[str, ProviderInfo] = declarations(provider_modules())
+PROVIDERS = tuple(PROVIDER_INFO)
+_PROVIDER_CLASSES = {name: info.oracle_class for name, info in PROVIDER_INFO.items()}
+BASE_URL_ENV = {name: info.base_url_env for name, info in PROVIDER_INFO.items() if info.base_url_env}
+OFFLINE_PROVIDERS = tuple(name for name, info in PROVIDER_INFO.items() if info.offline)   # no network, no key
+STAND_IN_PROVIDERS = tuple(name for name, info in PROVIDER_INFO.items() if info.stand_in)  # not a real LLM
+BATCH_ADAPTERS = {name: info.batch_adapter for name, info in PROVIDER_INFO.items() if info.batch_adapter}
 PATTERN = "<model>"
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "oracles.yaml"
 
@@ -38,6 +63,15 @@ _NUMBER_FIELDS = {"input_per_m", "output_per_m", "batch_input_per_m", "batch_out
                   "cache_read_per_m", "cache_write_per_m", "rpm", "tpm", "timeout_s"}
 _OPTIONAL = {"batch_input_per_m", "batch_output_per_m", "cache_read_per_m", "cache_write_per_m",
              "rpm", "tpm", "base_url", "api_key_env"}
+_KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def known_options(provider: str) -> dict[str, Option]:
+    """The options.<name> an entry of `provider` may set: the provider's own, the prompt-cache
+    option of every remote provider, and the batch options of providers with a batch service."""
+    info = PROVIDER_INFO[provider]
+    common = {} if info.offline else dict(CACHE_OPTIONS)
+    return {**common, **(BATCH_OPTIONS if info.batch_adapter else {}), **info.options}
 
 
 class OracleConfigError(Exception):
@@ -129,13 +163,15 @@ def _spec_from_entry(name: str, entry: Any, problems: list[str]) -> OracleSpec |
     if options is None:
         problems.append(f"{where}: options must be a mapping")
         options = {}
+    elif provider in PROVIDER_INFO:
+        problems += _option_problems(where, provider, options)
     key_env = entry.get("api_key_env")
     env_names = [key_env] if isinstance(key_env, str) else key_env
     if key_env is not None and not (isinstance(env_names, list) and env_names
                                     and all(isinstance(n, str) and n for n in env_names)):
         problems.append(f"{where}: api_key_env must be a variable name, a list of names, or null")
         env_names = None
-    if provider in ("gemini", "anthropic") and not env_names:
+    if provider in PROVIDER_INFO and PROVIDER_INFO[provider].key_required and not env_names:
         problems.append(f"{where}: api_key_env is required for provider {provider}")
     if env_names and len(env_names) > 1:
         options["api_key_env_alternatives"] = list(env_names[1:])
@@ -143,6 +179,30 @@ def _spec_from_entry(name: str, entry: Any, problems: list[str]) -> OracleSpec |
         return None
     return OracleSpec(name=name, provider=provider, model=model, base_url=base_url,
                       api_key_env=env_names[0] if env_names else None, options=options, **values)
+
+
+def _option_problems(where: str, provider: str, options: Mapping[str, Any]) -> list[str]:
+    """One line per unknown option or option of the wrong kind."""
+    known = known_options(provider)
+    problems = []
+    for key, value in options.items():
+        option = known.get(key)
+        if option is None:
+            problems.append(f"{where}: unknown option '{key}' (provider {provider} knows: "
+                            f"{', '.join(sorted(known)) or 'none'})")
+        elif not _is_kind(value, option.kind):
+            wanted = (f"one of {', '.join(map(str, option.kind))}" if isinstance(option.kind, tuple)
+                      else _KIND_WORDS.get(option.kind, option.kind.__name__))
+            problems.append(f"{where}: options.{key} must be {wanted} (got {value!r}): {option.help}")
+    return problems
+
+
+def _is_kind(value: Any, kind: type | tuple) -> bool:
+    if isinstance(kind, tuple):
+        return value in kind
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 def resolve(name: str, registry: dict[str, OracleSpec]) -> OracleSpec:
@@ -165,6 +225,21 @@ def api_key_env_names(spec: OracleSpec) -> list[str]:
     if not spec.api_key_env:
         return []
     return [spec.api_key_env, *spec.options.get("api_key_env_alternatives", [])]
+
+
+def key_variables(specs: Iterable[OracleSpec] | None = None) -> frozenset[str]:
+    """Every variable that may hold an API key: each provider's declared key_envs, plus each spec's
+    api_key_env and its alternatives (`specs` None: every entry of the default oracles.yaml, or
+    none where it does not load). Their values are masked in every error that is stored or printed."""
+    if specs is None:
+        try:
+            specs = load_registry().values()
+        except OracleConfigError:
+            specs = ()
+    names = {name for info in PROVIDER_INFO.values() for name in info.key_envs}
+    for spec in specs:
+        names.update(api_key_env_names(spec))
+    return frozenset(names)
 
 
 def api_key(spec: OracleSpec) -> str | None:
@@ -196,7 +271,8 @@ def base_url(spec: OracleSpec) -> str | None:
         return own
     if spec.base_url:
         return spec.base_url
-    env = BASE_URL_ENV.get(spec.provider)
+    info = PROVIDER_INFO.get(spec.provider)
+    env = info.base_url_env if info else None
     return (os.environ.get(env, "").strip() if env else "") or None
 
 
@@ -207,8 +283,10 @@ def entry_base_url_env(spec: OracleSpec) -> str:
 
 
 def make_oracle(spec: OracleSpec) -> Oracle:
-    """A live oracle for `spec`: checks credentials first, then builds the provider's client."""
+    """A live oracle for `spec`: checks credentials first, then builds the provider's class, handing
+    a remote one its key and base URL."""
     check_credentials(spec)
-    module_name, class_name = _PROVIDER_CLASSES[spec.provider]
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(spec)
+    info = PROVIDER_INFO[spec.provider]
+    if info.offline:
+        return info.oracle_class(spec)
+    return info.oracle_class(spec, api_key=api_key(spec), base_url=base_url(spec))

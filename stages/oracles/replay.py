@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from stages.oracles.base import Completion, FatalError, NotAnswerable, OracleRequest, OracleSpec
+from stages.oracles.base import Completion, FatalError, NotAnswerable, OracleRequest, OracleSpec, ProviderInfo
 
 CHARS_PER_TOKEN = 4.0
 
@@ -46,6 +46,10 @@ class ReplayOracle:
 
     async def aclose(self) -> None:
         return None
+
+
+# offline, but no stand-in: its answers are real labels another oracle (or people) gave
+PROVIDER = ProviderInfo(name="replay", oracle_class=ReplayOracle, offline=True)
 
 
 def replay_priced(spec: OracleSpec, text: str) -> OracleSpec:
