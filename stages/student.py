@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from stages import bands, cli
 from stages.text import head_tail_truncate
 
 SCORE_MAX = 10.0  # oracle scores are 0-10
@@ -47,12 +48,8 @@ CONFIG_FILE = "training_config.json"
 DIMENSIONS_FILE = "dimensions.json"
 
 
-class StudentError(Exception):
-    """A problem the user can fix (missing model, bad LoRA config, bad data)."""
-
-
-class UsageError(Exception):
-    """A training setting is wrong (the stages exit 2)."""
+class StudentError(cli.StageError):
+    """A problem the user can fix (missing model, bad LoRA config, bad data): exit 1."""
 
 
 @dataclass
@@ -354,7 +351,7 @@ def resolve_device(flag: str) -> str:
     import torch
 
     if flag == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
+        raise cli.UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
     if flag == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return flag
@@ -365,7 +362,7 @@ def resolve_precision(flag: str, device: str) -> str:
 
     if flag != "auto":
         if flag == "fp16" and device == "cpu":
-            raise UsageError("--precision fp16 needs a GPU (use bf16 or fp32 on a CPU)")
+            raise cli.UsageError("--precision fp16 needs a GPU (use bf16 or fp32 on a CPU)")
         return flag
     if device == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -382,12 +379,12 @@ def resolve_settings(given: Mapping[str, Any], device: str) -> dict:
         s["lora_alpha"] = 2 * given["lora_r"]
     for k in ("epochs", "lr", "batch_size", "max_length", "lora_r", "lora_alpha"):
         if s[k] <= 0:
-            raise UsageError(f"--{k.replace('_', '-')} must be positive")
+            raise cli.UsageError(f"--{k.replace('_', '-')} must be positive")
     if not 0 <= s["lora_dropout"] < 1:
-        raise UsageError("--lora-dropout must be in [0, 1)")
+        raise cli.UsageError("--lora-dropout must be in [0, 1)")
     s["grad_accum"] = 1 if given.get("grad_accum") is None else given["grad_accum"]
     if s["grad_accum"] <= 0:
-        raise UsageError("--grad-accum must be positive")
+        raise cli.UsageError("--grad-accum must be positive")
     return s
 
 
@@ -560,8 +557,9 @@ def read_split(path: str | Path) -> list[dict]:
 
 
 def dimension_metrics(true: np.ndarray, pred: np.ndarray, dimension_names: Sequence[str]) -> dict:
-    """Per dimension: MAE, RMSE, Spearman rho, bias (mean of pred - true), and MAE on the tails
-    (true >= 7 and true <= 2; None with n = 0 where no article is there). Plus the means."""
+    """Per dimension: MAE, RMSE, Spearman rho, bias (mean of pred - true), and MAE on the tails of
+    stages/bands.py (high: true >= 8; low: true < 4; None with n = 0 where no article is there).
+    Plus the means."""
     from scipy.stats import spearmanr
 
     true = np.asarray(true, dtype=float)
@@ -570,7 +568,7 @@ def dimension_metrics(true: np.ndarray, pred: np.ndarray, dimension_names: Seque
     for j, name in enumerate(dimension_names):
         t, p = true[:, j], pred[:, j]
         err = p - t
-        high, low = t >= 7, t <= 2
+        high, low = bands.is_high(t), bands.is_low(t)
         rho = None
         if len(t) > 1 and np.ptp(t) > 0 and np.ptp(p) > 0:  # undefined for a constant column
             rho = float(spearmanr(t, p).statistic)

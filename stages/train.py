@@ -33,16 +33,18 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from stages import store
+from stages import cli, store
 from stages.filters import FilterError, load_filter
 from stages.student import (
-    CONFIG_FILE, DIMENSIONS_FILE, Encoder, StudentError, UsageError,
+    CONFIG_FILE, DIMENSIONS_FILE, Encoder, Fitted, StudentError,
     default_base_model, dimension_metrics, fit_lora, predict_scores, process_rank, read_split, resolve_base_model,
     resolve_device, resolve_precision, resolve_settings, world_size,
 )
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__,
@@ -86,6 +88,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass
+class TrainOptions:
+    """The stage's flags, checked (parse_options). A training setting left None takes the device's
+    default (stages.student.resolve_settings); lora_targets None: every projection of the architecture."""
+    db: str
+    filter: str
+    train_file: str | None
+    val_file: str | None
+    test_file: str | None
+    selection: str | None
+    model: str | None
+    output: str | None
+    name: str | None
+    device: str
+    epochs: float | None
+    lr: float | None
+    batch_size: int | None
+    grad_accum: int
+    max_length: int | None
+    lora_r: int | None
+    lora_alpha: int | None
+    lora_dropout: float | None
+    lora_targets: list[str] | None
+    precision: str
+    gradient_checkpointing: str
+    seed: int
+
+
+def options(ns: argparse.Namespace) -> TrainOptions:
+    """build_parser()'s namespace as TrainOptions; a wrong combination of data flags raises cli.UsageError."""
+    if ns.selection and (ns.train_file or ns.val_file or ns.test_file):
+        raise cli.UsageError("pass either --selection or the split files, not both")
+    if not ns.selection and (not ns.train_file or not ns.val_file):
+        raise cli.UsageError("--train-file and --val-file are needed (or --selection NAME)")
+    given = dict(vars(ns))
+    targets = given.pop("lora_targets")
+    return TrainOptions(**given, lora_targets=[t.strip() for t in targets.split(",") if t.strip()] if targets else None)
+
+
+def parse_options(argv: Sequence[str] | None = None) -> TrainOptions:
+    return options(build_parser().parse_args(argv))
+
+
+@dataclass
 class Splits:
     train: list[dict]
     val: list[dict]
@@ -106,24 +151,20 @@ class TrainResult:
     tokenizer: object
 
 
-def load_splits(args: argparse.Namespace, conn: sqlite3.Connection | None, filt) -> Splits:
+def load_splits(opts: TrainOptions, conn: sqlite3.Connection | None, filt) -> Splits:
     """The train/val/test rows; conn is None on the other processes of a multi-process run (split
     files only: which selection they came from is process 0's to record)."""
-    if args.selection:
-        if args.train_file or args.val_file or args.test_file:
-            raise UsageError("pass either --selection or the split files, not both")
-        return selection_splits(conn, filt, args.selection)
-    if not args.train_file or not args.val_file:
-        raise UsageError("--train-file and --val-file are needed (or --selection NAME)")
-    train, val = read_split(args.train_file), read_split(args.val_file)
-    test = read_split(args.test_file) if args.test_file else None
+    if opts.selection:
+        return selection_splits(conn, filt, opts.selection)
+    train, val = read_split(opts.train_file), read_split(opts.val_file)
+    test = read_split(opts.test_file) if opts.test_file else None
     dims = list(train[0]["dimension_names"])
-    for rows, path in ((train, args.train_file), (val, args.val_file), (test or [], args.test_file)):
+    for rows, path in ((train, opts.train_file), (val, opts.val_file), (test or [], opts.test_file)):
         for r in rows:
             if list(r["dimension_names"]) != dims:
                 raise StudentError(f"article {r['id']} has dimensions {r['dimension_names']}, not {dims}, {path}")
     return Splits(train, val, test, dims, find_selection(conn, [r["id"] for r in train]) if conn else None,
-                  f"{args.train_file}, {args.val_file}" + (f", {args.test_file}" if args.test_file else ""))
+                  f"{opts.train_file}, {opts.val_file}" + (f", {opts.test_file}" if opts.test_file else ""))
 
 
 def selection_splits(conn: sqlite3.Connection, filt, name: str) -> Splits:
@@ -133,19 +174,20 @@ def selection_splits(conn: sqlite3.Connection, filt, name: str) -> Splits:
         raise StudentError(f"no selection named '{name}' in gt.db"
                            + (f" (recent: {', '.join(known)})" if known else " (run `make select` first)"))
     if sel["filter_id"] != filt.id:
-        raise UsageError(f"selection '{name}' is of filter {sel['filter_id']}, not {filt.id} (pass --filter)")
+        raise cli.UsageError(f"selection '{name}' is of filter {sel['filter_id']}, not {filt.id} (pass --filter)")
     oracle, prompt_sha = store.choose_label_set(conn, filt, sel["oracle"])
     scores = store.scores_frame(conn, filt, oracle=oracle, prompt_sha256=prompt_sha).set_index("article_id")
     dims = filt.dimension_names
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
-    for r in conn.execute("""SELECT m.article_id, m.split, a.title, a.text FROM selection_members m
-                             JOIN articles a ON a.id = m.article_id WHERE m.selection_id = ?
-                             ORDER BY m.article_id""", (sel["id"],)):
-        if r["article_id"] not in scores.index:
+    members = conn.execute("SELECT article_id, split FROM selection_members WHERE selection_id = ? "
+                           "ORDER BY article_id", (sel["id"],)).fetchall()
+    texts = store.article_texts(conn, [m["article_id"] for m in members])
+    for article_id, split in members:
+        if article_id not in scores.index or article_id not in texts:
             continue  # no valid label by the selection's oracle any more
-        row = scores.loc[r["article_id"]]
-        splits[r["split"]].append({"id": r["article_id"], "title": r["title"], "text": r["text"],
-                                   "labels": [float(row[d]) for d in dims], "dimension_names": dims})
+        row, (title, text) = scores.loc[article_id], texts[article_id]
+        splits[split].append({"id": article_id, "title": title, "text": text,
+                              "labels": [float(row[d]) for d in dims], "dimension_names": dims})
     if not splits["train"] or not splits["val"]:
         raise StudentError(f"selection '{name}' has no labelled train or val members")
     return Splits(splits["train"], splits["val"], splits["test"] or None, list(dims), int(sel["id"]),
@@ -155,7 +197,7 @@ def selection_splits(conn: sqlite3.Connection, filt, name: str) -> Splits:
 def find_selection(conn: sqlite3.Connection, train_ids: list[str]) -> int | None:
     """The selection whose train split these ids are, if the files came from one in this gt.db."""
     rows = conn.execute(
-        f"""SELECT selection_id, COUNT(*) AS n FROM selection_members
+        """SELECT selection_id, COUNT(*) AS n FROM selection_members
             WHERE split = 'train' AND article_id IN (SELECT value FROM json_each(?))
             GROUP BY selection_id ORDER BY selection_id DESC""", (json.dumps(train_ids),)).fetchall()
     for r in rows:
@@ -166,36 +208,23 @@ def find_selection(conn: sqlite3.Connection, train_ids: list[str]) -> int | None
     return None
 
 
-def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | None:
-    """Train, save models/<name>/ and register it in gt.db. Returns None on non-main processes."""
+def train(opts: TrainOptions | argparse.Namespace, *, progress: bool = True) -> TrainResult | None:
+    """Train, save models/<name>/ and register it in gt.db. Returns None on non-main processes.
+    (build_parser()'s namespace is taken too, for callers that parse the flags themselves.)"""
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers v6 renames, not the user's concern
-    device = resolve_device(args.device)
-    settings = resolve_settings(vars(args), device)
-    try:
-        filt = load_filter(args.filter)
-    except FilterError as e:
-        raise UsageError(f"{e.path}: {e.problems[0] if e.problems else 'invalid filter'}") from None
-    output = Path(args.output) if args.output else Path("models") / (args.name or "student")
-    name = args.name or output.name
-    conn = open_db(args)
-    try:
-        splits = load_splits(args, conn, filt)
-    finally:
-        if conn is not None:
-            conn.close()
-    if splits.dimension_names != filt.dimension_names:
-        raise UsageError(f"the splits' dimensions {splits.dimension_names} are not {filt.id}'s "
-                         f"{filt.dimension_names} (pass the --filter they were labelled with)")
-
-    base_name = args.model or default_base_model(device)
+    opts = opts if isinstance(opts, TrainOptions) else options(opts)
+    device = resolve_device(opts.device)
+    settings = resolve_settings(vars(opts), device)
+    filt, splits = filter_and_splits(opts)
+    output = Path(opts.output) if opts.output else Path("models") / (opts.name or "student")
+    base_name = opts.model or default_base_model(device)
     base_path = resolve_base_model(base_name)  # a download shows its progress bars
     hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars: noise, not progress
-    precision = resolve_precision(args.precision, device)
-    checkpointing = args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and device == "cuda")
-    targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()] if args.lora_targets else None
+    precision = resolve_precision(opts.precision, device)
+    checkpointing = opts.gradient_checkpointing == "on" or (opts.gradient_checkpointing == "auto" and device == "cuda")
 
     # one name for every process of a multi-GPU run: they share the checkpoint the best epoch is loaded from
     work = output.parent / f".{output.name}.partial"
@@ -203,66 +232,95 @@ def train(args: argparse.Namespace, *, progress: bool = True) -> TrainResult | N
         shutil.rmtree(work, ignore_errors=True)  # what a killed earlier run left
         work.mkdir(parents=True)
     fitted = fit_lora(splits.train, splits.val, len(splits.dimension_names), base_path=base_path, settings=settings,
-                      device=device, precision=precision, checkpointing=checkpointing, lora_targets=targets,
-                      max_article_chars=filt.max_article_chars, seed=args.seed, checkpoint_dir=work / "checkpoints",
+                      device=device, precision=precision, checkpointing=checkpointing, lora_targets=opts.lora_targets,
+                      max_article_chars=filt.max_article_chars, seed=opts.seed, checkpoint_dir=work / "checkpoints",
                       progress=progress)
     if fitted is None:
         return None
-    tokenizer, encoder, scaler, targets = fitted.tokenizer, fitted.encoder, fitted.scaler, fitted.lora_targets
-    saved, trainable, total, seconds = fitted.modules_to_save, fitted.trainable, fitted.total, fitted.seconds
+    name = opts.name or output.name
+    metrics = measure(fitted, splits, settings)
+    config = training_config(opts, fitted, splits, filt, settings, name=name, base_name=base_name,
+                             base_path=base_path, device=device, precision=precision, checkpointing=checkpointing)
+    save_model_folder(work, output, fitted.model, fitted.tokenizer, config, metrics)
+    register_model(opts.db, filt, name=name, base_model=base_name, selection_id=splits.selection_id,
+                   config=config, metrics=metrics, path=output)
+    return TrainResult(name, output, metrics, config, fitted.model, fitted.encoder, fitted.tokenizer)
 
-    model = fitted.model
-    model_device = str(next(model.parameters()).device)
-    val_pred = predict_scores(model, encoder.encode_many([(r.get("title", ""), r["text"]) for r in splits.val]),
-                              tokenizer.pad_token_id, scaler, batch_size=2 * settings["batch_size"],
+
+def filter_and_splits(opts: TrainOptions) -> tuple[object, Splits]:
+    """The filter and the train/val/test rows, whose dimensions must be the filter's."""
+    try:
+        filt = load_filter(opts.filter)
+    except FilterError as e:
+        raise cli.UsageError(f"{e.path}: {e.problems[0] if e.problems else 'invalid filter'}") from None
+    conn = open_db(opts)
+    try:
+        splits = load_splits(opts, conn, filt)
+    finally:
+        if conn is not None:
+            conn.close()
+    if splits.dimension_names != filt.dimension_names:
+        raise cli.UsageError(f"the splits' dimensions {splits.dimension_names} are not {filt.id}'s "
+                             f"{filt.dimension_names} (pass the --filter they were labelled with)")
+    return filt, splits
+
+
+def measure(fitted: Fitted, splits: Splits, settings: dict) -> dict:
+    """Validation and test metrics of the fitted student on the 0-10 scale, with the training history."""
+    model_device = str(next(fitted.model.parameters()).device)
+
+    def scores(rows: list[dict]) -> np.ndarray:
+        return predict_scores(fitted.model, fitted.encoder.encode_many([(r.get("title", ""), r["text"]) for r in rows]),
+                              fitted.tokenizer.pad_token_id, fitted.scaler, batch_size=2 * settings["batch_size"],
                               device=model_device)
-    val_true = np.array([r["labels"] for r in splits.val], dtype=float)
-    metrics = {"val": dimension_metrics(val_true, val_pred, splits.dimension_names), "test": None}
+
+    def truth(rows: list[dict]) -> np.ndarray:
+        return np.array([r["labels"] for r in rows], dtype=float)
+
+    metrics = {"val": dimension_metrics(truth(splits.val), scores(splits.val), splits.dimension_names), "test": None}
     if splits.test:
-        test_pred = predict_scores(model, encoder.encode_many([(r.get("title", ""), r["text"]) for r in splits.test]),
-                                   tokenizer.pad_token_id, scaler, batch_size=2 * settings["batch_size"],
-                                   device=model_device)
-        metrics["test"] = dimension_metrics(np.array([r["labels"] for r in splits.test], dtype=float), test_pred,
-                                            splits.dimension_names)
-    history = fitted.history
-    evals = [h for h in history if "eval_mae" in h]
+        metrics["test"] = dimension_metrics(truth(splits.test), scores(splits.test), splits.dimension_names)
+    evals = [h for h in fitted.history if "eval_mae" in h]
     best = min(evals, key=lambda h: h["eval_mae"]) if evals else None
     metrics.update({
         "best_epoch": best["epoch"] if best else None, "best_val_mae": best["eval_mae"] if best else None,
-        "train_seconds": round(seconds, 1), "train_samples_per_second": fitted.samples_per_second,
-        "trainable_parameters": trainable, "total_parameters": total, "history": history,
+        "train_seconds": round(fitted.seconds, 1), "train_samples_per_second": fitted.samples_per_second,
+        "trainable_parameters": fitted.trainable, "total_parameters": fitted.total, "history": fitted.history,
     })
-    config = {
+    return metrics
+
+
+def training_config(opts: TrainOptions, fitted: Fitted, splits: Splits, filt, settings: dict, *, name: str,
+                    base_name: str, base_path: str, device: str, precision: str, checkpointing: bool) -> dict:
+    """training_config.json: everything needed to reload the student and to know how it was made."""
+    return {
         "name": name, "base_model": base_name, "base_model_path": base_path, "filter": filt.id,
-        "filter_path": str(args.filter), "dimension_names": splits.dimension_names,
+        "filter_path": str(opts.filter), "dimension_names": splits.dimension_names,
         "target_scaling": "standardised per dimension with the train split's mean and std; prediction x std + mean, "
                           "clipped to 0-10",
-        "target_mean": scaler.mean, "target_std": scaler.std,
+        "target_mean": fitted.scaler.mean, "target_std": fitted.scaler.std,
         "max_length": settings["max_length"], "max_article_chars": filt.max_article_chars,
         "truncation": "stages.text.head_tail_truncate on characters (max_article_chars), then on token ids",
-        "special_tokens": {"prefix": encoder.prefix, "suffix": encoder.suffix},
+        "special_tokens": {"prefix": fitted.encoder.prefix, "suffix": fitted.encoder.suffix},
         "epochs": settings["epochs"], "lr": settings["lr"], "batch_size": settings["batch_size"],
         "grad_accum": settings["grad_accum"], "lora_r": settings["lora_r"], "lora_alpha": settings["lora_alpha"],
-        "lora_dropout": settings["lora_dropout"], "lora_targets": targets, "modules_to_save": saved,
-        "trainable_parameters": trainable, "seed": args.seed, "device": device, "processes": fitted.processes,
-        "precision": precision, "gradient_checkpointing": checkpointing,
+        "lora_dropout": settings["lora_dropout"], "lora_targets": fitted.lora_targets,
+        "modules_to_save": fitted.modules_to_save, "trainable_parameters": fitted.trainable, "seed": opts.seed,
+        "device": device, "processes": fitted.processes, "precision": precision,
+        "gradient_checkpointing": checkpointing,
         "data": {"source": splits.source, "selection_id": splits.selection_id, "train": len(splits.train),
                  "val": len(splits.val), "test": len(splits.test or [])},
         "versions": _versions(),
     }
-    save_model_folder(work, output, model, tokenizer, config, metrics)
-    register_model(args.db, filt, name=name, base_model=base_name, selection_id=splits.selection_id,
-                   config=config, metrics=metrics, path=output)
-    return TrainResult(name, output, metrics, config, model, encoder, tokenizer)
 
 
-def open_db(args: argparse.Namespace) -> sqlite3.Connection | None:
+def open_db(opts: TrainOptions) -> sqlite3.Connection | None:
     """gt.db for reading the splits: process 0 opens (and, given split files, creates) it; the other
     processes of a multi-process run open it read-only for --selection and not at all otherwise, so
     two never migrate one new file at once."""
     if process_rank() == 0:
-        return store.connect(args.db, create=not args.selection)  # --selection reads gt.db: never create one
-    return store.connect(args.db, readonly=True) if args.selection else None
+        return store.connect(opts.db, create=not opts.selection)  # --selection reads gt.db: never create one
+    return store.connect(opts.db, readonly=True) if opts.selection else None
 
 
 def _versions() -> dict:
@@ -402,35 +460,32 @@ def register_model(db: str, filt, *, name: str, base_model: str, selection_id: i
         conn.close()
 
 
+def summary_line(result: TrainResult, db: str) -> str:
+    m, c = result.metrics, result.config
+    test = f", test MAE {m['test']['mae']:.2f} (n={m['test']['n']})" if m.get("test") else ""
+    where = c["device"] + (f" x {c['processes']} processes" if c.get("processes", 1) > 1 else "")
+    return (f"Trained {result.name}: LoRA on {c['base_model']} ({where}), {m['trainable_parameters']:,} "
+            f"trainable parameters, {c['data']['train']} train / {c['data']['val']} val articles from "
+            f"{c['data']['source']}, {m['train_seconds']} s. Best val MAE {m['best_val_mae']:.2f} at epoch "
+            f"{m['best_epoch']:g}{test}. Wrote {result.output}/ (adapter, tokenizer, metrics.json, loss_curve.png, "
+            f"README.md) and registered model '{result.name}' in {db}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:  # a missing, locked or corrupt gt.db fails now, not after loading the model
         if process_rank() == 0:
             store.connect(args.db, create=not args.selection).close()
-    except (store.StoreError, sqlite3.Error) as e:
-        return store.fail_line(e, args.db)
-    try:
-        result = train(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except StudentError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        result = train(options(args))
+    except cli.StageError as e:  # StudentError: 1; a bad flag or training setting: 2
+        return cli.exit_code(e)
     except (store.StoreError, sqlite3.Error) as e:  # gt.db missing, locked, read-only, corrupt...
-        return store.fail_line(e, args.db)
+        return cli.fail(store.describe_db_error(e, args.db))
     if result is None:
         print(f"process {process_rank()} of {world_size()} done: process 0 saves the model and registers it in "
               f"{args.db}")
         return 0
-    m, c = result.metrics, result.config
-    test = f", test MAE {m['test']['mae']:.2f} (n={m['test']['n']})" if m.get("test") else ""
-    where = c["device"] + (f" x {c['processes']} processes" if c.get("processes", 1) > 1 else "")
-    print(f"Trained {result.name}: LoRA on {c['base_model']} ({where}), {m['trainable_parameters']:,} "
-          f"trainable parameters, {c['data']['train']} train / {c['data']['val']} val articles from "
-          f"{c['data']['source']}, {m['train_seconds']} s. Best val MAE {m['best_val_mae']:.2f} at epoch "
-          f"{m['best_epoch']:g}{test}. Wrote {result.output}/ (adapter, tokenizer, metrics.json, loss_curve.png, "
-          f"README.md) and registered model '{result.name}' in {args.db}.")
+    print(summary_line(result, args.db))
     return 0
 
 

@@ -106,7 +106,7 @@ def synth(tmp_path_factory):
 def curve_args(synth, out, *extra):
     from stages import curve
 
-    return curve.build_parser().parse_args([
+    return curve.parse_options([
         "--db", str(synth["db"]), "--filter", str(synth["filter"].path), "--budgets", "30,60", "--seeds", "3",
         "--time-limit", "5", "--output-dir", str(out), "--cache", str(synth["root"] / "embeddings.db"),
         *map(str, extra)])
@@ -185,7 +185,9 @@ def test_tail_metrics_match_an_independent_computation():
     assert m["per_dimension"]["b"]["tail_mae"] == pytest.approx((1.5 + 2.0) / 2)      # scores 3.5 and 8
     assert m["tail_mae"] == pytest.approx((1.75 + 1.75) / 2)
     assert m["mae"] == pytest.approx(np.abs(true - pred).mean())
-    ci = curve.t_interval([1.0, 2.0, 3.0])
+    from stages.curve_report import t_interval
+
+    ci = t_interval([1.0, 2.0, 3.0])
     assert ci["mean"] == 2.0 and ci["hi"] - 2.0 == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)
 
 

@@ -153,7 +153,34 @@ def test_trained_student_is_saved_registered_and_reloads_with_identical_predicti
     reloaded = Student.load(out).predict(items)
     assert reloaded.shape == (4, len(uplifting.dimension_names))
     np.testing.assert_allclose(reloaded, in_memory, rtol=0, atol=1e-5)
-    assert ((reloaded >= 0) & (reloaded <= 10)).all()
+
+
+def test_predictions_are_the_head_outputs_scaled_back_and_clipped_exactly_at_0_and_10():
+    """predict_scores answers x * std + mean per dimension, clipped to 0-10: a head whose raw outputs
+    are all 0 answers each dimension's mean, and a mean off the scale comes back exactly at the bound."""
+    import torch
+
+    from stages.student import TargetScaler, load_base_model, predict_scores
+
+    model, _ = load_base_model(str(tiny_qwen_dir()), num_labels=4, pad_token_id=151643)
+    with torch.no_grad():
+        model.score.weight.zero_()
+    scaler = TargetScaler(mean=[-3.0, 13.0, 4.25, 10.0], std=[2.0, 2.0, 0.5, 1.0])
+    encoded = [[9906, 1879], [40, 1079, 264, 1273, 13], [785]]   # batches of 2, longest first, order restored
+    assert predict_scores(model, encoded, 151643, scaler, batch_size=2).tolist() == [[0.0, 10.0, 4.25, 10.0]] * 3
+
+
+def test_target_scaler_standardises_and_maps_back_to_the_0_10_scale():
+    from stages.student import TargetScaler
+
+    labels = np.array([[0.0, 2.0, 5.0], [10.0, 2.0, 7.0], [4.0, 2.0, 9.0]])
+    scaler = TargetScaler.fit(labels)
+    targets = scaler.to_targets(labels)
+    np.testing.assert_allclose(targets.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(targets.std(axis=0), [1.0, 0.0, 1.0], atol=1e-12)   # a constant dimension: 0, not NaN
+    assert scaler.std[1] == 1.0 and scaler.mean == pytest.approx([14 / 3, 2.0, 7.0])
+    np.testing.assert_allclose(scaler.to_scores(targets), labels, atol=1e-12)
+    assert scaler.to_scores(np.array([[5.0, -50.0, 0.0]])).tolist() == [[10.0, 0.0, 7.0]]
 
 
 def test_lora_trains_exactly_the_adapters_and_the_head(qwen_run):
