@@ -35,8 +35,10 @@ import argparse
 import os
 import sqlite3
 import sys
+from dataclasses import dataclass
+from typing import Sequence
 
-from stages import store
+from stages import cli, store
 from stages.filters import Filter, FilterError, load_filter
 from stages.human_labels import HumanLabelSpec, Scale, check_oracle_name, parse_label_columns
 from stages.ingestion import (BATCH_SIZE, DEFAULT_FILTER, DEFAULT_MAX_CHARS, MAX_PRINTED_PROBLEMS, IngestSummary,
@@ -98,7 +100,76 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def label_spec(args: argparse.Namespace, filt: Filter) -> HumanLabelSpec | None:
+@dataclass
+class IngestOptions:
+    """The stage's flags, checked (parse_options); the label flags are checked against the filter by label_spec."""
+    db: str
+    sources: list[str]
+    filter: str
+    min_chars: int | None          # None: the filter's min_chars
+    max_chars: int
+    workers: int
+    batch_size: int
+    labels: str | None
+    label_scale: str
+    oracle: str | None
+    rater_column: str | None
+    skip_unknown_ids: bool
+    split_column: str | None
+    split_name: str
+
+
+def parse_options(argv: Sequence[str] | None = None) -> IngestOptions:
+    """The flags as IngestOptions; a bad one raises cli.UsageError (exit 2)."""
+    a = build_parser().parse_args(argv)
+    if a.max_chars <= 0 or a.workers <= 0 or a.batch_size <= 0 or (a.min_chars is not None and a.min_chars < 0):
+        raise cli.UsageError("--max-chars, --workers and --batch-size must be positive (check the flags)")
+    if a.split_column is not None and not a.split_column.strip() or not a.split_name.strip():
+        raise cli.UsageError("--split-column and --split-name need a name (e.g. --split-column split)")
+    return IngestOptions(db=a.db, sources=a.source, filter=a.filter, min_chars=a.min_chars, max_chars=a.max_chars,
+                         workers=a.workers, batch_size=a.batch_size, labels=a.labels, label_scale=a.label_scale,
+                         oracle=a.oracle, rater_column=a.rater_column, skip_unknown_ids=a.skip_unknown_ids,
+                         split_column=a.split_column, split_name=a.split_name)
+
+
+class NothingToIngest(cli.StageError):
+    """No input file could be read (exit 1); `problems` says why, one line per file or glob."""
+
+    def __init__(self, problems: Sequence[str]):
+        super().__init__("nothing to ingest (pass --source with a path or quoted glob that matches files)")
+        self.problems = list(problems)
+
+
+@dataclass
+class IngestResult:
+    summary: IngestSummary
+    min_chars: int                 # the short-text threshold used
+    total: int                     # articles in gt.db afterwards ...
+    unique: int                    # ... of which not exact duplicates
+
+
+def ingest(opts: IngestOptions, *, progress: bool = True) -> IngestResult:
+    """Ingest the sources into gt.db (created if need be). A broken filter raises FilterError before
+    gt.db is touched; bad label flags raise cli.UsageError; gt.db trouble raises StoreError/sqlite3.Error."""
+    filt = load_filter(opts.filter)
+    try:
+        labels = label_spec(opts, filt)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from None
+    conn = store.connect(opts.db)  # ingesting may create gt.db
+    try:
+        summary = ingest_files(conn, opts.sources, filt, min_chars=opts.min_chars, max_chars=opts.max_chars,
+                               workers=opts.workers, batch_size=opts.batch_size, progress=progress, labels=labels,
+                               split_column=opts.split_column, split_name=opts.split_name)
+        if summary.files == 0:
+            raise NothingToIngest(summary.problems)
+        total, unique = conn.execute("SELECT COUNT(*), COUNT(*) - COUNT(dup_of) FROM articles").fetchone()
+    finally:
+        conn.close()
+    return IngestResult(summary, opts.min_chars if opts.min_chars is not None else filt.min_chars, total, unique)
+
+
+def label_spec(args: IngestOptions, filt: Filter) -> HumanLabelSpec | None:
     """--labels and its companions as a HumanLabelSpec (None without --labels); ValueError for bad flags."""
     companions = [f for f, v in (("--oracle", args.oracle), ("--rater-column", args.rater_column),
                                  ("--skip-unknown-ids", args.skip_unknown_ids),
@@ -122,8 +193,9 @@ def label_spec(args: argparse.Namespace, filt: Filter) -> HumanLabelSpec | None:
                           skip_unknown_ids=args.skip_unknown_ids)
 
 
-def _print_summary(summary: IngestSummary, db: str, conn: sqlite3.Connection, min_chars: int,
-                   split_name: str | None = None) -> None:
+def print_summary(result: IngestResult, db: str, split_name: str | None = None) -> None:
+    """The problems and notes on stderr, the counts table and the closing line on stdout."""
+    summary, min_chars = result.summary, result.min_chars
     if summary.problems:
         for line in summary.problems[:MAX_PRINTED_PROBLEMS]:
             print(line, file=sys.stderr)
@@ -135,7 +207,6 @@ def _print_summary(summary: IngestSummary, db: str, conn: sqlite3.Connection, mi
     if h is not None and h.unknown_skipped:
         print(f"note: {h.unknown_skipped:,} label rows name articles gt.db does not hold (e.g. "
               f"{', '.join(h.unknown_examples)}): skipped, as --skip-unknown-ids asks", file=sys.stderr)
-    total, unique = conn.execute("SELECT COUNT(*), COUNT(*) - COUNT(dup_of) FROM articles").fetchone()
     rows = [
         ("files read", summary.files, ""),
         ("records read", summary.records, ""),
@@ -165,50 +236,28 @@ def _print_summary(summary: IngestSummary, db: str, conn: sqlite3.Connection, mi
         print(f"  {name:<18} {value:>9,}  {comment}".rstrip())
     human = (f" and {h.imported:,} new {h.oracle} labels" if h is not None else "")
     print(f"Read {summary.records:,} records from {summary.files} file(s) ({', '.join(summary.sources)}); "
-          f"wrote {summary.inserted:,} new articles{human} to {db}, which now holds {total:,} articles "
-          f"({unique:,} unique).")
+          f"wrote {summary.inserted:,} new articles{human} to {db}, which now holds {result.total:,} articles "
+          f"({result.unique:,} unique).")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.max_chars <= 0 or args.workers <= 0 or args.batch_size <= 0 or (args.min_chars is not None and args.min_chars < 0):
-        print("error: --max-chars, --workers and --batch-size must be positive (check the flags)", file=sys.stderr)
-        return 2
     try:
-        filt = load_filter(args.filter)
-    except FilterError as e:
+        opts = parse_options(argv)
+        result = ingest(opts)
+    except FilterError as e:  # every problem of the filter package, one line each
         for problem in e.problems:
-            print(f"error: {e.path}: {problem}", file=sys.stderr)
+            cli.fail(f"{e.path}: {problem}")
         return 1
-    try:
-        labels = label_spec(args, filt)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.split_column is not None and not args.split_column.strip() or not args.split_name.strip():
-        print("error: --split-column and --split-name need a name (e.g. --split-column split)", file=sys.stderr)
-        return 2
-    try:
-        conn = store.connect(args.db)  # ingesting may create gt.db
-    except (sqlite3.Error, store.StoreError) as e:
-        return store.fail_line(e, args.db)  # one line: missing folder, read-only, locked, corrupt...
-    try:
-        summary = ingest_files(conn, args.source, filt, min_chars=args.min_chars, max_chars=args.max_chars,
-                               workers=args.workers, batch_size=args.batch_size, progress=True, labels=labels,
-                               split_column=args.split_column, split_name=args.split_name)
-        if summary.files == 0:
-            for line in summary.problems:
-                print(f"error: {line}", file=sys.stderr)
-            print("error: nothing to ingest (pass --source with a path or quoted glob that matches files)",
-                  file=sys.stderr)
-            return 1
-        min_chars = args.min_chars if args.min_chars is not None else filt.min_chars
-        _print_summary(summary, args.db, conn, min_chars, args.split_name if args.split_column else None)
-    except (sqlite3.Error, store.StoreError) as e:  # a write refused after opening: locked, read-only, disk full
-        return store.fail_line(e, args.db)
-    finally:
-        conn.close()
-    return 1 if summary.problems else 0
+    except NothingToIngest as e:
+        for line in e.problems:
+            cli.fail(line)
+        return cli.exit_code(e)
+    except cli.StageError as e:
+        return cli.exit_code(e)
+    except (sqlite3.Error, store.StoreError) as e:  # missing folder, read-only, locked, corrupt, disk full...
+        return cli.fail(store.describe_db_error(e, opts.db))
+    print_summary(result, opts.db, opts.split_name if opts.split_column else None)
+    return 1 if result.summary.problems else 0
 
 
 if __name__ == "__main__":
