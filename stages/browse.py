@@ -22,12 +22,13 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import yaml
 
-from stages import store
+from stages import cli, store
 
 METADATA = Path(__file__).resolve().parent.parent / "datasette" / "metadata.yaml"
 TEMPLATE_DATABASE = "gt"  # the key metadata.yaml uses for the database
@@ -35,8 +36,8 @@ DEFAULT_PORT = 8001
 SQL_TIME_LIMIT_MS = 120_000  # canned queries aggregate whole tables: coverage_by_dimension took 39 s on 1M labels (loaded machine)
 
 
-class BrowseError(Exception):
-    pass
+class BrowseError(cli.StageError):
+    """gt.db cannot be served (exit 1)."""
 
 
 def database_name(db: Path) -> str:
@@ -133,40 +134,51 @@ def databases_here(root: Path, limit: int = 200) -> list[Path]:
     return [rel for _, rel in sorted(found, key=lambda x: (-x[0], str(x[1])))]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+@dataclass
+class BrowseOptions:
+    db: Path
+    port: int
+    metadata_out: str | None
+
+
+def parse_options(argv: Sequence[str] | None = None) -> BrowseOptions:
+    """The flags as BrowseOptions; a bad one raises cli.UsageError (exit 2)."""
+    args = build_parser().parse_args(argv)
     if not 0 < args.port < 65536:
-        parser.error("--port must be between 1 and 65535")
-    db = Path(args.db)
+        raise cli.UsageError(f"--port must be between 1 and 65535 (got {args.port})")
+    return BrowseOptions(Path(args.db), args.port, args.metadata_out)
+
+
+def prepare(opts: BrowseOptions) -> str:
+    """Check that gt.db can be read (never creating it) and build the metadata to serve it with, as
+    JSON text (also written to --metadata-out). Raises BrowseError, or StoreError/sqlite3.Error."""
+    db = opts.db
     if not db.exists():
         found = databases_here(Path.cwd())
         if found:
             newest = found[0]
             others = f" (also: {', '.join(str(f) for f in found[1:4])})" if len(found) > 1 else ""
-            print(f"error: no database at {db}; the newest gt.db under {Path.cwd()} is {newest}{others}: "
-                  f"make browse DB={newest}", file=sys.stderr)
-            return 1
-    try:  # read-only, never created: a missing, unreadable, locked or corrupt file gets one line, not Datasette's
-        store.connect(db, readonly=True).close()
-    except (store.StoreError, sqlite3.Error) as e:
-        return store.fail_line(e, db)
+            raise BrowseError(f"no database at {db}; the newest gt.db under {Path.cwd()} is {newest}{others}: "
+                              f"make browse DB={newest}")
+    store.connect(db, readonly=True).close()  # missing, unreadable, locked or corrupt: one line, not Datasette's
     try:
         metadata = build_metadata(db)
     except (BrowseError, OSError, yaml.YAMLError) as e:
-        print(f"error: {e}, {db} (pass --db with a gt.db made by this project)", file=sys.stderr)
-        return 1
+        raise BrowseError(f"{e}, {db} (pass --db with a gt.db made by this project)") from None
     text = json.dumps(metadata, indent=2)
-    if args.metadata_out:
+    if opts.metadata_out:
         from stages.report import write_text_atomic
-        write_text_atomic(args.metadata_out, text)
+        write_text_atomic(opts.metadata_out, text)
+    return text
+
+
+def serve(db: Path, metadata_text: str, port: int) -> int:
+    """Run Datasette on 127.0.0.1:`port` until it exits, this process gets SIGTERM (passed on) or
+    Ctrl-C; returns Datasette's exit code. The metadata lives in a temporary file meanwhile."""
     with tempfile.TemporaryDirectory(prefix="gt-browse-") as tmp:
         metadata_path = Path(tmp) / "metadata.json"
-        metadata_path.write_text(text, encoding="utf-8")
-        name = database_name(db)
-        print(f"Serving {db} read-only at http://127.0.0.1:{args.port}/{name} "
-              f"(canned queries: http://127.0.0.1:{args.port}/{name}#queries); Ctrl-C stops.", flush=True)
-        child = subprocess.Popen(datasette_command(db, metadata_path, args.port))
+        metadata_path.write_text(metadata_text, encoding="utf-8")
+        child = subprocess.Popen(datasette_command(db, metadata_path, port))
 
         def stop(signum, frame):  # pass a terminate on to Datasette, then clean up the temp metadata
             child.terminate()
@@ -181,9 +193,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+    return rc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        opts = parse_options(argv)
+        text = prepare(opts)
+    except cli.StageError as e:
+        return cli.exit_code(e)
+    except (store.StoreError, sqlite3.Error) as e:
+        return cli.fail(store.describe_db_error(e, opts.db))
+    db, port, name = opts.db, opts.port, database_name(opts.db)
+    print(f"Serving {db} read-only at http://127.0.0.1:{port}/{name} "
+          f"(canned queries: http://127.0.0.1:{port}/{name}#queries); Ctrl-C stops.", flush=True)
+    rc = serve(db, text, port)
     if rc not in (0, -signal.SIGTERM, -signal.SIGINT):
-        print(f"error: Datasette exited with code {rc}, {db} (is port {args.port} free? try --port)", file=sys.stderr)
-        return 1
+        return cli.fail(f"Datasette exited with code {rc}, {db} (is port {port} free? try --port)")
     print(f"Stopped serving {db}.")
     return 0
 
