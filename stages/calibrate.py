@@ -5,13 +5,16 @@ and decide from evidence which one should label (step 1 of the workflow:
 Labels go into gt.db through the labelling engine's `label_articles` as calibration runs (purpose
 'calibrate'), keyed by (filter, oracle, prompt hash, repeat) like every label: a later `label`
 run with the same oracle and prompt reuses them, and labels already in gt.db (an earlier
-calibration, an import) are never requested again. The comparison (stages/stats.py) covers every
-model and every pair, per dimension and overall; the recommendation is the cheapest model whose
+calibration, an import) are never requested again. The recommendation is the cheapest model whose
 agreement with the reference (the strongest model, or the consensus of three or more) is within
-the thresholds given as flags. The report's words, tables and plots are stages/calibration_report.py.
+the thresholds given as flags.
 
-The steps: draw the sample -> label what is missing -> collect each model's labels -> compare ->
-recommend -> write the report.
+The steps: draw the sample (draw_sample) -> label what is missing (label_sample) -> read each
+model's labels of it (collect) -> choose the reference (choose_reference) -> compare (the figures
+are stages/calibration_report.py's) -> recommend -> write the report (calibration_report). The
+function `calibrate` is those steps; `run` adds ingesting --source and the report files; `main`
+parses the flags into CalibrateOptions, prints the summary and turns errors into one line and an
+exit code (stages/cli.py).
 """
 from __future__ import annotations
 

@@ -63,7 +63,6 @@ class Rater:
         return np.column_stack([self.repeats[k][column].to_numpy(dtype=float) for k in sorted(self.repeats)])
 
 
-
 # ---- the figures -------------------------------------------------------------------------------
 
 def label_counts(r: Rater, sample_size: int) -> dict[str, Any]:

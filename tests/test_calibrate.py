@@ -259,3 +259,117 @@ def test_existing_labels_only_unknown_names_and_a_small_pool(db_with_articles, f
     assert data["sample"]["used"] == 40
     assert data["models"]["imported-rater"]["labels"]["ok"] == 40
     assert "asked for 500 articles" in out.read_text(encoding="utf-8")
+
+
+# ---- the sample, the stand-ins, the command line -------------------------------------------------
+
+def test_the_sample_skips_prefiltered_near_duplicates_and_articles_outside_the_gold_set(db_with_articles, uplifting):
+    conn = store.connect(db_with_articles)
+    ids = sorted(r[0] for r in conn.execute("SELECT id FROM articles"))
+    caught, cluster = ids[0], ids[1:4]
+    # the prefilter reads the article's text: corporate finance without a community angle is skipped
+    conn.execute("UPDATE articles SET text = ? WHERE id = ?",
+                 ("Quarterly earnings beat forecasts and the stock price rose after a share buyback. " * 8, caught))
+    conn.execute(f"UPDATE articles SET near_dup_cluster = ? WHERE id IN ({','.join('?' * len(cluster))})",
+                 [cluster[0], *cluster])
+    conn.commit()
+    within = set(ids[:30])
+    sample, info = calibrate.draw_sample(conn, uplifting, 100, seed=3, within=within, within_note="the gold set")
+    assert caught not in sample and info["skipped_prefilter"] == 1
+    assert len(set(sample) & set(cluster)) == 1 and info["skipped_near_duplicate"] == 2
+    assert set(sample) <= within and info["skipped_outside"] == 10 and info["within"] == "the gold set"
+    assert info["used"] == len(sample) == 30 - 1 - 2 and "the sample is the whole pool" in info["note"]
+    # seeded: the same seed draws the same articles, a smaller sample is the start of a larger one
+    smaller, _ = calibrate.draw_sample(conn, uplifting, 10, seed=3, within=within)
+    assert smaller == sample[:10]
+    assert calibrate.draw_sample(conn, uplifting, 10, seed=4, within=within)[0] != smaller
+    conn.close()
+
+
+def test_the_offline_stand_ins_are_named_in_the_verdict_and_the_report(uplifting, truth):
+    import dataclasses
+
+    from stages.calibration_report import render_markdown
+    embed = make_rater(uplifting, "embed", truth, price_in=0.0)
+    embed.spec = dataclasses.replace(embed.spec, provider="local-embed")
+    replayed = make_rater(uplifting, "replayed", noisy(truth, 1, 6), price_in=1.0)
+    replayed.spec = dataclasses.replace(replayed.spec, provider="replay")   # offline, but real labels replayed
+    assert embed.offline and not replayed.offline
+    result = run_compare(uplifting, [embed, replayed], reference="embed")
+    assert result["models"]["embed"]["offline"] and not result["models"]["replayed"]["offline"]
+    assert result["recommendation"]["model"] == "embed"
+    assert "embed is an offline stand-in: to choose the model for real labels" in result["recommendation"]["verdict"]
+    result["reference_reason"] = "chosen with --strongest"
+    md = render_markdown(result, [embed, replayed], {}, "cal.json")
+    assert "> **local-embed and local-llm are offline stand-ins, not substitutes for a real LLM" in md
+    assert "(embed in this calibration.)" in md
+    # two models, one rating each: no consensus, no self-consistency, no several-ratings section
+    assert "## Agreement between models" in md and "## Consensus" not in md
+    assert "## Self-consistency" not in md and "## Agreement among several ratings" not in md
+
+
+@pytest.mark.parametrize("extra, code, words", [
+    (["--sample-size", "0"], 2, "error: --sample-size must be at least 1, got 0"),
+    (["--max-cost", "0"], 2, "error: --max-cost must be positive, got 0.0"),
+    (["--min-tier-agreement", "1.5"], 2, "error: --min-tier-agreement must be between 0 and 1, got 1.5"),
+    (["--filter", "filters/no-such/v1"], 2, "error: not a directory"),
+    (["--models", "fake-pro"], 2, "error: calibration compares models: pass at least two to --models"),
+    (["--strongest", "fake-mini"], 2, "error: --strongest fake-mini is not one of --models"),
+    (["--db", "{tmp}/missing.db"], 1, "error: no database at"),
+    (["--source", "{tmp}/none-*.jsonl"], 2, "error: {tmp}/none-*.jsonl: matches no file"),
+])
+def test_bad_input_is_one_error_line_and_its_exit_code(db_with_articles, fake_env, tmp_path, capsys, extra, code, words):
+    server, oracles = fake_env
+    argv = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--models", "fake-pro,fake-flash",
+            "--output", str(tmp_path / "r.md"), "--quiet"] + [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    assert calibrate.main(argv) == code
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith(words.replace("{tmp}", str(tmp_path)))
+    assert server.requests == 0 and not (tmp_path / "r.md").exists()
+
+
+def test_a_missing_key_stops_before_any_call_and_points_to_no_label(db_with_articles, fake_env, tmp_path, capsys,
+                                                                     monkeypatch):
+    server, oracles = fake_env
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    argv = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--models", "fake-pro,fake-mini",
+            "--output", str(tmp_path / "r.md"), "--quiet"]
+    assert calibrate.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ANTHROPIC_API_KEY" in err[0] and err[0].endswith("with --no-label")
+    assert server.requests == 0     # fake-pro has its key, but every key is checked before any paid call
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_the_labels_stay(db_with_articles, fake_env, tmp_path, capsys):
+    server, oracles = fake_env
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    base = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--models", "fake-pro,fake-flash",
+            "--sample-size", "5", "--bootstrap", "0", "--no-plots", "--quiet"]
+    assert calibrate.main(base + ["--output", str(blocker / "r.md")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot write the report {blocker / 'r.md'}")
+    paid = server.requests
+    assert paid == 2 * 5
+    assert calibrate.main(base + ["--output", str(tmp_path / "ok" / "r.md")]) == 0
+    assert server.requests == paid and (tmp_path / "ok" / "r.json").is_file()
+
+
+def test_the_makefile_calibrate_lines_still_parse(tmp_path):
+    """`make -n demo` and `make -n emobank` name calibrate's flags; each of those lines must parse."""
+    import shlex
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    lines = []
+    for target in ("demo", "emobank"):
+        out = subprocess.run(["make", "-n", target], cwd=root, capture_output=True, text=True, check=True).stdout
+        lines += [ln for ln in out.replace("\\\n", " ").splitlines() if "-m stages.calibrate " in ln]
+    assert len(lines) >= 4
+    for line in lines:
+        argv = shlex.split(line.split("-m stages.calibrate ", 1)[1])
+        opts = calibrate.CalibrateOptions.from_argv(argv)
+        assert len(opts.models) >= 2 and opts.sample_size >= 1, line
