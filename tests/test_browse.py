@@ -123,6 +123,12 @@ def test_stops_on_terminate_and_errors_are_one_line(served, tmp_path):
     assert missing.stderr.count("\n") == 1
 
 
+def test_a_port_out_of_range_is_one_line_and_exit_2(tmp_path, capsys):
+    assert browse.main(["--db", str(tmp_path / "gt.db"), "--port", "70000"]) == 2
+    assert capsys.readouterr().err == "error: --port must be between 1 and 65535 (got 70000)\n"
+    assert not (tmp_path / "gt.db").exists()
+
+
 def test_metadata_is_keyed_by_the_database_name(tmp_path, uplifting):
     db = tmp_path / "pool_2026.db"
     build_fixed_db(db, uplifting)

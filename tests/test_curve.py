@@ -167,8 +167,14 @@ def test_same_seed_same_numbers_and_the_report(result, synth):
     assert (held[0] == held[1]).all() and (held[0] != held[2]).any()   # the held-out share follows --seed
 
     out = synth["root"] / "out"
-    first = (out / "curve.md").read_text(encoding="utf-8").splitlines()[0]
+    md = (out / "curve.md").read_text(encoding="utf-8")
+    first = md.splitlines()[0]
     assert first == result["verdict"] and first.startswith("At 60 labels, maximize_coverage's tail MAE is ")
+    from stages import bands
+    assert f"outer bins, the ones the selection strategies call extreme ({bands.words()})" in md   # one definition
+    for d in DIMS:   # the tail counts are the test set's scores < 4 and >= 8
+        scores = np.array([synth["articles"][a]["scores"][d] for a in result["test_ids"]])
+        assert (result["test"]["tail_low_n"][d], result["test"]["tail_high_n"][d]) == ((scores < 4).sum(), (scores >= 8).sum())
     data = json.loads((out / "curve.json").read_text(encoding="utf-8"))
     assert data["summary"][0]["strategy"] == "random" and "selected" not in data["runs"][0]
     for d in (*DIMS, "mean"):
