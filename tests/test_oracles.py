@@ -436,6 +436,11 @@ def test_each_provider_module_declares_its_provider_and_the_tables_show_it():
     assert all("24 h" in t for t in batch.TURNAROUND.values())
 
 
+def test_two_modules_declaring_one_name_are_refused():
+    with pytest.raises(ImportError, match="provider 'gemini' is already declared"):
+        registry.declarations(["stages.oracles.gemini", "stages.oracles.local_llm", "stages.oracles.gemini"])
+
+
 def test_an_unknown_or_ill_typed_option_is_refused_in_one_line(tmp_path):
     path = tmp_path / "oracles.yaml"
     path.write_text(

@@ -130,8 +130,9 @@ def _spec_from_entry(name: str, entry: Any, problems: list[str]) -> OracleSpec |
     for key in sorted(set(entry) - set(_FIELDS) - {"name"}):
         problems.append(f"{where}: unknown field '{key}' (known: {', '.join(sorted(set(_FIELDS) - {'name'}))})")
     provider = entry.get("provider")
-    if provider not in PROVIDERS:
-        problems.append(f"{where}: provider must be one of {', '.join(PROVIDERS)} (got {provider!r})")
+    info = PROVIDER_INFO.get(provider) if isinstance(provider, str) else None
+    if info is None:
+        problems.append(f"{where}: provider must be one of {', '.join(PROVIDER_INFO)} (got {provider!r})")
     model = entry.get("model")
     if not isinstance(model, str) or not model:
         problems.append(f"{where}: model (the provider's model id) is missing")
@@ -163,7 +164,7 @@ def _spec_from_entry(name: str, entry: Any, problems: list[str]) -> OracleSpec |
     if options is None:
         problems.append(f"{where}: options must be a mapping")
         options = {}
-    elif provider in PROVIDER_INFO:
+    elif info is not None:
         problems += _option_problems(where, provider, options)
     key_env = entry.get("api_key_env")
     env_names = [key_env] if isinstance(key_env, str) else key_env
@@ -171,7 +172,7 @@ def _spec_from_entry(name: str, entry: Any, problems: list[str]) -> OracleSpec |
                                     and all(isinstance(n, str) and n for n in env_names)):
         problems.append(f"{where}: api_key_env must be a variable name, a list of names, or null")
         env_names = None
-    if provider in PROVIDER_INFO and PROVIDER_INFO[provider].key_required and not env_names:
+    if info is not None and info.key_required and not env_names:
         problems.append(f"{where}: api_key_env is required for provider {provider}")
     if env_names and len(env_names) > 1:
         options["api_key_env_alternatives"] = list(env_names[1:])
