@@ -6,7 +6,8 @@
 
 Per dimension, on the test split (oracle scores are the truth, 0-10 scale): MAE, RMSE, Spearman
 rho, bias (mean of prediction - truth: > 0 means the student scores too high) and the MAE on the
-tails (true score >= 7 and <= 2; "undefined" where the test split has no such article). The test
+tails of stages/bands.py (true score >= 8 and < 4; "undefined" where the test split has no such
+article). The test
 articles are --test-file's, or with --split NAME the 'test' articles of a split scheme stored in
 gt.db (`ingest --split-column`: a dataset's own test set, e.g. EmoBank's) with the labels of
 --oracle; articles the student was trained or validated on are left out and counted. Next to
@@ -33,17 +34,17 @@ import json
 import sqlite3
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from stages import store
+from stages import bands, cli, store
+from stages.cli import UsageError
 from stages.student import CONFIG_FILE, Student, StudentError, dimension_metrics, read_split
 
-
-class UsageError(Exception):
-    pass
+HIGH_TAIL = f"truth >= {bands.MIDDLE_HIGH:g}"    # the tails of stages/bands.py, in the report's words
+LOW_TAIL = f"truth < {bands.MIDDLE_LOW:g}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=42, help="unused by inference (deterministic); kept for the "
                                                          "stage convention")
     return ap
+
+
+@dataclass
+class EvaluateOptions:
+    """The flags of `python -m stages.evaluate`, typed (the names are argparse's)."""
+    db: str
+    model_dir: str = "models/student"
+    test_file: str | None = None
+    split: str | None = None
+    oracle: str | None = None
+    all: bool = False
+    calibration: str | None = None
+    output: str | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    seed: int = 42
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "EvaluateOptions":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -177,8 +198,10 @@ def ensure_registered(conn: sqlite3.Connection, model_id: str, config: dict, mod
 
 
 def all_articles(conn: sqlite3.Connection, skip: set[str]) -> list[tuple[str, str, str]]:
-    return [(r["id"], r["title"], r["text"]) for r in
-            conn.execute("SELECT id, title, text FROM articles WHERE dup_of IS NULL ORDER BY id") if r["id"] not in skip]
+    """(id, title, text) of every article but duplicates and `skip`, in id order."""
+    ids = [r[0] for r in conn.execute("SELECT id FROM articles WHERE dup_of IS NULL ORDER BY id") if r[0] not in skip]
+    texts = store.article_texts(conn, ids)
+    return [(aid, *texts[aid]) for aid in ids]
 
 
 def store_predictions(conn: sqlite3.Connection, model_id: str, ids: list[str], scores: np.ndarray,
@@ -241,7 +264,7 @@ def _floor_kind(floor: dict | None) -> str:
 
 def evaluation_table(metrics: dict, floor: dict | None, dims: list[str],
                      baseline: dict | None = None) -> tuple[list[str], list[list[str]]]:
-    headers = ["dimension", "MAE", "RMSE", "Spearman", "bias", "tail MAE, truth >= 7 (n)", "tail MAE, truth <= 2 (n)",
+    headers = ["dimension", "MAE", "RMSE", "Spearman", "bias", f"tail MAE, {HIGH_TAIL} (n)", f"tail MAE, {LOW_TAIL} (n)",
                "mean-predictor MAE", "student vs mean predictor (MAE difference)",
                "floor: inter-rater MAE (one vs the others)" if _floor_kind(floor) == "inter-rater"
                else "floor: inter-oracle MAE"]
@@ -284,8 +307,9 @@ def terms_section(floor: dict | None, baseline: dict | None) -> str:
   scale; lower is better. RMSE is the root of the mean squared difference (it weighs large misses more).
 - **Spearman**: the rank correlation between the student's and the oracle's scores (1 = same order).
 - **bias**: the mean of student score - oracle score (> 0: the student scores too high).
-- **tail MAE**: the MAE on only the test articles whose oracle (true) score on that dimension is >= 7 (high
-  tail) or <= 2 (low tail); the number of such articles is in brackets, "undefined" where there is none.
+- **tail MAE**: the MAE on only the test articles whose oracle (true) score on that dimension is
+  >= {bands.MIDDLE_HIGH:g} (high tail) or < {bands.MIDDLE_LOW:g} (low tail), the outer bins of the 0-10 scale; the
+  number of such articles is in brackets, "undefined" where there is none.
 - **mean predictor** (the baseline): predicts, for every article, each dimension's mean of the training labels
   (the oracle scores of the train split the student was fitted on){means}. A dimension where the student's
   MAE is not lower than the mean predictor's is marked {WORSE_THAN_MEAN}: there the student has learnt
@@ -353,85 +377,101 @@ def summary_line(result: Evaluation, db: str) -> str:
             f"{db} (predictions, model_id '{result.model_id}'){skipped}, all in {result.jsonl}.")
 
 
-def evaluate(args: argparse.Namespace, *, progress: bool = True) -> Evaluation:
+def check_options(o: EvaluateOptions) -> str:
+    """The flags that go together, a trained student in --model-dir and an existing gt.db, checked
+    before the model loads; returns the device to run on."""
     import torch
 
-    if args.test_file and args.split:
+    if o.test_file and o.split:
         raise UsageError("pass --test-file or --split, not both (they are two ways to name the test articles)")
-    if args.oracle and not args.split:
+    if o.oracle and not o.split:
         raise UsageError("--oracle goes with --split (a --test-file carries its own labels)")
-    if not args.test_file and not args.split and not args.all:
+    if not o.test_file and not o.split and not o.all:
         raise UsageError("nothing to do: pass --test-file or --split (metrics) and/or --all (predictions for every "
                          "article)")
-    if args.batch_size <= 0:
+    if o.batch_size <= 0:
         raise UsageError("--batch-size must be positive")
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if o.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    model_dir = Path(args.model_dir)
+    return "cuda" if o.device == "auto" and torch.cuda.is_available() else ("cpu" if o.device == "auto" else o.device)
+
+
+def load_student(model_dir: Path, device: str) -> Student:
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars: noise, not progress
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers v6 renames, not the user's concern
-    student = Student.load(model_dir, device=device)
+    return Student.load(model_dir, device=device)
+
+
+def evaluate(o: EvaluateOptions, *, progress: bool = True) -> Evaluation:
+    """Predict the test articles (and with --all every article), measure, and write the predictions
+    (gt.db, JSONL) and the evaluation (JSON, markdown, models.metrics_json). Prints nothing."""
+    device = check_options(o)
+    model_dir = Path(o.model_dir)
+    student = load_student(model_dir, device)
     dims, config = student.dimension_names, student.config
     model_id = config["name"]
-    test = read_split(args.test_file) if args.test_file else []
+    test = read_split(o.test_file) if o.test_file else []
     for r in test:
         if list(r["dimension_names"]) != dims:
-            raise StudentError(f"article {r['id']} has dimensions {r['dimension_names']}, the model {dims}, {args.test_file}")
-
-    conn = store.connect(args.db, create=False)  # predictions go into an existing gt.db, never a new empty one
+            raise StudentError(f"article {r['id']} has dimensions {r['dimension_names']}, the model {dims}, {o.test_file}")
+    conn = store.connect(o.db, create=False)  # predictions go into an existing gt.db, never a new empty one
     try:
         ensure_registered(conn, model_id, config, model_dir)
-        split_info = None
-        test_name = str(args.test_file)
-        if args.split:
-            test, split_info = split_test_rows(conn, model_id, config.get("filter"), args.split, args.oracle, dims)
-            test_name = f"the test split of '{args.split}' ({split_info['oracle']} labels)"
+        split_info, test_name = None, str(o.test_file)
+        if o.split:
+            test, split_info = split_test_rows(conn, model_id, config.get("filter"), o.split, o.oracle, dims)
+            test_name = f"the test split of '{o.split}' ({split_info['oracle']} labels)"
         ids: list[str] = []
         blocks: list[np.ndarray] = []
         metrics = floor = baseline = None
         if test:
-            pred = student.predict([(r.get("title", ""), r["text"]) for r in test], batch_size=args.batch_size,
+            pred = student.predict([(r.get("title", ""), r["text"]) for r in test], batch_size=o.batch_size,
                                    progress=progress)
             true = np.array([r["labels"] for r in test], dtype=float)
             metrics = dimension_metrics(true, pred, dims)
             baseline = mean_predictor(true, student.scaler.mean, dims)
-            floor = find_floor(conn, args.calibration, config.get("filter"), dims)
+            floor = find_floor(conn, o.calibration, config.get("filter"), dims)
             ids += [r["id"] for r in test]
             blocks.append(pred)
-        if args.all:
+        if o.all:
             rest = all_articles(conn, set(ids))
             if rest:
-                blocks.append(student.predict([(t, x) for _, t, x in rest], batch_size=args.batch_size,
-                                              progress=progress))
+                blocks.append(student.predict([(t, x) for _, t, x in rest], batch_size=o.batch_size, progress=progress))
                 ids += [a for a, _, _ in rest]
         scores = np.vstack(blocks) if blocks else np.zeros((0, len(dims)))
         stored, not_in_db = store_predictions(conn, model_id, ids, scores, dims)
-        jsonl = Path(args.output) if args.output else model_dir / "predictions.jsonl"
+        jsonl = Path(o.output) if o.output else model_dir / "predictions.jsonl"
         write_predictions_jsonl(jsonl, ids, scores, dims)
         report_path = None
         if metrics:
-            from stages import report
-
             evaluation = {"test_file": test_name, "test": metrics, "inter_oracle": floor,
                           "mean_predictor": baseline, "worse_than_mean": worse_than_mean(metrics, baseline)}
             if split_info:
                 evaluation["split"] = split_info
-            report.write_json_atomic(model_dir / "evaluation.json", evaluation)
-            report_path = report.write_text_atomic(model_dir / "evaluation.md",
-                                                   evaluation_report(model_id, test_name, metrics, floor, dims, baseline,
-                                                                     split_info))
-            row = conn.execute("SELECT metrics_json FROM models WHERE id = ?", (model_id,)).fetchone()
-            merged = json.loads(row["metrics_json"] or "{}") if row else {}
-            merged["evaluation"] = evaluation
-            with store.transaction(conn):
-                conn.execute("UPDATE models SET metrics_json = ? WHERE id = ?", (json.dumps(merged, default=str), model_id))
+            report_path = write_evaluation(conn, model_dir, model_id, evaluation, dims)
     finally:
         conn.close()
     return Evaluation(model_id, metrics, floor, baseline, len(ids), stored, not_in_db, jsonl, report_path, test_name)
+
+
+def write_evaluation(conn: sqlite3.Connection, model_dir: Path, model_id: str, evaluation: dict,
+                     dims: list[str]) -> Path:
+    """evaluation.json and evaluation.md beside the model, and the figures into models.metrics_json."""
+    from stages import report
+
+    report.write_json_atomic(model_dir / "evaluation.json", evaluation)
+    path = report.write_text_atomic(model_dir / "evaluation.md", evaluation_report(
+        model_id, evaluation["test_file"], evaluation["test"], evaluation["inter_oracle"], dims,
+        evaluation["mean_predictor"], evaluation.get("split")))
+    row = conn.execute("SELECT metrics_json FROM models WHERE id = ?", (model_id,)).fetchone()
+    merged = json.loads(row["metrics_json"] or "{}") if row else {}
+    merged["evaluation"] = evaluation
+    with store.transaction(conn):
+        conn.execute("UPDATE models SET metrics_json = ? WHERE id = ?", (json.dumps(merged, default=str), model_id))
+    return path
 
 
 def split_test_rows(conn: sqlite3.Connection, model_id: str, filter_id: str | None, split_name: str,
@@ -465,19 +505,15 @@ def split_test_rows(conn: sqlite3.Connection, model_id: str, filter_id: str | No
         "SELECT article_id FROM selection_members WHERE selection_id = ? AND split IN ('train', 'val')",
         (selection["id"],))} if selection else set()
     scores: dict[str, dict[str, float]] = {}
-    texts: dict[str, tuple[str, str]] = {}
-    duplicates = 0
     for r in conn.execute(
-            """SELECT a.id, a.title, a.text, a.dup_of, s.dimension, s.score FROM article_splits p
-               JOIN articles a ON a.id = p.article_id
+            """SELECT a.id, s.dimension, s.score FROM article_splits p
+               JOIN articles a ON a.id = p.article_id AND a.dup_of IS NULL
                JOIN labels l ON l.article_id = a.id AND l.filter_id = ? AND l.oracle = ? AND l.prompt_sha256 = ?
                    AND l."repeat" = 0 AND l.status = 'ok'
                JOIN label_scores s ON s.label_id = l.id
                WHERE p.split_name = ? AND p.split = 'test'""", (filter_id, oracle, prompt, split_name)):
-        if r["dup_of"] is not None:
-            continue
         scores.setdefault(r["id"], {})[r["dimension"]] = r["score"]
-        texts[r["id"]] = (r["title"] or "", r["text"])
+    texts = store.article_texts(conn, [a for a in sorted(scores) if a not in trained])
     duplicates = conn.execute(
         """SELECT COUNT(*) FROM article_splits p JOIN articles a ON a.id = p.article_id
            WHERE p.split_name = ? AND p.split = 'test' AND a.dup_of IS NOT NULL""", (split_name,)).fetchone()[0]
@@ -499,26 +535,23 @@ def split_test_rows(conn: sqlite3.Connection, model_id: str, filter_id: str | No
     return rows, info
 
 
+def check_inputs(o: EvaluateOptions) -> None:
+    """A trained student in --model-dir and a readable gt.db, before the model is loaded."""
+    if not Path(o.model_dir, CONFIG_FILE).exists():
+        raise cli.StageError(f"no trained student in {o.model_dir} ({CONFIG_FILE} missing: run `make train` first, "
+                             f"or pass --model-dir)")
+    store.connect(o.db, create=False).close()  # a missing, locked or corrupt gt.db fails now
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not Path(args.model_dir, CONFIG_FILE).exists():
-        print(f"error: no trained student in {args.model_dir} ({CONFIG_FILE} missing: run `make train` first, "
-              f"or pass --model-dir)", file=sys.stderr)
-        return 1
-    try:  # a missing, locked or corrupt gt.db fails now, not after loading the model
-        store.connect(args.db, create=False).close()
-    except (store.StoreError, sqlite3.Error) as e:
-        return store.fail_line(e, args.db)
+    o = EvaluateOptions.from_args(build_parser().parse_args(argv))
     try:
-        result = evaluate(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except StudentError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        check_inputs(o)
+        result = evaluate(o)
+    except (cli.StageError, StudentError) as e:
+        return cli.exit_code(e) if isinstance(e, cli.StageError) else cli.fail(str(e))
     except (store.StoreError, sqlite3.Error) as e:  # gt.db missing, locked, read-only, corrupt...
-        return store.fail_line(e, args.db)
+        return store.fail_line(e, o.db)
     if result.metrics:
         from stages import report
 
@@ -526,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         headers, rows = evaluation_table(result.metrics, result.floor, dims, result.baseline)
         print(report.md_table(headers, rows))
         print()
-    print(summary_line(result, args.db))
+    print(summary_line(result, o.db))
     return 0
 
 

@@ -24,12 +24,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from stages import bands
+
 MIN_PAIRED = 3          # fewer paired articles than this: every agreement statistic is undefined
 MIN_BOOTSTRAP = 5       # fewer paired articles than this: no confidence interval
 DEFAULT_BOOT = 1000
 CI_LEVEL = 0.95
 SCORE_BINS = list(range(11))     # histogram bins 0..10; bin k holds scores in [k, k+1), 10 holds 10
-MIDDLE_BAND = (4.0, 8.0)         # the "4-7 band" = score bins 4-7 (4 <= s < 8), as in coverage: where an uninformative rater piles its scores
 PC1_WARN = 0.70
 KRIPPENDORFF_MAX_CELLS = 20_000_000   # items x distinct values^2 above which alpha uses its closed form (memory)
 PAIR_R_WARN = 0.90
@@ -106,7 +107,8 @@ def _why_not_pairable(x_all: np.ndarray, y_all: np.ndarray, x: np.ndarray, y: np
 # ---- distribution ---------------------------------------------------------------------------------
 
 def distribution(values: Any) -> dict[str, Any]:
-    """Mean, sd, histogram over 0-10 (every bin, zeros included), share in the 4-7 band."""
+    """Mean, sd, histogram over 0-10 (every bin, zeros included), share in the middle band of
+    stages/bands.py (bins 4-7, 4 <= s < 8: where an uninformative rater piles its scores)."""
     all_values = as_scores(values)
     v = all_values[np.isfinite(all_values)]
     out: dict[str, Any] = {"n": int(v.size), "missing": int(all_values.size - v.size)}
@@ -118,8 +120,7 @@ def distribution(values: Any) -> dict[str, Any]:
         return out
     out["mean"] = Stat(float(v.mean()), n=int(v.size))
     out["sd"] = Stat(float(v.std(ddof=1)), n=int(v.size)) if v.size > 1 else undefined("one score only", 1)
-    lo, hi = MIDDLE_BAND
-    out["share_4_7"] = Stat(float(((v >= lo) & (v < hi)).mean()), n=int(v.size))
+    out["share_4_7"] = Stat(float(bands.in_middle(v).mean()), n=int(v.size))
     out["min"], out["max"] = float(v.min()), float(v.max())
     return out
 

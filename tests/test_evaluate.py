@@ -42,7 +42,7 @@ def evaluated(tmp_path_factory, uplifting):
     dims = uplifting.dimension_names
     rng = random.Random(7)
     labels_a = {aid: synthetic_scores(rng, dims) for aid in ids}
-    # the test split has no true 'wonder' score >= 7: its high-tail MAE must come out undefined
+    # the test split has no true 'wonder' score >= 8 (the high tail): its high-tail MAE must come out undefined
     test_ids = ids[-SPLIT_SIZES["test"]:]
     for aid in test_ids:
         labels_a[aid]["wonder"] = round(rng.uniform(1, 6.5), 1)
@@ -104,7 +104,7 @@ def test_figures_match_an_independent_computation(evaluated):
         assert got["bias"] == pytest.approx((p - t).mean(), abs=1e-3)
         rho = spearmanr(t, p).statistic
         assert (got["spearman"] is None) if np.isnan(rho) else got["spearman"] == pytest.approx(rho, abs=1e-2)
-        for key, mask in (("tail_high", t >= 7), ("tail_low", t <= 2)):
+        for key, mask in (("tail_high", t >= 8), ("tail_low", t < 4)):           # the tails of stages/bands.py
             assert got[f"{key}_n"] == mask.sum()
             if mask.any():
                 assert got[f"{key}_mae"] == pytest.approx(np.abs(p[mask] - t[mask]).mean(), abs=1e-3)
@@ -196,6 +196,21 @@ def test_nothing_to_do_and_missing_model_are_one_line_errors(tmp_path, capsys):
     assert err.count("\n") == 1 and "run `make train` first" in err
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--test-file", "t.jsonl", "--split", "official"], "not both"),
+    (["--oracle", "oracle-a", "--all"], "--oracle goes with --split"),
+    ([], "nothing to do"),
+    (["--all", "--batch-size", "0"], "--batch-size must be positive"),
+])
+def test_bad_flags_are_one_line_usage_errors(evaluated, capsys, flags, words):
+    from stages import evaluate
+
+    capsys.readouterr()
+    rc = evaluate.main(["--db", str(evaluated["db"]), "--model-dir", str(evaluated["model_dir"]), *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: ") and words in err, err
+
+
 def test_train_reads_a_selection_from_gt_db_and_links_the_model_to_it(evaluated):
     from stages import select, store, train
 
@@ -231,7 +246,7 @@ def test_report_defines_every_term_before_using_it_and_flags_the_fixture_s_losin
         assert md.index(term) > terms, term
     section = md[terms:md.index("## Summary")]
     for bullet in ("- **MAE**", "- **tail MAE**: the MAE on only the test articles whose oracle (true) score",
-                   ">= 7", "<= 2", "- **mean predictor**", "each dimension's mean of the training labels",
+                   ">= 8 (high tail) or < 4 (low tail)", "- **mean predictor**", "each dimension's mean of the training labels",
                    "- **floor**: inter-oracle MAE: oracle-a vs oracle-b on 12 articles"):
         assert bullet in section, bullet
     # the means the mean predictor answers are the train split's, and the report names them

@@ -176,6 +176,7 @@ def test_distribution_histogram_band_and_missing():
     assert d["histogram"] == {"0": 2, "1": 1, "2": 0, "3": 0, "4": 2, "5": 0, "6": 0, "7": 2, "8": 0,
                               "9": 0, "10": 1}
     assert d["share_4_7"].value == pytest.approx(4 / 8)      # bins 4-7: 4, 4.5, 7, 7.5 (10 is outside)
+    assert stats.distribution([3.99, 4, 7.99, 8])["share_4_7"].value == 0.5   # the middle band's edges: 4 <= s < 8
     assert d["mean"].value == pytest.approx(34 / 8)
     assert d["sd"].value == pytest.approx(np.std([0, 0, 1, 4, 4.5, 7, 7.5, 10], ddof=1))
     empty = stats.distribution([None, None])
