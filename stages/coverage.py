@@ -3,7 +3,7 @@
 For one filter and one label set (oracle, prompt version, repeat; by default the oracle with the
 most valid labels), per dimension: the histogram over every score bin 0-10 (empty bins included),
 missing and sparse bins, mean, sd, median, IQR, skew, the share in the 4-7 band and the counts at
-the extremes; the tier distribution computed from the filter's config; the correlation matrix
+the tails; the tier distribution computed from the filter's config; the correlation matrix
 between dimensions; labels per source; and the coverage gaps in words. Writes a JSON file with
 every figure, reports/<filter>_v<N>_coverage.md (leading with the gaps) and two PNG plots.
 
@@ -11,7 +11,8 @@ every figure, reports/<filter>_v<N>_coverage.md (leading with the gaps) and two 
     python -m stages.coverage --labeled-file labeled_articles.jsonl --output coverage_report.json
 
 Binning: a score s falls in bin floor(s), so 6.5 counts in bin 6 and bin 10 holds only 10.0.
-Bands: extremes low = bins 0-2 (s < 3), middle = bins 4-7 (4 <= s < 8), high = bins 8-10 (s >= 8).
+Bands (stages/bands.py): low tail = bins 0-3 (s < 4), middle = bins 4-7 (4 <= s < 8), high tail =
+bins 8-10 (s >= 8).
 
 Speed: the label set is materialised once in SQL, then each label's scores come back packed into
 one integer (sql/queries/coverage_packed_scores.sql), so 1M labels (8M score rows) cost one pass
@@ -28,52 +29,27 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from stages import report, store
+from stages import bands, cli, report, store
+from stages.coverage_report import (BINS, HIGH, LOW, MIDDLE, band_definitions, band_key, gap_sentences, render_markdown,
+                                    warning_sentences, write_plots)
 from stages.filters import Filter, FilterError, load_filter
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-QUERIES = Path(__file__).resolve().parent.parent / "sql" / "queries"
-BINS = list(range(11))  # score bins 0..10 (bin = floor(score))
 HALF_POINTS = [k / 2 for k in range(21)]
 PACK_BASE = 22          # digit = round(2 x score) + 1 in 1..21; 0 means the label has no score there
 PACK_CHUNK = 14         # 22^14 < 2^63: at most 14 dimensions per packed integer
-STRONG_CORRELATION = 0.8
-OFFLINE_ORACLES = ("local-embed", "local-llm")
 DEFAULT_SPARSE_SHARE = 0.02
 PARALLEL_MIN_LABELS = 200_000  # below this one connection is as fast as two
 
 
 class CoverageError(Exception):
     """The coverage could not be computed; the message is one line for the user."""
-
-
-# ---- named queries ----------------------------------------------------------------------------
-
-def query_text(name: str) -> str:
-    return (QUERIES / f"{name}.sql").read_text(encoding="utf-8")
-
-
-def run_script(conn: sqlite3.Connection, name: str, params: Mapping[str, Any] | None = None) -> None:
-    """Run every statement of sql/queries/<name>.sql with named parameters (executescript takes none)."""
-    buffer = ""
-    for line in query_text(name).splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            statement = buffer.strip()
-            buffer = ""
-            used = {k: v for k, v in (params or {}).items() if f":{k}" in statement}
-            conn.execute(statement, used)
-    if buffer.strip() and not all(l.strip().startswith("--") or not l.strip() for l in buffer.splitlines()):
-        raise ValueError(f"sql/queries/{name}.sql ends with an incomplete statement")
 
 
 # ---- the label set ----------------------------------------------------------------------------
@@ -93,7 +69,7 @@ def materialise_label_set(conn: sqlite3.Connection, label_set: LabelSet, ids: tu
     """Create the temp table coverage_labels on this connection with the labels of the set whose
     id is in [ids[0], ids[1]); returns its number of labels."""
     conn.execute("DROP TABLE IF EXISTS temp.coverage_labels")
-    run_script(conn, "coverage_label_set", {
+    store.run_script(conn, "coverage_label_set", {
         "filter_id": label_set.filter_id, "oracle": label_set.oracle,
         "prompt_sha256": label_set.prompt_sha256, "repeat": label_set.repeat, "id_from": ids[0], "id_to": ids[1],
     })
@@ -109,7 +85,7 @@ def _tuples(conn: sqlite3.Connection) -> sqlite3.Cursor:
 
 def has_off_grid_scores(conn: sqlite3.Connection, dimensions: Sequence[str]) -> bool:
     """Whether label_scores holds any score of these dimensions that is not a whole or half point."""
-    return any(conn.execute(query_text("coverage_off_grid_values"), {"dimension": d}).fetchone()[0]
+    return any(conn.execute(store.query_text("coverage_off_grid_values"), {"dimension": d}).fetchone()[0]
                for d in dimensions)
 
 
@@ -125,7 +101,7 @@ def score_matrix(conn: sqlite3.Connection, dimensions: Sequence[str]) -> np.ndar
     conn.executemany("INSERT INTO temp.coverage_dimensions VALUES (?, ?, ?)",
                      [(dimensions[k], c, PACK_BASE ** j) for c, ks in enumerate(chunks) for j, k in enumerate(ks)])
     for c, ks in enumerate(chunks):
-        packed = np.fromiter((r[0] for r in _tuples(conn).execute(query_text("coverage_packed_scores"), {"chunk": c})),
+        packed = np.fromiter((r[0] for r in _tuples(conn).execute(store.query_text("coverage_packed_scores"), {"chunk": c})),
                              dtype=np.int64)  # streamed: no list of a million tuples
         if len(packed) != n:
             # an ok label always carries every dimension (store.insert_label); anything else is a broken db
@@ -142,7 +118,7 @@ def score_matrix(conn: sqlite3.Connection, dimensions: Sequence[str]) -> np.ndar
         label_ids = np.fromiter((r[0] for r in _tuples(conn).execute(
             "SELECT label_id FROM temp.coverage_labels ORDER BY label_id")), dtype=np.int64, count=n)
         column = {d: k for k, d in enumerate(dimensions)}
-        for label_id, dimension, score in _tuples(conn).execute(query_text("coverage_exact_scores")):
+        for label_id, dimension, score in _tuples(conn).execute(store.query_text("coverage_exact_scores")):
             if dimension in column:
                 matrix[int(np.searchsorted(label_ids, label_id)), column[dimension]] = score
     return matrix
@@ -163,8 +139,8 @@ def gather(conn: sqlite3.Connection, label_set: LabelSet, dimensions: Sequence[s
     conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: one pass in index order gains nothing from more
     materialise_label_set(conn, label_set, ids)
     matrix = score_matrix(conn, dimensions)
-    content_types = np.fromiter((r[0] for r in _tuples(conn).execute(query_text("coverage_label_facts"))), dtype=object)
-    sources = Counter({r[0]: int(r[1]) for r in _tuples(conn).execute(query_text("coverage_sources"))})
+    content_types = np.fromiter((r[0] for r in _tuples(conn).execute(store.query_text("coverage_label_facts"))), dtype=object)
+    sources = Counter({r[0]: int(r[1]) for r in _tuples(conn).execute(store.query_text("coverage_sources"))})
     conn.execute("DROP TABLE IF EXISTS temp.coverage_labels")
     return Gathered(matrix, content_types, sources)
 
@@ -247,7 +223,7 @@ def dimension_figures(x: np.ndarray, sparse_share: float) -> dict:
             skew = float(stats.skew(x, bias=False)) if n > 2 and sd > 0 else math.nan
     else:
         q1 = median = q3 = mean = sd = skew = math.nan
-    low, mid, high = int(histogram[0:3].sum()), int(histogram[4:8].sum()), int(histogram[8:11].sum())
+    counts = {LOW: int(bands.is_low(x).sum()), MIDDLE: int(bands.in_middle(x).sum()), HIGH: int(bands.is_high(x).sum())}
     return {
         "n": n,
         "histogram": {str(b): int(histogram[b]) for b in BINS},
@@ -259,9 +235,8 @@ def dimension_figures(x: np.ndarray, sparse_share: float) -> dict:
         "mean": _finite(mean), "sd": _finite(sd), "median": _finite(median),
         "q1": _finite(q1), "q3": _finite(q3), "iqr": _finite(q3 - q1), "skew": _finite(skew),
         "min": float(x.min()) if n else None, "max": float(x.max()) if n else None,
-        "count_0_2": low, "count_4_7": mid, "count_8_10": high,
-        "share_0_2": low / n if n else None, "share_4_7": mid / n if n else None,
-        "share_8_10": high / n if n else None,
+        **{f"count_{band_key(b)}": c for b, c in counts.items()},
+        **{f"share_{band_key(b)}": c / n if n else None for b, c in counts.items()},
     }
 
 
@@ -295,85 +270,6 @@ def correlation_matrix(matrix: np.ndarray) -> list[list[float | None]]:
     return [[_finite(float(v)) for v in row] for row in r]
 
 
-def _runs(bins: Sequence[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for b in bins:
-        if out and b == out[-1][1] + 1:
-            out[-1] = (out[-1][0], b)
-        else:
-            out.append((b, b))
-    return out
-
-
-def _bins_phrase(runs: list[tuple[int, int]], verb: str) -> str:
-    parts = [f"{a}-{b}" if a != b else f"{a}" for a, b in runs]
-    plural = len(runs) > 1 or runs[0][0] != runs[0][1]
-    return f"{'bins' if plural else 'bin'} {', '.join(parts)} {'are' if plural else 'is'} {verb}"
-
-
-def _labels(count: int) -> str:
-    return f"{count:,} label{'' if count == 1 else 's'}"
-
-
-def gap_sentences(coverage: dict) -> list[str]:
-    """The coverage gaps in words, one sentence per dimension or tier that has one."""
-    sentences = []
-    share = coverage["sparse_share"]
-    for name, fig in coverage["dimensions"].items():
-        n = fig["n"]
-        if not n:
-            continue
-        hist = fig["histogram"]
-        top = max(b for b in BINS if hist[str(b)] > 0)
-        bottom = min(b for b in BINS if hist[str(b)] > 0)
-        ends = []  # the score range's empty ends: "no article above 7.5 (bins 8-10 are empty)"
-        if top < 10:
-            ends.append(f"above {fig['max']:g} ({_bins_phrase([(top + 1, 10)], 'empty')})")
-        if bottom > 0:
-            ends.append(f"below {fig['min']:g} ({_bins_phrase([(0, bottom - 1)], 'empty')})")
-        clauses = [f"{name} has no article " + " and none ".join(ends)] if ends else []
-        inner = [b for b in fig["missing_bins"] if bottom < b < top]
-        if inner:
-            clauses.append(_bins_phrase(_runs(inner), "empty"))
-        sparse = fig["sparse_bins"]
-        if len(sparse) == 1:
-            b = sparse[0]
-            clauses.append(f"bin {b} is sparse ({_labels(hist[str(b)])}, {report.pct(hist[str(b)], n)})")
-        elif sparse:
-            clauses.append("sparse bins: " + ", ".join(
-                f"{b} ({_labels(hist[str(b)])}, {report.pct(hist[str(b)], n)})" for b in sparse))
-        if clauses:
-            if not ends:
-                clauses[0] = f"{name}: {clauses[0]}"
-            sentences.append("; ".join(clauses) + ".")
-    tiers = coverage["tiers"]
-    total = sum(tiers["counts"].values())
-    for tier, count in tiers["counts"].items():
-        if total and count == 0:
-            sentences.append(f"Tier {tier} has no article (it needs overall >= {tiers['thresholds'][tier]:g}).")
-        elif total and count < share * total:
-            sentences.append(f"Tier {tier} is sparse: {_labels(count)} ({report.pct(count, total)}).")
-    return sentences
-
-
-def warning_sentences(coverage: dict) -> list[str]:
-    out = []
-    names = coverage["correlation"]["dimensions"]
-    r = coverage["correlation"]["matrix"]
-    for i, a in enumerate(names):
-        for j in range(i + 1, len(names)):
-            if r[i][j] is not None and abs(r[i][j]) >= STRONG_CORRELATION:
-                out.append(f"{a} and {names[j]} are strongly correlated (r = {r[i][j]:.2f}, |r| >= {STRONG_CORRELATION:.2f}): "
-                           "a selection that covers one largely covers the other.")
-    for name, fig in coverage["dimensions"].items():
-        if fig["n"] and fig["sd"] is not None and fig["sd"] == 0:
-            out.append(f"{name} has the same score ({fig['min']:g}) on every label.")
-    if coverage["oracle"] in OFFLINE_ORACLES:
-        out.append(f"These labels come from the offline oracle {coverage['oracle']}, which runs a small local "
-                   "model so the pipeline works without a key: it is not a substitute for a real LLM oracle.")
-    return out
-
-
 def compute_coverage(conn: sqlite3.Connection, filt: Filter, *, oracle: str | None = None, repeat: int = 0,
                      sparse_share: float = DEFAULT_SPARSE_SHARE, workers: int = 1,
                      parallel_min_labels: int = PARALLEL_MIN_LABELS) -> dict:
@@ -404,7 +300,7 @@ def compute_coverage(conn: sqlite3.Connection, filt: Filter, *, oracle: str | No
         "labels": n,  # one label per article: (article, oracle, prompt, repeat) is unique in labels
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "binning": "a score s falls in bin floor(s): 6.5 counts in bin 6, bin 10 holds only 10",
-        "bands": {"0_2": "bins 0-2 (score < 3)", "4_7": "bins 4-7 (4 <= score < 8)", "8_10": "bins 8-10 (score >= 8)"},
+        "bands": band_definitions(),
         "sparse_share": sparse_share,
         "sparse_rule": f"a bin is sparse when it holds at least one label but under {sparse_share:.1%} of them",
         "dimensions": {d: dimension_figures(scores[d], sparse_share) for d in dims},
@@ -422,113 +318,124 @@ def compute_coverage(conn: sqlite3.Connection, filt: Filter, *, oracle: str | No
     return coverage
 
 
-# ---- outputs ----------------------------------------------------------------------------------
+# ---- the stage: options in, figures and files out ---------------------------------------------
+
+@dataclass
+class CoverageOptions:
+    """The flags of `python -m stages.coverage`, typed (the names are argparse's)."""
+    db: str
+    filter: str = "filters/uplifting/v1"
+    labeled_file: str | None = None
+    oracle: str | None = None
+    repeat: int = 0
+    sparse_share: float = DEFAULT_SPARSE_SHARE
+    report_dir: str | None = None
+    output: str | None = None
+    no_plots: bool = False
+    workers: int = 2
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "CoverageOptions":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+@dataclass
+class Written:
+    """What a run computed and where it put it."""
+    coverage: dict
+    output: Path                 # the JSON
+    report: Path                 # the markdown
+    report_dir: Path
+    images: dict[str, Path]
+    notes: list[str]             # what importing --labeled-file or re-registering the filter did
+
 
 def report_stem(filt: Filter) -> str:
     return f"{filt.name}_v{filt.version}_coverage"
 
 
-def render_markdown(coverage: dict, images: Mapping[str, str] | None = None) -> str:
-    dims = coverage["dimensions"]
-    n = coverage["labels"]
-    lines = [
-        f"# Coverage of {coverage['filter']}",
-        "",
-        f"{n:,} valid labels by **{coverage['oracle']}** (prompt {coverage['prompt_sha256'][:12]}, repeat "
-        f"{coverage['repeat']}), one per article, so every count of labels below is a count of articles; "
-        f"generated {coverage['generated_at']}.",
-        "",
-        "## Coverage gaps",
-        "",
-    ]
-    if coverage["gaps"]:
-        lines += [f"A bin is empty when no label scores in it, sparse when it holds under "
-                  f"{coverage['sparse_share']:.1%} of the {n:,} labels (bin = floor of the score).", ""]
-        lines += [f"- {g}" for g in coverage["gaps"]]
+def run(o: CoverageOptions) -> Written:
+    """Check the options, read the label set's figures from gt.db, write the JSON, the markdown and
+    the plots. Prints nothing; raises cli.StageError (one line) or a database error."""
+    check_options(o)
+    # scipy and matplotlib take a second or two to import: do it while SQLite (which releases the GIL) works
+    threading.Thread(target=_import_libraries, args=(not o.no_plots,), daemon=True).start()
+    try:
+        filt = load_filter(o.filter)
+    except FilterError as e:
+        hint = "" if "--filter" in e.problems[0] else " (fix the filter package, or pass --filter filters/<name>/v<N>)"
+        raise cli.StageError(f"{e.problems[0]}, {e.path}{hint}") from None
+    if o.labeled_file and not Path(o.labeled_file).is_file():
+        raise cli.StageError(f"no such labelled file, {o.labeled_file} (pass the path of a labeled_articles.jsonl)")
+    coverage, notes = read_coverage(o, filt)
+    coverage["db"] = str(o.db)
+    return write_outputs(o, filt, coverage, notes)
+
+
+def check_options(o: CoverageOptions) -> None:
+    if not 0 <= o.sparse_share < 1:
+        raise cli.UsageError("--sparse-share must be a share between 0 and 1, e.g. 0.02")
+    if o.repeat < 0:
+        raise cli.UsageError("--repeat must be 0 or more")
+    if o.workers < 1:
+        raise cli.UsageError("--workers must be 1 or more")
+
+
+def read_coverage(o: CoverageOptions, filt: Filter) -> tuple[dict, list[str]]:
+    """The figures of the label set (after importing --labeled-file, if given) and the notes."""
+    db = Path(o.db)
+    # read-only unless importing --labeled-file (which may create gt.db); never creates it otherwise
+    conn = store.connect(db) if o.labeled_file else store.connect(db, readonly=True)
+    try:
+        try:
+            notes = [] if o.labeled_file else _follow_filter_config(conn, db, filt)
+        except store.FilterMismatch as e:
+            raise cli.StageError(str(e)) from None
+        return _label_set_figures(conn, o, filt, db, notes), notes
+    finally:
+        conn.close()
+
+
+def _label_set_figures(conn: sqlite3.Connection, o: CoverageOptions, filt: Filter, db: Path, notes: list[str]) -> dict:
+    try:
+        oracle = o.oracle
+        if o.labeled_file:
+            imported_oracle, note = _import_labeled_file(conn, filt, Path(o.labeled_file))
+            notes.append(note)
+            oracle = o.oracle or imported_oracle
+        return compute_coverage(conn, filt, oracle=oracle, repeat=o.repeat, sparse_share=o.sparse_share,
+                                workers=o.workers)
+    except store.DatabaseTrouble as e:  # a worker's own read-only connection failed to open
+        raise cli.StageError(str(e)) from None
+    except (store.StoreError, CoverageError) as e:
+        raise cli.StageError(f"{e} (database {db})") from None
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e) or "no such column" in str(e):
+            raise cli.StageError(f"cannot read the database ({e}), {db} (is it a gt.db made by this project?)") from None
+        raise
+
+
+def write_outputs(o: CoverageOptions, filt: Filter, coverage: dict, notes: list[str]) -> Written:
+    """Every file goes where the user said: beside --output (same name), or in --report-dir."""
+    if o.output:
+        output = Path(o.output)
+        report_dir = Path(o.report_dir) if o.report_dir else output.parent
+        stem = report_dir / output.with_suffix("").name
     else:
-        lines.append(f"No gaps: every dimension has labels in every bin 0-10, each holding at least "
-                     f"{coverage['sparse_share']:.1%} of the labels, and every tier has labels.")
-    if coverage["warnings"]:
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in coverage["warnings"]]
-    lines += ["", "## Per dimension", ""]
-    lines.append(report.md_table(
-        ["dimension", "mean", "sd", "median", "IQR", "skew", "4-7 share", "0-2", "8-10", "half points",
-         "empty bins", "sparse bins"],
-        [[d, f["mean"], f["sd"], f["median"], f["iqr"], f["skew"], report.pct(f["count_4_7"], f["n"]),
-          f["count_0_2"], f["count_8_10"], f["half_point_scores"],
-          ", ".join(map(str, f["missing_bins"])) or "none", ", ".join(map(str, f["sparse_bins"])) or "none"]
-         for d, f in dims.items()],
-        align="lrrrrrrrrrll", intfmt=","))
-    lines += ["## Histogram (labels, i.e. articles, per score bin)", ""]
-    lines.append(report.md_table(["dimension"] + [str(b) for b in BINS],
-                                 [[d] + [f["histogram"][str(b)] for b in BINS] for d, f in dims.items()], intfmt=","))
-    if images:
-        captions = image_captions(coverage)
-        for kind, path in images.items():
-            lines += [f"![{coverage['filter']} {kind}]({path})", "", captions.get(kind, ""), ""]
-    tiers = coverage["tiers"]
-    lines += ["## Tiers", "", "Computed from the filter's current config (weights, gatekeepers, content-type caps, "
-              "thresholds), as the score view computes them.", ""]
-    lines.append(report.md_table(["tier", "overall >=", "labels", "share"],
-                                 [[t, tiers["thresholds"][t], c, report.pct(c, n)] for t, c in tiers["counts"].items()],
-                                 floatfmt="g", intfmt=","))
-    corr = coverage["correlation"]
-    lines += ["## Correlations between dimensions (Pearson)", ""]
-    lines.append(report.md_table([""] + corr["dimensions"],
-                                 [[a] + row for a, row in zip(corr["dimensions"], corr["matrix"])]))
-    lines += ["## Sources", ""]
-    lines.append(report.md_table(["source", "labels", "share"],
-                                 [[s, c, report.pct(c, n)] for s, c in coverage["sources"].items()], intfmt=","))
-    lines += ["## Content types", ""]
-    lines.append(report.md_table(["content type", "labels", "share"],
-                                 [[s, c, report.pct(c, n)] for s, c in coverage["content_types"].items()], intfmt=","))
-    lines += ["## Definitions", "",
-              f"- Binning: {coverage['binning']}.",
-              f"- Bands: 0-2 = {coverage['bands']['0_2']}; 4-7 = {coverage['bands']['4_7']}; "
-              f"8-10 = {coverage['bands']['8_10']}.",
-              f"- Sparse: {coverage['sparse_rule']}.",
-              "- sd is the sample standard deviation; skew is the adjusted Fisher-Pearson coefficient "
-              "(as pandas); quartiles interpolate linearly.",
-              ""]
-    return "\n".join(lines)
-
-
-def plot_figures(coverage: dict) -> dict[str, Figure]:
-    """The two plots, unsaved: a heatmap (dimension x score bin, articles per cell) and one
-    histogram per dimension (articles per score bin, a red x on each empty bin)."""
-    dims = coverage["dimensions"]
-    counts = [[f["histogram"][str(b)] for b in BINS] for f in dims.values()]
-    heatmap = report.heatmap(counts, list(dims), BINS,
-                             title=f"{coverage['filter']}: articles per score bin ({coverage['oracle']})",
-                             xlabel="score bin (floor of the score)", ylabel="dimension",
-                             colorbar_label="articles (one label each)", integer_colorbar=True)
-    histograms = report.histograms({d: {coverage["oracle"]: row} for d, row in zip(dims, counts)}, BINS,
-                                   title=f"{coverage['filter']}: score histograms "
-                                         f"({coverage['labels']:,} articles, one label each)",
-                                   xlabel="score bin", ylabel="articles")
-    return {"heatmap": heatmap, "histograms": histograms}
-
-
-def write_plots(coverage: dict, stem: Path) -> dict[str, Path]:
-    paths = {}
-    for kind, fig in plot_figures(coverage).items():
-        paths[kind] = report.save_figure(fig, stem.with_name(f"{stem.name}_{kind}.png"))
-    return paths
-
-
-def image_captions(coverage: dict) -> dict[str, str]:
-    """What each plot shows, for the line beside its image in the markdown."""
-    empty = {d: f["missing_bins"] for d, f in coverage["dimensions"].items() if f["missing_bins"]}
-    marks = ("A red x on the axis marks an empty bin (no article scores there): "
-             + "; ".join(f"{d} bin{'s' if len(b) > 1 else ''} {', '.join(map(str, b))}" for d, b in empty.items())
-             + "." if empty else "No bin is empty, so no red x is drawn.")
-    return {
-        "heatmap": "Heatmap: one row per dimension, one column per score bin (floor of the score); the number "
-                   "and colour of a cell are the articles whose score on that dimension falls in that bin "
-                   "(0 = an empty bin).",
-        "histograms": f"Histograms: one panel per dimension; each bar is the number of articles whose "
-                      f"{coverage['oracle']} score falls in that bin (x: score bin, y: articles). {marks}",
-    }
+        report_dir = Path(o.report_dir or "reports")
+        stem = report_dir / report_stem(filt)
+        output = stem.with_suffix(".json")
+    md_path = stem.with_suffix(".md")
+    try:
+        images = {} if o.no_plots else write_plots(coverage, stem)
+        report.write_text_atomic(md_path, render_markdown(coverage, {k: Path(p).name for k, p in images.items()}))
+        coverage["report"] = str(md_path)
+        coverage["plots"] = {k: str(p) for k, p in images.items()}
+        report.write_json_atomic(output, coverage, sort_keys=False)  # bins 0..10 in order, not "0", "1", "10"
+    except OSError as e:
+        raise cli.StageError(f"cannot write the report ({e.strerror}), {e.filename} (pass --report-dir/--output "
+                             "somewhere writable)") from None
+    return Written(coverage, output, md_path, report_dir, images, notes)
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -570,11 +477,6 @@ def _import_libraries(plotting: bool) -> None:
         report.import_plotting()
 
 
-def _error(what: str) -> int:
-    print(f"error: {what}", file=sys.stderr)
-    return 1
-
-
 def _import_labeled_file(conn: sqlite3.Connection, filt: Filter, path: Path) -> tuple[str | None, str]:
     """Import the file; returns (oracle of the imported labels or None, a one-line note)."""
     from stages.labeled_file import import_labeled_file
@@ -611,92 +513,25 @@ def _follow_filter_config(conn: sqlite3.Connection, db: Path, filt) -> list[str]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not 0 <= args.sparse_share < 1:
-        parser.error("--sparse-share must be a share between 0 and 1, e.g. 0.02")
-    if args.repeat < 0:
-        parser.error("--repeat must be 0 or more")
-    if args.workers < 1:
-        parser.error("--workers must be 1 or more")
+    o = CoverageOptions.from_args(build_parser().parse_args(argv))
     started = time.perf_counter()
-    # scipy and matplotlib take a second or two to import: do it while SQLite (which releases the GIL) works
-    threading.Thread(target=_import_libraries, args=(not args.no_plots,), daemon=True).start()
     try:
-        filt = load_filter(args.filter)
-    except FilterError as e:
-        hint = "" if "--filter" in e.problems[0] else " (fix the filter package, or pass --filter filters/<name>/v<N>)"
-        return _error(f"{e.problems[0]}, {e.path}{hint}")
-    db = Path(args.db)
-    notes = []
-    if args.labeled_file and not Path(args.labeled_file).is_file():
-        return _error(f"no such labelled file, {args.labeled_file} (pass the path of a labeled_articles.jsonl)")
-    try:
-        # read-only unless importing --labeled-file (which may create gt.db); never creates it otherwise
-        conn = store.connect(db) if args.labeled_file else store.connect(db, readonly=True)
-        if not args.labeled_file:
-            notes += _follow_filter_config(conn, db, filt)
-    except store.FilterMismatch as e:
-        return _error(str(e))
+        w = run(o)
+    except cli.StageError as e:
+        return cli.exit_code(e)
     except (store.StoreError, sqlite3.Error) as e:
-        return store.fail_line(e, db)  # one line: missing, read-only folder, locked, corrupt, newer schema
-    try:
-        if args.labeled_file:
-            imported_oracle, note = _import_labeled_file(conn, filt, Path(args.labeled_file))
-            notes.append(note)
-            oracle = args.oracle or imported_oracle
-        else:
-            oracle = args.oracle
-        coverage = compute_coverage(conn, filt, oracle=oracle, repeat=args.repeat, sparse_share=args.sparse_share,
-                                    workers=args.workers)
-    except store.DatabaseTrouble as e:  # a worker's own read-only connection failed to open
-        return _error(str(e))
-    except store.StoreError as e:
-        return _error(f"{e} (database {db})")
-    except CoverageError as e:
-        return _error(f"{e} (database {db})")
-    except sqlite3.OperationalError as e:
-        if "no such table" in str(e) or "no such column" in str(e):
-            return _error(f"cannot read the database ({e}), {db} (is it a gt.db made by this project?)")
-        return store.fail_line(e, db)
-    except sqlite3.Error as e:
-        return store.fail_line(e, db)
-    finally:
-        conn.close()
-    coverage["db"] = str(db)
-    # every file goes where the user said: beside --output (same name), or in --report-dir
-    if args.output:
-        output = Path(args.output)
-        report_dir = Path(args.report_dir) if args.report_dir else output.parent
-        stem = report_dir / output.with_suffix("").name
-    else:
-        report_dir = Path(args.report_dir or "reports")
-        stem = report_dir / report_stem(filt)
-        output = stem.with_suffix(".json")
-    images: dict[str, Path] = {}
-    try:
-        if not args.no_plots:
-            images = write_plots(coverage, stem)
-        md_path = stem.with_suffix(".md")
-        relative = {k: Path(p).name for k, p in images.items()}
-        report.write_text_atomic(md_path, render_markdown(coverage, relative))
-        coverage["report"] = str(md_path)
-        coverage["plots"] = {k: str(p) for k, p in images.items()}
-        report.write_json_atomic(output, coverage, sort_keys=False)  # bins 0..10 in order, not "0", "1", "10"
-    except OSError as e:
-        return _error(f"cannot write the report ({e.strerror}), {e.filename} (pass --report-dir/--output somewhere writable)")
-    for note in notes:
+        return store.fail_line(e, o.db)  # one line: missing, read-only folder, locked, corrupt, newer schema
+    for note in w.notes:
         print(note)
-    gaps = coverage["gaps"]
+    gaps, c = w.coverage["gaps"], w.coverage
     print(f"{len(gaps)} coverage gap{'s' if len(gaps) != 1 else ''}" + (":" if gaps else "."))
     for g in gaps[:12]:
         print(f"  - {g}")
     if len(gaps) > 12:
         print(f"  ... {len(gaps) - 12} more in the report")
-    print(f"Read {coverage['labels']:,} valid labels of {filt.id} by {coverage['oracle']} (prompt "
-          f"{coverage['prompt_sha256'][:12]}, repeat {coverage['repeat']}) from {db}; wrote the figures to {output}, "
-          f"the report to {md_path}" + (f" and plots to {report_dir}/" if images else "")
-          + f" in {time.perf_counter() - started:.1f} s.")
+    print(f"Read {c['labels']:,} valid labels of {c['filter']} by {c['oracle']} (prompt {c['prompt_sha256'][:12]}, "
+          f"repeat {c['repeat']}) from {o.db}; wrote the figures to {w.output}, the report to {w.report}"
+          + (f" and plots to {w.report_dir}/" if w.images else "") + f" in {time.perf_counter() - started:.1f} s.")
     return 0
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import coverage, store
+from stages import coverage, coverage_report, store
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample" / "articles.jsonl"
@@ -151,9 +151,12 @@ def test_moments_quartiles_bands_and_extremes_match_pandas(fixed, uplifting):
         assert f["q3"] == pytest.approx(s.quantile(0.75), abs=1e-12)
         assert f["iqr"] == pytest.approx(s.quantile(0.75) - s.quantile(0.25), abs=1e-12)
         assert f["skew"] == pytest.approx(s.skew(), abs=1e-12)
+        # the bands of stages/bands.py: low tail s < 4 (bins 0-3), middle 4 <= s < 8, high tail s >= 8
         assert f["share_4_7"] == pytest.approx(((s >= 4) & (s < 8)).mean(), abs=1e-12)
-        assert f["count_0_2"] == int((s < 3).sum())
-        assert f["count_8_10"] == int((s >= 8).sum())
+        assert f["count_0_3"] == int((s < 4).sum()) and f["share_0_3"] == pytest.approx((s < 4).mean())
+        assert f["count_4_7"] == int(((s >= 4) & (s < 8)).sum())
+        assert f["count_8_10"] == int((s >= 8).sum()) and f["share_8_10"] == pytest.approx((s >= 8).mean())
+        assert f["count_0_3"] + f["count_4_7"] + f["count_8_10"] == len(s)
         assert f["min"] == s.min() and f["max"] == s.max()
 
 
@@ -277,9 +280,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     rc = coverage.main(["--db", str(empty), "--report-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "no valid labels of uplifting/v1" in err and err.count("\n") == 1
-    with pytest.raises(SystemExit) as e:
-        coverage.main(["--db", str(empty), "--sparse-share", "3"])
-    assert e.value.code == 2
+    for flag, value in (("--sparse-share", "3"), ("--repeat", "-1"), ("--workers", "0")):
+        rc = coverage.main(["--db", str(empty), flag, value])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith(f"error: {flag}") and err.count("\n") == 1
 
 
 def test_labeled_file_with_off_grid_scores_is_imported_and_read_exactly(tmp_path, uplifting):
@@ -449,7 +453,7 @@ def assert_whole_number_ticks(labels) -> None:
 def test_coverage_plots_label_their_axes_count_in_whole_articles_and_explain_the_red_marks(fixed):
     _, _, result = fixed
     assert any(f["missing_bins"] for f in result["dimensions"].values())  # the fixture has empty bins
-    figs = {k: drawn(f) for k, f in coverage.plot_figures(result).items()}
+    figs = {k: drawn(f) for k, f in coverage_report.plot_figures(result).items()}
     heat_ax, colorbar = figs["heatmap"].axes
     assert heat_ax.get_xlabel().startswith("score bin") and heat_ax.get_ylabel() == "dimension"
     assert "articles" in colorbar.get_ylabel()
@@ -489,8 +493,15 @@ def test_histograms_legend_only_when_it_explains_something():
 def test_coverage_markdown_explains_each_image_and_the_empty_bin_marks(fixed):
     _, _, result = fixed
     images = {"heatmap": "cov_heatmap.png", "histograms": "cov_histograms.png"}
-    md = coverage.render_markdown(result, images)
+    md = coverage_report.render_markdown(result, images)
     assert "every count of labels below is a count of articles" in md
+    # the per-dimension table names the bands of stages/bands.py, and its counts are the JSON's
+    header = next(line for line in md.splitlines() if line.startswith("| dimension | mean"))
+    assert "| 4-7 share | 0-3 | 8-10 |" in header
+    agency = next(line for line in md.splitlines() if line.startswith("| agency |")).split("|")
+    assert [int(agency[8]), int(agency[9])] == [result["dimensions"]["agency"]["count_0_3"],
+                                                result["dimensions"]["agency"]["count_8_10"]]
+    assert "- Bands: 0-3 = bins 0-3 (score < 4); 4-7 = bins 4-7 (4 <= score < 8); 8-10 = bins 8-10 (score >= 8)." in md
     after = md.split("(cov_histograms.png)")[1].split("\n## ")[0]
     assert "red x" in after and "empty bin" in after
     justice_empty = ", ".join(map(str, result["dimensions"]["justice"]["missing_bins"]))
@@ -501,6 +512,6 @@ def test_coverage_markdown_explains_each_image_and_the_empty_bin_marks(fixed):
     for f in full["dimensions"].values():
         f["missing_bins"] = []
         f["histogram"] = {b: max(c, 1) for b, c in f["histogram"].items()}
-    after = coverage.render_markdown(full, images).split("(cov_histograms.png)")[1].split("\n## ")[0]
+    after = coverage_report.render_markdown(full, images).split("(cov_histograms.png)")[1].split("\n## ")[0]
     assert "No bin is empty" in after and "red x on the axis marks" not in after
-    assert not [l for l in drawn(coverage.plot_figures(full)["histograms"]).legends]
+    assert not [l for l in drawn(coverage_report.plot_figures(full)["histograms"]).legends]
