@@ -308,8 +308,8 @@ def terms_section(floor: dict | None, baseline: dict | None) -> str:
 - **Spearman**: the rank correlation between the student's and the oracle's scores (1 = same order).
 - **bias**: the mean of student score - oracle score (> 0: the student scores too high).
 - **tail MAE**: the MAE on only the test articles whose oracle (true) score on that dimension is
-  >= {bands.MIDDLE_HIGH:g} (high tail) or < {bands.MIDDLE_LOW:g} (low tail), the outer bins of the 0-10 scale; the
-  number of such articles is in brackets, "undefined" where there is none.
+  >= {bands.MIDDLE_HIGH:g} (high tail) or < {bands.MIDDLE_LOW:g} (low tail), the outer bins of the 0-10 scale; the number of such articles
+  is in brackets, "undefined" where there is none.
 - **mean predictor** (the baseline): predicts, for every article, each dimension's mean of the training labels
   (the oracle scores of the train split the student was fitted on){means}. A dimension where the student's
   MAE is not lower than the mean predictor's is marked {WORSE_THAN_MEAN}: there the student has learnt
