@@ -213,7 +213,13 @@ class Filter:
     # ---- answers --------------------------------------------------------------------------
     def answer_schema(self) -> dict:
         """The JSON schema sent to the provider. An answer that fits it is valid (validate_answer
-        checks exactly this schema); with `score_step` each score carries `multipleOf`."""
+        checks exactly this schema); with `score_step` each score carries `multipleOf`. Built once
+        per loaded filter, like the prompt's parts: every request carries this same dict, which no
+        one may change."""
+        return self._answer_schema
+
+    @functools.cached_property
+    def _answer_schema(self) -> dict:
         return self._schema(grid=True)
 
     def _schema(self, grid: bool) -> dict:
@@ -427,16 +433,44 @@ def load_filter(path: str | Path) -> Filter:
     finite and scores/overalls lie in 0-10; `score_step`, when set, divides 10; prompt.md holds
     {title} and {text} once each and no other `{placeholder}` (nothing would fill it)."""
     root = Path(path)
+    cfg, template = _read_package(root)
     problems: list[str] = []
+    for key in sorted(set(cfg) - _TOP_KEYS, key=str):
+        problems.append(f"unknown key '{key}' (known: {', '.join(sorted(_TOP_KEYS))})")
+    name, version = _name_and_version(cfg, problems)
+    dims = _dimensions(cfg, template, problems)
+    gates = _gatekeepers(cfg, {d.name for d in dims}, problems)
+    ctypes = _content_types(cfg, template, problems)
+    caps = _content_type_caps(cfg, ctypes, problems)
+    tiers = _tiers(cfg, problems)
+    step = cfg.get("score_step")
+    if step is not None and not _divides_score_range(step):
+        problems.append(f"score_step {step!r} must be a positive number that divides 10 (such as 0.5 or 1)")
+    rules = _prefilter(cfg, problems)
+    _check_placeholders(template, problems)
+    for key, default in (("min_chars", 300), ("max_article_chars", 12000)):
+        v = cfg.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            problems.append(f"{key} must be a positive integer")
+    if problems:
+        raise FilterError(root, problems)
+    return Filter(
+        path=str(root), name=name, version=version, description=str(cfg.get("description", "")).strip(),
+        dimensions=tuple(dims), gatekeepers=tuple(gates), content_types=tuple(ctypes),
+        content_type_caps=caps, tiers=tuple(tiers), prefilter=tuple(rules),
+        min_chars=int(cfg.get("min_chars", 300)), max_article_chars=int(cfg.get("max_article_chars", 12000)),
+        prompt_template=template, config=cfg, score_step=None if step is None else float(step),
+    )
+
+
+def _read_package(root: Path) -> tuple[dict, str]:
+    """(config, prompt template) of a package, or FilterError when either cannot be read."""
     cfg_path, prompt_path = root / "config.yaml", root / "prompt.md"
     if not root.is_dir():
         raise FilterError(root, ["not a directory: pass --filter filters/<name>/v<N>"])
-    if not cfg_path.is_file():
-        problems.append("config.yaml is missing")
-    if not prompt_path.is_file():
-        problems.append("prompt.md is missing")
-    if problems:
-        raise FilterError(root, problems)
+    missing = [f"{p.name} is missing" for p in (cfg_path, prompt_path) if not p.is_file()]
+    if missing:
+        raise FilterError(root, missing)
     try:
         cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -445,10 +479,10 @@ def load_filter(path: str | Path) -> Filter:
         raise FilterError(cfg_path, [f"YAML syntax error{line}: {getattr(e, 'problem', e)}"]) from None
     if not isinstance(cfg, dict):
         raise FilterError(cfg_path, ["config must be a YAML mapping"])
-    template = prompt_path.read_text(encoding="utf-8")
+    return cfg, prompt_path.read_text(encoding="utf-8")
 
-    for key in sorted(set(cfg) - _TOP_KEYS, key=str):
-        problems.append(f"unknown key '{key}' (known: {', '.join(sorted(_TOP_KEYS))})")
+
+def _name_and_version(cfg: dict, problems: list[str]) -> tuple[str, str]:
     name = str(cfg.get("name", ""))
     if not _is_name(name):
         problems.append(f"name {name!r} must be {_NAME_RULE}")
@@ -460,52 +494,62 @@ def load_filter(path: str | Path) -> Filter:
     elif isinstance(raw_version, bool) or len(version) > NAME_MAX_CHARS or not _VERSION.match(version):
         problems.append(f"version {raw_version!r} must be digits, optionally with dots or underscores "
                         "(such as 1, 2 or 1_1; a leading 'v' is dropped)")
+    return name, version
 
-    dims: list[Dimension] = []
+
+def _dimensions(cfg: dict, template: str, problems: list[str]) -> list[Dimension]:
     raw_dims = cfg.get("dimensions")
     if not isinstance(raw_dims, list) or not raw_dims:
         problems.append("dimensions must be a non-empty list")
         raw_dims = []
+    dims: list[Dimension] = []
     seen: set[str] = set()
     for i, d in enumerate(raw_dims):
         if not isinstance(d, dict):
             problems.append(f"dimensions[{i}] must be a mapping")
             continue
-        dname = str(d.get("name", ""))
-        label = f"dimension '{dname or i}'"
-        for key in sorted(set(d) - _DIM_KEYS, key=str):
-            problems.append(f"{label}: unknown key '{key}'")
-        if not _is_name(dname):
-            problems.append(f"{label}: name must be {_NAME_RULE}")
-        if dname in seen:
-            problems.append(f"{label}: listed twice")
-        seen.add(dname)
-        w = d.get("weight")
-        if not _is_number(w) or w < 0:
-            problems.append(f"{label}: weight must be a non-negative number")
-            w = 0.0
-        anchors = d.get("anchors")
-        if not isinstance(anchors, dict) or not anchors:
-            problems.append(f"{label}: has no scale (add anchors such as '0-2': ..., '9-10': ...)")
-            anchors = {}
-        else:
-            for k in anchors:
-                m = _ANCHOR_KEY.match(str(k))
-                if not m or int(m.group(1)) > 10 or int(m.group(2) or m.group(1)) > 10:
-                    problems.append(f"{label}: anchor key '{k}' must be a score or range within 0-10")
-        if not d.get("low"):
-            problems.append(f"{label}: 'low' (the 'score 0-2 if...' rule) is missing")
-        if dname and dname not in template:
-            problems.append(f"{label}: not mentioned in prompt.md")
-        dims.append(Dimension(dname, float(w), str(d.get("description", "")), str(d.get("low", "")),
-                              {str(k): str(v) for k, v in anchors.items()}))
+        dims.append(_dimension(d, i, template, seen, problems))
     total = sum(d.weight for d in dims)
     if dims and abs(total - 1.0) > 1e-6:
         problems.append(f"dimension weights sum to {total:g}, they must sum to 1")
+    return dims
 
+
+def _dimension(d: dict, i: int, template: str, seen: set[str], problems: list[str]) -> Dimension:
+    dname = str(d.get("name", ""))
+    label = f"dimension '{dname or i}'"
+    for key in sorted(set(d) - _DIM_KEYS, key=str):
+        problems.append(f"{label}: unknown key '{key}'")
+    if not _is_name(dname):
+        problems.append(f"{label}: name must be {_NAME_RULE}")
+    if dname in seen:
+        problems.append(f"{label}: listed twice")
+    seen.add(dname)
+    w = d.get("weight")
+    if not _is_number(w) or w < 0:
+        problems.append(f"{label}: weight must be a non-negative number")
+        w = 0.0
+    anchors = d.get("anchors")
+    if not isinstance(anchors, dict) or not anchors:
+        problems.append(f"{label}: has no scale (add anchors such as '0-2': ..., '9-10': ...)")
+        anchors = {}
+    else:
+        for k in anchors:
+            m = _ANCHOR_KEY.match(str(k))
+            if not m or int(m.group(1)) > 10 or int(m.group(2) or m.group(1)) > 10:
+                problems.append(f"{label}: anchor key '{k}' must be a score or range within 0-10")
+    if not d.get("low"):
+        problems.append(f"{label}: 'low' (the 'score 0-2 if...' rule) is missing")
+    if dname and dname not in template:
+        problems.append(f"{label}: not mentioned in prompt.md")
+    return Dimension(dname, float(w), str(d.get("description", "")), str(d.get("low", "")),
+                     {str(k): str(v) for k, v in anchors.items()})
+
+
+def _gatekeepers(cfg: dict, dimension_names: set[str], problems: list[str]) -> list[Gatekeeper]:
     gates: list[Gatekeeper] = []
     for i, g in enumerate(cfg.get("gatekeepers") or []):
-        if not isinstance(g, dict) or g.get("dimension") not in seen:
+        if not isinstance(g, dict) or g.get("dimension") not in dimension_names:
             problems.append(f"gatekeepers[{i}]: dimension must be one of the dimensions")
             continue
         if not _is_number(g.get("below")) or not _is_number(g.get("max_overall")):
@@ -516,22 +560,28 @@ def load_filter(path: str | Path) -> Filter:
             problems.append(f"gatekeepers[{i}]: {' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} outside 0-10")
             continue
         gates.append(Gatekeeper(g["dimension"], float(g["below"]), float(g["max_overall"])))
+    return gates
 
+
+def _content_types(cfg: dict, template: str, problems: list[str]) -> list[str]:
     ctypes = cfg.get("content_types") or []
     if not isinstance(ctypes, list) or not ctypes:
         problems.append("content_types must be a non-empty list of names")
         ctypes = []
-    good_ctypes: list[str] = []
+    good: list[str] = []
     for c in ctypes:
         if not isinstance(c, str) or not _is_name(c):
             problems.append(f"content type {c!r}: name must be {_NAME_RULE}")
-        elif c in good_ctypes:
+        elif c in good:
             problems.append(f"content type '{c}': listed twice")
         else:
-            good_ctypes.append(c)
+            good.append(c)
             if c not in template:
                 problems.append(f"content type '{c}' is not mentioned in prompt.md")
-    ctypes = good_ctypes
+    return good
+
+
+def _content_type_caps(cfg: dict, ctypes: list[str], problems: list[str]) -> dict[str, float]:
     caps: dict[str, float] = {}
     raw_caps = cfg.get("content_type_caps") or {}
     if not isinstance(raw_caps, dict):
@@ -546,7 +596,10 @@ def load_filter(path: str | Path) -> Filter:
             problems.append(f"content_type_caps: cap {cap!r} for '{c}' is outside 0-10")
         else:
             caps[c] = float(cap)
+    return caps
 
+
+def _tiers(cfg: dict, problems: list[str]) -> list[Tier]:
     tiers: list[Tier] = []
     raw_tiers = cfg.get("tiers") or []
     if not isinstance(raw_tiers, list):
@@ -559,23 +612,20 @@ def load_filter(path: str | Path) -> Filter:
         tname = str(t["name"])
         if not _is_name(tname):
             problems.append(f"tiers[{i}]: name {tname!r} must be {_NAME_RULE}")
-            continue
-        if tname in (x.name for x in tiers):
+        elif tname in (x.name for x in tiers):
             problems.append(f"tiers[{i}]: '{tname}' is listed twice")
-            continue
-        if not _in_score_range(t["min_overall"]):
+        elif not _in_score_range(t["min_overall"]):
             problems.append(f"tiers[{i}] '{tname}': min_overall {t['min_overall']!r} is outside 0-10")
-            continue
-        tiers.append(Tier(tname, float(t["min_overall"]), str(t.get("description", ""))))
+        else:
+            tiers.append(Tier(tname, float(t["min_overall"]), str(t.get("description", ""))))
     if not tiers and not raw_tiers:
         problems.append("tiers must list at least one tier")
     elif [t.min_overall for t in tiers] != sorted((t.min_overall for t in tiers), reverse=True):
         problems.append("tiers must be listed from the highest min_overall to the lowest")
+    return tiers
 
-    step = cfg.get("score_step")
-    if step is not None and not _divides_score_range(step):
-        problems.append(f"score_step {step!r} must be a positive number that divides 10 (such as 0.5 or 1)")
 
+def _prefilter(cfg: dict, problems: list[str]) -> list[PrefilterRule]:
     rules: list[PrefilterRule] = []
     for i, r in enumerate(cfg.get("prefilter") or []):
         try:
@@ -584,7 +634,10 @@ def load_filter(path: str | Path) -> Filter:
                                        str(r.get("reason", r["pattern"]))))
         except (KeyError, TypeError, re.error) as e:
             problems.append(f"prefilter[{i}]: {e}")
+    return rules
 
+
+def _check_placeholders(template: str, problems: list[str]) -> None:
     for ph in PLACEHOLDERS:
         n = template.count(f"{{{ph}}}")
         if n != 1:
@@ -594,20 +647,6 @@ def load_filter(path: str | Path) -> Filter:
     for ph in unknown:
         problems.append(f"prompt.md has the placeholder {ph}, which nothing fills "
                         "(only {title} and {text} are filled; remove it or write the text out)")
-
-    for key, default in (("min_chars", 300), ("max_article_chars", 12000)):
-        v = cfg.get(key, default)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            problems.append(f"{key} must be a positive integer")
-    if problems:
-        raise FilterError(root, problems)
-    return Filter(
-        path=str(root), name=name, version=version, description=str(cfg.get("description", "")).strip(),
-        dimensions=tuple(dims), gatekeepers=tuple(gates), content_types=tuple(ctypes),
-        content_type_caps=caps, tiers=tuple(tiers), prefilter=tuple(rules),
-        min_chars=int(cfg.get("min_chars", 300)), max_article_chars=int(cfg.get("max_article_chars", 12000)),
-        prompt_template=template, config=cfg, score_step=None if step is None else float(step),
-    )
 
 
 def _is_name(s: str) -> bool:

@@ -14,13 +14,22 @@ from tests.conftest import ROOT, UPLIFTING, edited_filter_copy
 from tests.test_store import UPLIFTING_CASES, expected_overall, expected_tier
 
 SUSTAINABILITY = ROOT / "filters" / "sustainability_tech" / "v1"
+EMOBANK = ROOT / "filters" / "emobank_vad" / "v1"
+
+
+def filter_packages(root):
+    """Every filter package under root: a folder filters/<name>/v<N>/ holding a config.yaml."""
+    return sorted(p.parent for p in root.glob("filters/*/v*/config.yaml"))
+
+
 # every shipped filter package, found rather than listed: a new package is tested like the others
-SHIPPED = sorted(ROOT.glob("filters/*/v*"))
+SHIPPED = filter_packages(ROOT)
 # the hashes labels in existing gt.db files were made under: editing a shipped prompt (or the way
 # the prompt and schema are hashed) orphans them, so such an edit needs a new version directory
 SHIPPED_PROMPT_SHA256 = {
     "uplifting/v1": "fa1415e202f1884e84320fd13936c8bf20d3c13fb7cc16f11973fa96928fc06f",
     "sustainability_tech/v1": "1a3742e1e956ccf8804f8def77984656ee98f202204f9558d43d55f0d599a468",
+    "emobank_vad/v1": "449faa7311355602394e1948da08736dd34366a994800948fa5fb75f275837d7",
 }
 
 
@@ -52,12 +61,22 @@ def _problems(pkg):
 
 
 def test_shipped_packages_are_found():
-    assert {UPLIFTING, SUSTAINABILITY} <= set(SHIPPED)
+    assert {UPLIFTING, SUSTAINABILITY, EMOBANK} <= set(SHIPPED)
+    # a version folder without config.yaml is a broken package, not something to skip quietly
+    assert sorted(p for p in ROOT.glob("filters/*/v*") if p.is_dir()) == SHIPPED
+
+
+def test_a_new_package_is_found_without_listing_it(tmp_path):
+    new = tmp_path / "filters" / "brand_new" / "v3"
+    shutil.copytree(UPLIFTING, new)
+    (tmp_path / "filters" / "brand_new" / "v4").mkdir()   # a folder without config.yaml is no package
+    assert filter_packages(tmp_path) == [new]
 
 
 def test_shipped_prompts_keep_their_hash(any_filter):
-    if any_filter.id in SHIPPED_PROMPT_SHA256:
-        assert any_filter.prompt_sha256 == SHIPPED_PROMPT_SHA256[any_filter.id]
+    assert any_filter.id in SHIPPED_PROMPT_SHA256, \
+        f"a new package: pin its prompt hash in SHIPPED_PROMPT_SHA256 ('{any_filter.id}': '{any_filter.prompt_sha256}')"
+    assert any_filter.prompt_sha256 == SHIPPED_PROMPT_SHA256[any_filter.id]
     assert any_filter.score_step is None
     assert all("multipleOf" not in s for s in any_filter.answer_schema()["properties"]["scores"]["properties"].values())
 
