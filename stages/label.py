@@ -11,84 +11,46 @@ of (filter, oracle, prompt hash) across every process: articles already labelled
 never paid for twice; 'error' labels are retried. A circuit breaker stops a run whose recent
 answers are mostly invalid or failing.
 
-The sync engine (`labelling.label_articles`, which calibrate also runs), the batch engine
-(stages/label_batch.py) and what both share (plan, request, judgement, ledger, leases, writer,
-breaker) live outside this file; this is the stage's command line, dry run and --status.
+The sync engine (`labelling.label_articles`, which calibrate and the loop also run), the batch
+engine (stages/label_batch.py) and what both share live outside this file: the plan and the request
+(planning), the judgement and the ledger (ledger), leases (leases), the writer (dbwriter), the
+circuit breaker (breaker), retries (calls) and the dry run's estimate (estimate). This is the
+stage's command line: `main` parses the flags into `LabelOptions`, `run_label` does the work and
+returns the summary's lines (and the error, if any), `main` prints them and exits 0, 1 or 2 (130
+after Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import shlex
 import sqlite3
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from stages import picking, store
+from stages import cli, label_batch, picking, store
+from stages.calls import RetryPolicy
+from stages.dbwriter import apply_spills
+from stages.estimate import Estimate, dry_run_lines, estimate_run
 from stages.filters import Filter, FilterError, load_filter
-from stages.labelling import (CHARS_PER_TOKEN, DB_PATIENCE_S, FINAL_STATUSES, RESERVE_BYTES_PER_TOKEN,  # noqa: F401
-                              LabelOutcome, LabelRunSummary, RetryPolicy, RunOptions, apply_spills, article_text,
-                              build_request, eligible_article_ids, existing_labels, expected_output_tokens,
-                              format_duration, judge_answer, label_articles, merge_outcomes, outcome_from_completion,
-                              plan_items, record_completion, run_state, scrub_secrets, store_outcome,
-                              worst_case_cost)
+from stages.labelling import DB_PATIENCE_S, LabelRunSummary, RunOptions, label_articles
+from stages.leases import FINAL_STATUSES, run_state
+from stages.ledger import (LabelOutcome, judge_answer, merge_outcomes, outcome_from_completion, record_completion,
+                           scrub_secrets, store_outcome)
 from stages.oracles.base import FatalError, OracleSpec
 from stages.oracles.replay import replay_priced
-from stages.oracles.ratelimit import RateLimiter
+from stages.planning import (CHARS_PER_TOKEN, RESERVE_BYTES_PER_TOKEN, build_request, eligible_article_ids,
+                             existing_labels, worst_case_cost)
 
-__all__ = ["label_articles", "LabelRunSummary", "RetryPolicy", "RunOptions", "estimate_run", "main",
+__all__ = ["main", "run_label", "LabelOptions", "LabelResult", "label_articles", "LabelRunSummary", "RetryPolicy",
+           "RunOptions", "Estimate", "estimate_run",
            # the shared pieces, re-exported for callers of the label stage's API
            "CHARS_PER_TOKEN", "FINAL_STATUSES", "RESERVE_BYTES_PER_TOKEN", "LabelOutcome", "build_request",
            "eligible_article_ids", "existing_labels", "judge_answer", "merge_outcomes", "outcome_from_completion",
            "record_completion", "scrub_secrets", "store_outcome", "worst_case_cost"]
-
-# ---- --dry-run -----------------------------------------------------------------------------------
-
-@dataclass
-class Estimate:
-    requests: int
-    articles: int
-    input_tokens: int
-    output_tokens: int
-    cost_sync: float
-    cost_batch: float | None
-    seconds_at_limit: float | None
-    already_valid: int
-
-
-def estimate_run(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str], *,
-                 repeats: int = 1, target_valid: int | None = None) -> Estimate:
-    """What a label run would send (the same planner as the sync and batch engines, every answer
-    assumed valid): tokens from the real prompts' length (characters / 4), cost at sync and batch
-    prices, and the time the rate limits impose. Calls nothing, writes nothing."""
-    existing = existing_labels(conn, filt, spec.name)
-    ok = sum(1 for a in article_ids if existing.get((a, 0)) == "ok")
-    requests = articles = input_chars = 0
-    for item in plan_items(article_ids, existing, repeats=repeats, target=target_valid):
-        if item.primary and ok + articles >= target_valid:
-            continue
-        found = article_text(conn, item.article_id)
-        if found is None or filt.prefilter_reason(*found):
-            continue
-        try:
-            request = build_request(filt, item.article_id, 0, *found)
-        except Exception:  # noqa: BLE001 - the real run stores it as an 'error' label
-            continue
-        if item.primary or (target_valid is None and 0 in item.repeats):
-            articles += 1
-        requests += len(item.repeats)
-        input_chars += len(request.prompt) * len(item.repeats)
-    input_tokens = math.ceil(input_chars / CHARS_PER_TOKEN)
-    output_tokens = expected_output_tokens(filt) * requests
-    cost_sync = spec.cost(input_tokens, output_tokens)
-    cost_batch = spec.cost(input_tokens, output_tokens, batch=True) if spec.batch_input_per_m is not None else None
-    limiter = RateLimiter(spec.rpm, spec.tpm, headroom=1.0)
-    seconds = limiter.seconds_for(requests, input_tokens + output_tokens) if limiter.limited else None
-    return Estimate(requests, articles, input_tokens, output_tokens, cost_sync, cost_batch, seconds, ok)
 
 
 # ---- --status ------------------------------------------------------------------------------------
@@ -144,7 +106,6 @@ def status_lines(conn: sqlite3.Connection, limit: int = 20) -> list[str]:
 # ---- command line --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from stages.label_batch import add_arguments as add_batch_arguments
     p = argparse.ArgumentParser(
         prog="python -m stages.label",
         description="Label a seeded random sample of articles with an LLM oracle and store every answer in gt.db. "
@@ -215,13 +176,194 @@ def build_parser() -> argparse.ArgumentParser:
                         "replay/<model> entry)")
     p.add_argument("--status", action="store_true",
                    help="show spend per run, per oracle and in total, each run's state and open batch jobs, then exit")
-    add_batch_arguments(p)   # --batch-retry, --batch-rounds, --batch-poll, --batch-max-poll, --batch-no-wait
+    label_batch.add_arguments(p)   # --batch-retry, --batch-rounds, --batch-poll, --batch-max-poll, --batch-no-wait
     return p
 
 
-def _fail(msg: str, code: int = 1) -> int:
-    print("error: " + " ".join(msg.split()), file=sys.stderr)  # one line, whatever the provider wrote
-    return code
+# ---- the options, the result -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelOptions:
+    """The label stage's settings: one field per flag of build_parser (its --help says what each does)."""
+    db: str = "gt.db"
+    filter: str = "filters/uplifting/v1"
+    source: list[str] = field(default_factory=list)
+    output_dir: str | None = None
+    llm: str = "local-embed"
+    oracles_file: str | None = None
+    target_count: int | None = None
+    random_sample: bool = False
+    seed: int = 42
+    concurrency: int = 16
+    max_cost: float | None = None
+    max_total_cost: float | None = None
+    dry_run: bool = False
+    repeats: int = 1
+    mode: str = "sync"
+    timeout: float | None = None
+    max_attempts: int = RetryPolicy.attempts
+    breaker_window: int = 20
+    db_patience: float = DB_PATIENCE_S
+    pick: str = "random"
+    pick_count: int | None = None
+    explore_share: float | None = None
+    ids_file: str | None = None
+    no_student: bool = False
+    embed_cache: str | None = None
+    replay_price: str | None = None
+    status: bool = False
+    batch_retry: str = "batch"
+    batch_rounds: int = 3
+    batch_poll: float = 30.0
+    batch_max_poll: float = 600.0
+    batch_no_wait: bool = False
+
+    def params(self) -> dict:
+        """The settings a label run records in gt.db (label_runs.params_json)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("status", "dry_run", "db")}
+
+
+class Interrupted(cli.StageError):
+    """Ctrl-C during a run: what was stored is kept. Exit 130; the message is printed as it is."""
+    exit_code = 130
+
+
+@dataclass
+class LabelResult:
+    lines: list[str] = field(default_factory=list)   # the summary, in order: main prints it on stdout
+    error: cli.StageError | None = None               # how the command failed after those lines, if it did
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = LabelOptions(**vars(build_parser().parse_args(argv)))
+    result = run_label(options, resume_command(argv))
+    if result.lines:
+        print("\n".join(result.lines))
+    if isinstance(result.error, Interrupted):
+        print(str(result.error), file=sys.stderr)
+        return result.error.exit_code
+    return cli.exit_code(result.error) if result.error is not None else 0
+
+
+def run_label(o: LabelOptions, resume: str = "python -m stages.label") -> LabelResult:
+    """The label stage for parsed options: --status, --dry-run, or a sync or batch run that labels
+    what is missing (resuming what an earlier run left). Returns the summary's lines and, when the
+    command fails after writing some, its error; prints neither (progress bars go to stderr).
+    `resume` is the command that continues this one, quoted in the messages that need it."""
+    result = LabelResult()
+    try:
+        _label(o, resume, result.lines)
+    except store.FilterMismatch as e:
+        result.error = cli.UsageError(str(e))
+    except (store.StoreError, sqlite3.Error) as e:
+        result.error = cli.StageError(store.describe_db_error(e, o.db))
+    except cli.StageError as e:
+        result.error = e
+    return result
+
+
+def _label(o: LabelOptions, resume: str, out: list[str]) -> None:
+    problem = usage_problem(o)
+    if problem:
+        raise cli.UsageError(problem)
+    if o.status:
+        conn = store.connect(o.db, create=False)
+        out += status_lines(conn)
+        out += label_batch.live_status_lines(conn) or ["no open batch jobs"]
+        return
+    filt, spec = _filter_and_oracle(o)
+    if o.dry_run:
+        _dry_run_command(o, filt, spec, out)
+        return
+    conn = store.connect(o.db)
+    notes = _prepare(conn, o, filt)
+    ids = _eligible(conn, filt, o)
+    if o.pick != "random":
+        out += notes
+        notes = []
+        picked = _apply_picks(conn, filt, spec, ids, o, out, record=True)
+        if picked is None:
+            return
+        ids, o = picked
+    if o.mode == "batch":
+        _batch(conn, filt, spec, ids, o, resume, notes, out)
+    else:
+        _sync(conn, filt, spec, ids, o, resume, notes, out)
+
+
+def usage_problem(o: LabelOptions) -> str | None:
+    """What is wrong with the numbers given, before anything is read."""
+    for flag, value, low in (("--target-count", o.target_count, 1), ("--concurrency", o.concurrency, 1),
+                             ("--repeats", o.repeats, 1), ("--max-attempts", o.max_attempts, 1),
+                             ("--breaker-window", o.breaker_window, 0)):
+        if value is not None and value < low:
+            return f"{flag} must be at least {low}, got {value} (pass a positive number)"
+    for flag, value in (("--max-cost", o.max_cost), ("--max-total-cost", o.max_total_cost),
+                        ("--db-patience", o.db_patience)):
+        if value is not None and value <= 0:
+            return f"{flag} must be positive, got {value} (pass e.g. {flag} 5)"
+    return None
+
+
+def _filter_and_oracle(o: LabelOptions) -> tuple[Filter, OracleSpec]:
+    """The filter package and the oracle's spec (its key checked unless this is a dry run)."""
+    from stages.oracles import registry as reg
+    try:
+        filt = load_filter(o.filter)
+    except FilterError as e:
+        raise cli.UsageError(f"{e.problems[0]}, {e.path} (fix the filter package or pass --filter "
+                             f"filters/<name>/v<N>)") from None
+    try:
+        oracles = reg.load_registry(o.oracles_file) if o.oracles_file else reg.load_registry()
+        spec = reg.resolve(o.llm, oracles)
+        if not o.dry_run:
+            reg.check_credentials(spec)
+    except reg.MissingKey as e:
+        raise cli.StageError(str(e)) from None
+    except reg.OracleConfigError as e:
+        raise cli.UsageError(str(e).splitlines()[0]) from None
+    if o.timeout is not None:
+        spec = dataclasses.replace(spec, timeout_s=o.timeout)
+    if o.replay_price is not None:
+        try:
+            spec = replay_priced(spec, o.replay_price)
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from None
+    problem = pick_usage_problem(o)
+    if problem:
+        raise cli.UsageError(problem)
+    return filt, spec
+
+
+def pick_usage_problem(o: LabelOptions) -> str | None:
+    if o.pick_count is not None and o.pick_count < 1:
+        return f"--pick-count must be at least 1, got {o.pick_count}"
+    if o.explore_share is not None and not 0 <= o.explore_share <= 1:
+        return f"--explore-share must lie in 0-1, got {o.explore_share}"
+    if o.pick == "ids" and not o.ids_file:
+        return "--pick ids needs --ids-file FILE (one article id per line)"
+    if o.ids_file and o.pick != "ids":
+        return "--ids-file is read with --pick ids only"
+    if o.pick in ("gaps", "uncertain") and o.pick_count is None and o.target_count is None:
+        return f"--pick {o.pick} needs --pick-count N or --target-count N (how many labels to buy)"
+    if o.pick != "random" and o.repeats != 1:
+        return "--pick gaps|uncertain|ids labels repeat 0 only; run --repeats on a random sample"
+    return None
+
+
+# ---- before a run: ingest, spills, the articles, the picks ---------------------------------------
+
+def _prepare(conn: sqlite3.Connection, o: LabelOptions, filt: Filter) -> list[str]:
+    """Register the filter, store what earlier runs spilled, ingest --source; the notes to show."""
+    note = store.register_filter(conn, filt)
+    notes: list[str] = [note] if isinstance(note, str) and note else []
+    notes += apply_spills(conn, o.db, {filt.id: filt})
+    if o.source:
+        try:
+            notes.append(_ingest(conn, o.source, filt))
+        except FileNotFoundError as e:
+            raise cli.UsageError(str(e)) from None
+    return notes
 
 
 def _ingest(conn: sqlite3.Connection, sources: list[str], filt: Filter) -> str:
@@ -238,6 +380,144 @@ def _ingest(conn: sqlite3.Connection, sources: list[str], filt: Filter) -> str:
             f"{summary.inserted} new articles, {summary.already_present} already in gt.db{rejected}")
 
 
+def _eligible(conn: sqlite3.Connection, filt: Filter, o: LabelOptions) -> list[str]:
+    ids = eligible_article_ids(conn, filt, seed=o.seed, random_sample=o.random_sample)
+    if not ids:
+        raise cli.StageError(f"no articles to label in {o.db} (ingest some first: make ingest "
+                             f"SOURCE='data/sample/*.jsonl')")
+    return ids
+
+
+def choose_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str],
+                 o: LabelOptions, *, record: bool) -> picking.Picks | None:
+    """--pick gaps|uncertain|ids: the articles this run buys (resuming an unfinished round first), or
+    None when the target is already met."""
+    key = picking.LabelKey(filt.id, spec.name, filt.prompt_sha256)
+    if o.pick != "ids":
+        resumed = picking.open_round(conn, key, o.pick)
+        if resumed is not None:
+            return resumed
+    n = o.pick_count
+    if n is None and o.pick != "ids":
+        n = o.target_count - len(picking.labelled(conn, filt, key))
+        if n <= 0:
+            return None
+    cache = None if o.embed_cache == "none" else (Path(o.embed_cache) if o.embed_cache else None)
+    if cache is None and o.embed_cache != "none":
+        from stages.embeddings import DEFAULT_CACHE
+        cache = DEFAULT_CACHE
+    share = picking.DEFAULT_EXPLORE_SHARE if o.explore_share is None else o.explore_share
+    picks = picking.plan_picks(conn, filt, key, o.pick, ids, n or 0, seed=o.seed, explore_share=share,
+                               cache=cache, ids_file=o.ids_file, use_student=not o.no_student, progress=True)
+    if record and picks.article_ids:
+        picking.record_round(conn, key, picks, requested=n or len(picks.article_ids), seed=o.seed)
+    return picks
+
+
+def _apply_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], o: LabelOptions,
+                 out: list[str], *, record: bool) -> tuple[list[str], LabelOptions] | None:
+    """The picked articles and the options to label exactly them; None when there is nothing to label."""
+    try:
+        picks = choose_picks(conn, filt, spec, ids, o, record=record)
+    except picking.PickError as e:
+        raise cli.StageError(str(e)) from None
+    if picks is None:
+        out.append(f"nothing to pick: {spec.name} already has {o.target_count} or more valid labels of {filt.id} "
+                   f"(raise --target-count, or pass --pick-count N)")
+        return None
+    out.append(("dry run, not recorded: " if not record else "") + picking.describe(picks))
+    if not picks.article_ids:
+        out.append("nothing to label: every article picked or listed already has a label")
+        return None
+    return picks.article_ids, dataclasses.replace(o, target_count=None)
+
+
+# ---- the runs ------------------------------------------------------------------------------------
+
+def _sync(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], o: LabelOptions, resume: str,
+          notes: list[str], out: list[str]) -> None:
+    from stages.oracles.registry import MissingKey
+    options = RunOptions(purpose="label", repeats=o.repeats, concurrency=o.concurrency, max_cost=o.max_cost,
+                         max_total_cost=o.max_total_cost, target_valid=o.target_count, seed=o.seed,
+                         params=o.params(), progress=True, timeout=o.timeout,
+                         retry=RetryPolicy(attempts=o.max_attempts), breaker_window=o.breaker_window,
+                         db_patience_s=o.db_patience)
+    try:
+        summary = label_articles(conn, filt, spec, ids, options)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: labels stored so far are kept; run the same command to continue") from None
+    except MissingKey as e:
+        raise cli.StageError(str(e)) from None
+    except FatalError as e:
+        raise cli.StageError(f"{spec.name} refused the request: {scrub_secrets(str(e), spec)} (nothing more was "
+                             f"sent; check the key, model id and oracles.yaml)") from None
+    out.append(_describe(summary, spec, filt, o.target_count, o.repeats))
+    out += notes
+    _sync_verdict(conn, filt, spec, ids, o, summary, resume, out)
+
+
+def _sync_verdict(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], o: LabelOptions,
+                  summary: LabelRunSummary, resume: str, out: list[str]) -> None:
+    """After a sync run: the export and where the labels are; an error when labels are missing."""
+    reason = summary.stopped_reason
+    if reason == "locked":
+        kept = (f"; {summary.spilled} received answer(s) are kept in {summary.spill_path} and will be stored by the "
+                f"next run" if summary.spilled else "; every received answer was written")
+        raise cli.StageError(f"{summary.stopped_message}{kept}; when the lock is gone, resume with: {resume}")
+    if reason == "db":
+        raise cli.StageError(summary.stopped_message)
+    if o.output_dir:
+        out.append(export(conn, filt, spec, o.output_dir))
+    out.append(f"database: {o.db} (sqlite3 {o.db} 'select * from {filt.view_name} limit 3')")
+    if reason == "quota":
+        raise cli.StageError(f"stopped: {summary.stopped_message}")
+    if reason == "breaker":
+        raise cli.StageError(f"{summary.stopped_message}. Fix the cause (oracle, prompt or filter), then resume "
+                             f"with: {resume}")
+    if reason in ("budget", "total_budget"):
+        out.append(summary.stopped_message)
+        return
+    failed = missing_error_units(conn, filt, spec, ids)
+    if o.target_count and summary.ok_total < o.target_count:
+        short = o.target_count - summary.ok_total
+        if failed:
+            raise cli.StageError(f"target not reached: {short} valid label(s) missing ({summary.ok_total}/"
+                                 f"{o.target_count}); {failed} unit(s) ended as 'error' (calls failed). Resume "
+                                 f"with: {resume}")
+        out.append(f"target not reached: {summary.ok_total}/{o.target_count} valid labels, and every one of the "
+                   f"{len(ids)} eligible articles in {o.db} has been tried (ingest more with --source)")
+    elif failed and o.target_count is None:
+        raise cli.StageError(f"{failed} unit(s) ended as 'error' (calls failed), so {failed} label(s) are missing; "
+                             f"resume with: {resume}")
+
+
+def _batch(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], o: LabelOptions, resume: str,
+           notes: list[str], out: list[str]) -> None:
+    out += notes
+    if o.batch_rounds < 1:
+        raise cli.UsageError("--batch-rounds must be at least 1 (pass e.g. --batch-rounds 3)")
+    if o.batch_poll <= 0 or o.batch_max_poll <= 0:
+        raise cli.UsageError("--batch-poll and --batch-max-poll must be positive seconds")
+    options = label_batch.BatchOptions(
+        repeats=o.repeats, target_valid=o.target_count, retry=o.batch_retry, rounds=o.batch_rounds,
+        poll_s=o.batch_poll, max_poll_s=max(o.batch_max_poll, o.batch_poll), wait=not o.batch_no_wait, seed=o.seed,
+        params=o.params(), progress=True, concurrency=o.concurrency, max_cost=o.max_cost,
+        max_total_cost=o.max_total_cost)
+    try:
+        summary = label_batch.run_batch_command(conn, filt, spec, ids, options)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: every submitted batch is recorded in gt.db (make label-status); run the same "
+                          "command to keep polling and collect it, nothing is resubmitted") from None
+    out.append(label_batch.describe(summary, spec, filt, o.target_count))
+    if o.output_dir and not summary.waiting:
+        out.append(export(conn, filt, spec, o.output_dir))
+    out.append(f"database: {o.db} (open batch jobs: python -m stages.label --status --db {o.db})")
+    if not summary.waiting and not summary.budget_left_out:
+        problem = label_batch.missing_labels(conn, filt, spec, ids, summary, o.target_count, resume)
+        if problem:
+            raise cli.StageError(problem)
+
+
 def export(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, output_dir: str) -> str:
     from stages.labeled_file import export_labeled_file
     path = Path(output_dir) / filt.name / "labeled_articles.jsonl"
@@ -246,13 +526,18 @@ def export(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, output_dir:
     return f"exported {n} valid labels to {path}"
 
 
-_export = export
-
-
 def resume_command(argv: Sequence[str] | None) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     return "python -m stages.label " + shlex.join(str(a) for a in args)
 
+
+def missing_error_units(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str]) -> int:
+    """Units of these articles whose last label is 'error' (a later run retries them)."""
+    ids = set(article_ids)
+    return sum(1 for (a, _), st in existing_labels(conn, filt, spec.name).items() if st == "error" and a in ids)
+
+
+# ---- what the summary says -----------------------------------------------------------------------
 
 def _describe(summary: LabelRunSummary, spec: OracleSpec, filt: Filter, target: int | None, repeats: int = 1) -> str:
     s = summary
@@ -279,263 +564,23 @@ def _describe(summary: LabelRunSummary, spec: OracleSpec, filt: Filter, target: 
     return "; ".join(parts) + "."
 
 
-def missing_error_units(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str]) -> int:
-    """Units of these articles whose last label is 'error' (a later run retries them)."""
-    ids = set(article_ids)
-    return sum(1 for (a, _), st in existing_labels(conn, filt, spec.name).items() if st == "error" and a in ids)
 
+# ---- --dry-run -----------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    for flag, value, low in (("--target-count", args.target_count, 1), ("--concurrency", args.concurrency, 1),
-                             ("--repeats", args.repeats, 1), ("--max-attempts", args.max_attempts, 1),
-                             ("--breaker-window", args.breaker_window, 0)):
-        if value is not None and value < low:
-            return _fail(f"{flag} must be at least {low}, got {value} (pass a positive number)", 2)
-    for flag, value in (("--max-cost", args.max_cost), ("--max-total-cost", args.max_total_cost),
-                        ("--db-patience", args.db_patience)):
-        if value is not None and value <= 0:
-            return _fail(f"{flag} must be positive, got {value} (pass e.g. {flag} 5)", 2)
-
-    if args.status:
-        try:
-            conn = store.connect(args.db, create=False)
-            print("\n".join(status_lines(conn)))
-            from stages.label_batch import live_status_lines
-            print("\n".join(live_status_lines(conn)) or "no open batch jobs")
-        except (store.StoreError, sqlite3.Error) as e:
-            return _fail(store.describe_db_error(e, args.db))
-        return 0
-
-    from stages.oracles import registry as reg
-    try:
-        filt = load_filter(args.filter)
-    except FilterError as e:
-        return _fail(f"{e.problems[0]}, {e.path} (fix the filter package or pass --filter filters/<name>/v<N>)", 2)
-    try:
-        oracles = reg.load_registry(args.oracles_file) if args.oracles_file else reg.load_registry()
-        spec = reg.resolve(args.llm, oracles)
-        if not args.dry_run:
-            reg.check_credentials(spec)
-    except reg.MissingKey as e:
-        return _fail(str(e), 1)
-    except reg.OracleConfigError as e:
-        return _fail(str(e).splitlines()[0], 2)
-    if args.timeout is not None:
-        spec = dataclasses.replace(spec, timeout_s=args.timeout)
-    if args.replay_price is not None:
-        try:
-            spec = replay_priced(spec, args.replay_price)
-        except ValueError as e:
-            return _fail(str(e), 2)
-    problem = pick_usage_problem(args)
-    if problem:
-        return _fail(problem, 2)
-
-    try:
-        return _run_command(args, argv, filt, spec)
-    except store.FilterMismatch as e:
-        return _fail(str(e), 2)
-    except (store.StoreError, sqlite3.Error) as e:
-        return _fail(store.describe_db_error(e, args.db))
-
-
-def pick_usage_problem(args: argparse.Namespace) -> str | None:
-    if args.pick_count is not None and args.pick_count < 1:
-        return f"--pick-count must be at least 1, got {args.pick_count}"
-    if args.explore_share is not None and not 0 <= args.explore_share <= 1:
-        return f"--explore-share must lie in 0-1, got {args.explore_share}"
-    if args.pick == "ids" and not args.ids_file:
-        return "--pick ids needs --ids-file FILE (one article id per line)"
-    if args.ids_file and args.pick != "ids":
-        return "--ids-file is read with --pick ids only"
-    if args.pick in ("gaps", "uncertain") and args.pick_count is None and args.target_count is None:
-        return f"--pick {args.pick} needs --pick-count N or --target-count N (how many labels to buy)"
-    if args.pick != "random" and args.repeats != 1:
-        return "--pick gaps|uncertain|ids labels repeat 0 only; run --repeats on a random sample"
-    return None
-
-
-def choose_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str],
-                 args: argparse.Namespace, *, record: bool) -> picking.Picks | None:
-    """--pick gaps|uncertain|ids: the articles this run buys (resuming an unfinished round first), or
-    None when the target is already met."""
-    key = picking.LabelKey(filt.id, spec.name, filt.prompt_sha256)
-    if args.pick != "ids":
-        resumed = picking.open_round(conn, key, args.pick)
-        if resumed is not None:
-            return resumed
-    n = args.pick_count
-    if n is None and args.pick != "ids":
-        n = args.target_count - len(picking.labelled(conn, filt, key))
-        if n <= 0:
-            return None
-    cache = None if args.embed_cache == "none" else (Path(args.embed_cache) if args.embed_cache else None)
-    if cache is None and args.embed_cache != "none":
-        from stages.embeddings import DEFAULT_CACHE
-        cache = DEFAULT_CACHE
-    share = picking.DEFAULT_EXPLORE_SHARE if args.explore_share is None else args.explore_share
-    picks = picking.plan_picks(conn, filt, key, args.pick, ids, n or 0, seed=args.seed, explore_share=share,
-                               cache=cache, ids_file=args.ids_file, use_student=not args.no_student, progress=True)
-    if record and picks.article_ids:
-        picking.record_round(conn, key, picks, requested=n or len(picks.article_ids), seed=args.seed)
-    return picks
-
-
-def _apply_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], args: argparse.Namespace,
-                 *, record: bool) -> int | tuple[list[str], argparse.Namespace]:
-    """The picked articles and the arguments to label exactly them, or an exit code."""
-    try:
-        picks = choose_picks(conn, filt, spec, ids, args, record=record)
-    except picking.PickError as e:
-        return _fail(str(e), 1)
-    if picks is None:
-        print(f"nothing to pick: {spec.name} already has {args.target_count} or more valid labels of {filt.id} "
-              f"(raise --target-count, or pass --pick-count N)")
-        return 0
-    print(("dry run, not recorded: " if not record else "") + picking.describe(picks))
-    if not picks.article_ids:
-        print("nothing to label: every article picked or listed already has a label")
-        return 0
-    return picks.article_ids, argparse.Namespace(**{**vars(args), "target_count": None})
-
-
-def _run_command(args: argparse.Namespace, argv: list[str] | None, filt: Filter, spec: OracleSpec) -> int:
-    from stages.oracles import registry as reg
-    if args.dry_run:
-        conn = store.connect(args.db, readonly=True, create=False)
-        if args.source:
-            print("dry run: --source is not ingested (a dry run writes nothing); the estimate covers what gt.db holds")
-        note = store.check_filter(conn, filt)   # an edited prompt under the same version: refused here too
-        if note:
-            print(note)
-        ids = eligible_article_ids(conn, filt, seed=args.seed, random_sample=args.random_sample)
-        if not ids:
-            return _fail(f"no articles to label in {args.db} (ingest some first: make ingest SOURCE='data/sample/*.jsonl')")
-        if args.pick != "random":
-            picked = _apply_picks(conn, filt, spec, ids, args, record=False)
-            if isinstance(picked, int):
-                return picked
-            ids, args = picked
-        return _dry_run(conn, filt, spec, ids, args)
-
-    conn = store.connect(args.db)
-    note = store.register_filter(conn, filt)
-    notes: list[str] = [note] if isinstance(note, str) and note else []
-    notes += apply_spills(conn, args.db, {filt.id: filt})
-    if args.source:
-        try:
-            notes.append(_ingest(conn, args.source, filt))
-        except FileNotFoundError as e:
-            return _fail(str(e), 2)
-    ids = eligible_article_ids(conn, filt, seed=args.seed, random_sample=args.random_sample)
-    if not ids:
-        return _fail(f"no articles to label in {args.db} (ingest some first: make ingest SOURCE='data/sample/*.jsonl')")
-    if args.pick != "random":
-        for n in notes:
-            print(n)
-        notes = []
-        picked = _apply_picks(conn, filt, spec, ids, args, record=True)
-        if isinstance(picked, int):
-            return picked
-        ids, args = picked
-
-    if args.mode == "batch":
-        from stages.label_batch import main_batch
-        for n in notes:
-            print(n)
-        return main_batch(conn, filt, spec, ids, args, resume=resume_command(argv))
-
-    params = {k: v for k, v in vars(args).items() if k not in ("status", "dry_run", "db")}
-    try:
-        summary = label_articles(conn, filt, spec, ids, purpose="label", repeats=args.repeats,
-                                 concurrency=args.concurrency, max_cost=args.max_cost,
-                                 max_total_cost=args.max_total_cost, target_valid=args.target_count,
-                                 seed=args.seed, params=params, progress=True, timeout=args.timeout,
-                                 retry=RetryPolicy(attempts=args.max_attempts), breaker_window=args.breaker_window,
-                                 db_patience_s=args.db_patience)
-    except KeyboardInterrupt:
-        print("interrupted: labels stored so far are kept; run the same command to continue", file=sys.stderr)
-        return 130
-    except reg.MissingKey as e:
-        return _fail(str(e), 1)
-    except FatalError as e:
-        return _fail(f"{spec.name} refused the request: {scrub_secrets(str(e), spec)} (nothing more was sent; "
-                     f"check the key, model id and oracles.yaml)", 1)
-    resume = resume_command(argv)
-    print(_describe(summary, spec, filt, args.target_count, args.repeats))
-    for n in notes:
-        print(n)
-    reason = summary.stopped_reason
-    if reason == "locked":
-        kept = (f"; {summary.spilled} received answer(s) are kept in {summary.spill_path} and will be stored by the "
-                f"next run" if summary.spilled else "; every received answer was written")
-        return _fail(f"{summary.stopped_message}{kept}; when the lock is gone, resume with: {resume}")
-    if reason == "db":
-        return _fail(summary.stopped_message)
-    if args.output_dir:
-        print(export(conn, filt, spec, args.output_dir))
-    print(f"database: {args.db} (sqlite3 {args.db} 'select * from {filt.view_name} limit 3')")
-    if reason == "quota":
-        return _fail(f"stopped: {summary.stopped_message}", 1)
-    if reason == "breaker":
-        return _fail(f"{summary.stopped_message}. Fix the cause (oracle, prompt or filter), then resume with: "
-                     f"{resume}", 1)
-    if reason in ("budget", "total_budget"):
-        print(summary.stopped_message)
-        return 0
-    failed = missing_error_units(conn, filt, spec, ids)
-    if args.target_count and summary.ok_total < args.target_count:
-        short = args.target_count - summary.ok_total
-        if failed:
-            return _fail(f"target not reached: {short} valid label(s) missing ({summary.ok_total}/{args.target_count}); "
-                         f"{failed} unit(s) ended as 'error' (calls failed). Resume with: {resume}", 1)
-        print(f"target not reached: {summary.ok_total}/{args.target_count} valid labels, and every one of the "
-              f"{len(ids)} eligible articles in {args.db} has been tried (ingest more with --source)")
-    elif failed and args.target_count is None:
-        return _fail(f"{failed} unit(s) ended as 'error' (calls failed), so {failed} label(s) are missing; "
-                     f"resume with: {resume}", 1)
-    return 0
-
-
-def _dry_run(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], args: argparse.Namespace) -> int:
-    from stages.label_batch import dry_run_lines
-    est = estimate_run(conn, filt, spec, ids, repeats=args.repeats, target_valid=args.target_count)
-    limiter = RateLimiter(spec.rpm, spec.tpm, headroom=1.0)
-    limits = ", ".join(x for x in (f"{spec.rpm:g} RPM" if spec.rpm else "", f"{spec.tpm:g} TPM" if spec.tpm else "") if x)
-    print(f"dry run, nothing was called: {spec.name} ({spec.provider} {spec.model}) on {filt.id}, "
-          f"{est.already_valid} articles already have a valid label")
-    print(f"  would send {est.requests} requests ({est.articles} new articles x {args.repeats} repeat(s), "
-          f"assuming every answer is valid)")
-    print(f"  expected tokens: {est.input_tokens:,} input (prompt characters / {CHARS_PER_TOKEN:g}) + "
-          f"{est.output_tokens:,} output (~{expected_output_tokens(filt)} per answer)")
-    batch = f"; batch mode ${est.cost_batch:.2f}" if est.cost_batch is not None else "; no batch prices for it"
-    print(f"  expected cost: ${est.cost_sync:.2f} sync{batch}")
-    print("\n".join(dry_run_lines(spec, filt, requests=est.requests, input_tokens=est.input_tokens,
-                                 output_tokens=est.output_tokens, seconds_at_limit=est.seconds_at_limit)))
-    if est.seconds_at_limit is not None:
-        print(f"  time at the rate limit ({limits}): {format_duration(est.seconds_at_limit)}")
-    else:
-        print("  time: no rate limit configured; bounded by the oracle's speed and --concurrency")
-    target = args.target_count
-    if target is not None and est.already_valid + est.articles < target:
-        # the pool cannot make the target: say so, and what the target itself would cost, from the
-        # pool's own measured prompt sizes
-        reachable = est.already_valid + est.articles
-        print(f"the pool is short of the target: at most {reachable:,} of the {target:,} valid labels asked for "
-              f"can come from the {len(ids):,} eligible articles in {args.db} (ingest more with --source); "
-              f"a run stops there")
-        if est.requests:
-            per_in = est.input_tokens / est.requests
-            per_out = est.output_tokens / est.requests
-            requests = (target - est.already_valid) * args.repeats
-            tin, tout = math.ceil(per_in * requests), math.ceil(per_out * requests)
-            seconds = limiter.seconds_for(requests, tin + tout) if limiter.limited else None
-            print(f"  for the target: {requests:,} requests at this pool's measured size ({per_in:,.0f} input + "
-                  f"~{per_out:,.0f} output tokens per request): {tin:,} input + {tout:,} output tokens")
-            print("\n".join(dry_run_lines(spec, filt, requests=requests, input_tokens=tin, output_tokens=tout,
-                                         seconds_at_limit=seconds)))
-    return 0
+def _dry_run_command(o: LabelOptions, filt: Filter, spec: OracleSpec, out: list[str]) -> None:
+    conn = store.connect(o.db, readonly=True, create=False)
+    if o.source:
+        out.append("dry run: --source is not ingested (a dry run writes nothing); the estimate covers what gt.db holds")
+    note = store.check_filter(conn, filt)   # an edited prompt under the same version: refused here too
+    if note:
+        out.append(note)
+    ids = _eligible(conn, filt, o)
+    if o.pick != "random":
+        picked = _apply_picks(conn, filt, spec, ids, o, out, record=False)
+        if picked is None:
+            return
+        ids, o = picked
+    out += dry_run_lines(conn, filt, spec, ids, repeats=o.repeats, target=o.target_count, db=o.db)
 
 
 if __name__ == "__main__":

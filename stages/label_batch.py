@@ -9,9 +9,9 @@ One label run in batch mode:
      in one transaction, before anything is sent;
   3. submits each job with the same prompt, schema and request parameters as a sync call (the
      provider module's own request builder) and records the remote id at once ('submitted');
-  4. polls with backoff, and when a job ends stores every answer through
-     `labelling.record_completion` (same validation, batch prices, cached token counts), an 'error' label for
-     each item that failed or expired, then closes the job ('collected', or the remote end state);
+  4. polls with backoff, and when a job ends stores every answer through `ledger.record_completion`
+     (same validation, batch prices, cached token counts), an 'error' label for each item that
+     failed or expired, then closes the job ('collected', or the remote end state);
   5. retries the failed and expired items (`--batch-retry batch`: a new batch, up to
      --batch-rounds rounds; `sync`: the sync engine; `none`: leave them for the next run).
 
@@ -28,183 +28,34 @@ Prompt caching: the rubric is the prompt's static prefix (Filter.prompt_parts) a
 comes last; Anthropic requests mark the rubric `cache_control: ephemeral`; Gemini and OpenAI cache
 prefixes implicitly. Cached token counts come back per item and are stored in labels.cached_tokens
 and priced at the cache-read price (OracleSpec.cost with batch=True).
+
+The jobs as gt.db records them, and their planning and splitting, are stages/batch_jobs.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
-import math
 import sqlite3
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
-from stages import store
+from stages import cli, store
+from stages.batch_jobs import (CLOSED_STATES, COLLECTED, RUNNING, SUBMITTED, create_jobs, epoch, failed_units,
+                               job_owner, job_tag, job_units, now_iso, open_jobs, plan_units, request_for, set_job,
+                               split_jobs)
 from stages.filters import Filter
-from stages.labelling import (BATCH_LEASE_TTL_S, LabelKey, LabelOutcome, article_text, build_request, claim_unit,
-                              existing_labels, format_duration, label_articles, owner_id, plan_items,
-                              record_completion, recorded_spend, scrub_secrets, store_outcome, worst_case_cost)
-from stages.oracles.base import (FatalError, OracleError, OracleRequest, OracleSpec, QuotaExhausted, RateLimited,
-                                 TransientError)
-from stages.oracles.batch import (BATCH_PROVIDERS, REMOTE_ENDED, TURNAROUND, BatchAdapter, BatchUnavailable, ItemResult,
-                                  JobNotFound, RemoteState, cache_min_tokens, cached_share, check_batch_support, limits,
-                                  make_adapter)
-
-# job states written to batch_jobs.state
-PREPARING, SUBMITTED, RUNNING, COLLECTED = "preparing", "submitted", "running", "collected"
-CLOSED_STATES = ("collected", "failed", "expired", "cancelled")
-
-# ---- gt.db ----------------------------------------------------------------------------------------
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _epoch(iso: str | None) -> float:
-    if not iso:
-        return 0.0
-    import calendar
-    return float(calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")))
-
-
-def open_jobs(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec) -> list[sqlite3.Row]:
-    """Jobs of this (filter, oracle, prompt hash) not yet closed, oldest first."""
-    return conn.execute(
-        f"""SELECT j.*, r.started_at AS run_started_at FROM batch_jobs j JOIN label_runs r ON r.id = j.run_id
-            WHERE r.filter_id = ? AND r.oracle = ? AND r.prompt_sha256 = ?
-              AND j.state NOT IN ({",".join("?" * len(CLOSED_STATES))})
-            ORDER BY j.id""",
-        (filt.id, spec.name, filt.prompt_sha256, *CLOSED_STATES)).fetchall()
-
-
-def job_units(row: sqlite3.Row) -> list[tuple[str, str, int]]:
-    """[(custom_id, article_id, repeat), ...] of a job."""
-    return [(c, a, int(r)) for c, a, r in json.loads(row["requests_json"] or "[]")]
-
-
-def job_tag(row: sqlite3.Row) -> str:
-    """The name a job carries at the provider (display name / metadata), stable across restarts
-    and distinct between databases (it hashes the run's start time and the job's requests)."""
-    digest = hashlib.sha256(f"{row['run_id']}|{row['run_started_at']}|{row['id']}|{row['requests_json']}".encode())
-    return f"gt-{row['id']}-{digest.hexdigest()[:12]}"
-
-
-def create_jobs(conn: sqlite3.Connection, run_id: int, provider: str, chunks: list[list[tuple[str, int]]],
-                key: LabelKey | None = None) -> list[int]:
-    """Record the planned jobs as 'preparing' (all or none); custom ids are `j<job id>-<n>`, which
-    every provider accepts and which never repeat within a database. With `key`, each unit is
-    claimed for its job (owner 'job:<id>') in the same transaction, and a unit another process
-    holds or has labelled meanwhile is left out, so nobody pays for it twice."""
-    ids = []
-    with store.transaction(conn):
-        for units in chunks:
-            cur = conn.execute(
-                "INSERT INTO batch_jobs (run_id, provider, state, request_count, requests_json) VALUES (?, ?, ?, ?, '[]')",
-                (run_id, provider, PREPARING, len(units)))
-            job_id = int(cur.lastrowid)
-            if key is not None:
-                units = [(aid, rep) for aid, rep in units
-                         if claim_unit(conn, key, aid, rep, owner=job_owner(job_id), run_id=run_id,
-                                       ttl_s=BATCH_LEASE_TTL_S) == "claimed"]
-                if not units:
-                    conn.execute("DELETE FROM batch_jobs WHERE id = ?", (job_id,))
-                    continue
-            requests = [[f"j{job_id}-{n}", aid, rep] for n, (aid, rep) in enumerate(units)]
-            conn.execute("UPDATE batch_jobs SET requests_json = ?, request_count = ? WHERE id = ?",
-                         (json.dumps(requests), len(units), job_id))
-            ids.append(job_id)
-    return ids
-
-
-def job_owner(job_id: int) -> str:
-    """The lease owner of a job's units: the job holds them until it is collected."""
-    return f"job:{job_id}"
-
-
-def _set(conn: sqlite3.Connection, job_id: int, **values: Any) -> None:
-    cols = ", ".join(f"{k} = ?" for k in values)
-    with store.transaction(conn):
-        conn.execute(f"UPDATE batch_jobs SET {cols} WHERE id = ?", (*values.values(), job_id))
-
-
-# ---- planning -------------------------------------------------------------------------------------
-
-def plan_units(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str], *,
-               repeats: int, target_valid: int | None, in_jobs: set[tuple[str, int]]) -> tuple[list[tuple[str, int]], int]:
-    """The (article, repeat) units to send now, in sample order, and how many articles the
-    prefilter skipped. The sync engine's planner (labelling.plan_items): a unit with an ok or
-    invalid label is never sent again, an 'error' label is retried, a unit another live process
-    holds is left to it; with `target_valid`, articles are taken until those with a valid label
-    plus those in flight (in open jobs, or leased) reach the target."""
-    from stages.labelling import live_leases
-    key = LabelKey.of(filt, spec.name)
-    existing = existing_labels(conn, filt, spec.name)
-    leased = {(a, r) for a, r, _ in live_leases(conn, key)}
-    busy = set(in_jobs) | leased
-    counted = sum(1 for a in article_ids if existing.get((a, 0)) == "ok")
-    counted += len({a for a, r in busy if r == 0 and existing.get((a, 0)) != "ok"})
-    units: list[tuple[str, int]] = []
-    prefiltered = 0
-    for item in plan_items(article_ids, existing, repeats=repeats, target=target_valid, skip=busy):
-        if item.primary and counted >= target_valid:
-            continue
-        found = article_text(conn, item.article_id)
-        if found is None:
-            continue
-        if filt.prefilter_reason(*found):
-            prefiltered += 1
-            continue
-        units += [(item.article_id, r) for r in item.repeats]
-        if item.primary:
-            counted += 1
-    return units, prefiltered
-
-
-def request_for(conn: sqlite3.Connection, filt: Filter, article_id: str, repeat: int) -> OracleRequest:
-    row = conn.execute("SELECT title, text FROM articles WHERE id = ?", (article_id,)).fetchone()
-    if row is None:
-        raise LookupError(f"article {article_id} is no longer in gt.db")
-    return build_request(filt, article_id, repeat, row[0] or "", row[1] or "")
-
-
-def split_jobs(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, adapter: BatchAdapter,
-               units: list[tuple[str, int]], max_requests: int | None, max_bytes: int,
-               budget: float | None = None) -> tuple[list[list[tuple[str, int]]], float, int]:
-    """Greedy split in sample order: a job closes when one more item would pass the request count
-    or the byte size (of the serialised items, measured with a custom id of the longest form).
-    With `budget` (USD), units stop once their worst-case cost at batch prices (every prompt byte a
-    third of a token, a full-length answer) would pass it. Returns (jobs, reserved USD, units left out)."""
-    chunks: list[list[tuple[str, int]]] = []
-    current: list[tuple[str, int]] = []
-    size = 0
-    reserved = 0.0
-    for i, (aid, rep) in enumerate(units):
-        request = request_for(conn, filt, aid, rep)
-        if budget is not None:
-            worst = worst_case_cost(spec, request, batch=True)
-            if reserved + worst > budget + 1e-12:
-                if current:
-                    chunks.append(current)
-                return chunks, reserved, len(units) - i
-            reserved += worst
-        item = adapter.item("j999999999-99999", request)
-        n = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8")) + 1
-        if n > max_bytes:
-            raise BatchUnavailable(f"article {aid} alone ({n} bytes) exceeds the batch size limit ({max_bytes} bytes)")
-        if current and ((max_requests and len(current) >= max_requests) or size + n > max_bytes):
-            chunks.append(current)
-            current, size = [], 0
-        current.append((aid, rep))
-        size += n
-    if current:
-        chunks.append(current)
-    return chunks, reserved, 0
-
+from stages.labelling import label_articles
+from stages.leases import LabelKey, owner_id
+from stages.ledger import LabelOutcome, record_completion, recorded_spend, scrub_secrets, store_outcome
+from stages.planning import existing_labels, worst_case_cost
+from stages.oracles.base import FatalError, OracleError, OracleSpec, QuotaExhausted, RateLimited, TransientError
+from stages.oracles import batch as batch_services
+from stages.oracles.batch import (REMOTE_ENDED, BatchAdapter, BatchUnavailable, ItemResult, JobNotFound, RemoteState,
+                                  check_batch_support, limits, make_adapter)
 
 # ---- the run --------------------------------------------------------------------------------------
 
@@ -283,22 +134,22 @@ class BatchRun:
         units = job_units(row)
         if row["submitted_at"]:   # an earlier process may have sent it before dying: look first
             known = {r[0] for r in self.conn.execute("SELECT remote_id FROM batch_jobs WHERE remote_id IS NOT NULL")}
-            found = await self.adapter.find(tag, request_count=len(units), attempted_at=_epoch(row["submitted_at"]),
+            found = await self.adapter.find(tag, request_count=len(units), attempted_at=epoch(row["submitted_at"]),
                                             known=known)
             if found:
-                _set(self.conn, row["id"], remote_id=found, state=SUBMITTED)
+                set_job(self.conn, row["id"], remote_id=found, state=SUBMITTED)
                 self.summary.jobs_adopted += 1
                 self._note(f"job {row['id']}: found {found} at {self.spec.provider} (sent before a restart), not resent")
                 return True
         items = [self.adapter.item(cid, request_for(self.conn, self.filt, aid, rep)) for cid, aid, rep in units]
-        _set(self.conn, row["id"], submitted_at=_now())   # from here on a restart looks before resending
+        set_job(self.conn, row["id"], submitted_at=now_iso())   # from here on a restart looks before resending
         try:
             remote_id = await self.adapter.submit(items, tag)
         except (RateLimited, TransientError) as e:
-            _set(self.conn, row["id"], error=scrub_secrets(_short(str(e)), self.spec))
+            set_job(self.conn, row["id"], error=scrub_secrets(_short(str(e)), self.spec))
             self._note(f"job {row['id']}: not accepted yet ({_short(str(e), 160)}); will try again")
             return False
-        _set(self.conn, row["id"], remote_id=remote_id, state=SUBMITTED, error=None)
+        set_job(self.conn, row["id"], remote_id=remote_id, state=SUBMITTED, error=None)
         self.summary.jobs_submitted += 1
         self._note(f"job {row['id']}: submitted {len(units)} requests as {remote_id}")
         return True
@@ -345,7 +196,7 @@ class BatchRun:
         self.conn.execute("DELETE FROM label_leases WHERE owner = ?", (owner,))
         final = COLLECTED if remote.state == "ended" else remote.state
         note = ", ".join(f"{n} {k}" for k, n in sorted(failures.items())) or None
-        _set(self.conn, row["id"], state=final, completed_at=_now(),
+        set_job(self.conn, row["id"], state=final, completed_at=now_iso(),
              error=scrub_secrets(f"{remote.detail}; {note}" if note else None, self.spec))
         self.summary.jobs_collected += 1
         answered = len(units) - sum(failures.values())
@@ -416,7 +267,7 @@ class BatchRun:
                     except (RateLimited, TransientError) as e:
                         self._note(f"job {row['id']}: results not available yet ({_short(str(e), 160)}); trying again")
                 elif remote.state == "running" and row["state"] != RUNNING:
-                    _set(self.conn, row["id"], state=RUNNING)
+                    set_job(self.conn, row["id"], state=RUNNING)
             if once or not open_jobs(self.conn, self.filt, self.spec):
                 return
             if self.bar is not None:
@@ -500,13 +351,6 @@ class BatchRun:
         return self.summary
 
 
-def failed_units(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec) -> list[tuple[str, int]]:
-    rows = conn.execute(
-        """SELECT article_id, "repeat" FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ?
-           AND status = 'error' ORDER BY id""", (filt.id, spec.name, filt.prompt_sha256))
-    return [(r[0], int(r[1])) for r in rows]
-
-
 def run_batch(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str],
               options: BatchOptions, *, adapter: BatchAdapter | None = None) -> BatchSummary:
     """Label `article_ids` through the provider's batch service (see the module docstring).
@@ -588,7 +432,7 @@ def live_status_lines(conn: sqlite3.Connection) -> list[str]:
                         out.append(f"  job {j['id']} ({oracle} {j['remote_id']}): could not poll: {_short(str(e), 200)}")
                         continue
                     if remote.state == "running" and j["state"] == SUBMITTED:
-                        _set(conn, j["id"], state=RUNNING)
+                        set_job(conn, j["id"], state=RUNNING)
                     ended = " (ended: run `make label MODE=batch` to collect)" if remote.state in REMOTE_ENDED else ""
                     out.append(f"  job {j['id']} ({oracle} {j['remote_id']}, {j['request_count']} requests): "
                                f"{remote.detail or remote.state}{ended}")
@@ -596,37 +440,6 @@ def live_status_lines(conn: sqlite3.Connection) -> list[str]:
                 await adapter.aclose()
 
     asyncio.run(poll_all())
-    return out
-
-
-# ---- --dry-run ------------------------------------------------------------------------------------
-
-def dry_run_lines(spec: OracleSpec, filt: Filter, *, requests: int, input_tokens: int, output_tokens: int,
-                  seconds_at_limit: float | None, chars_per_token: float = 4.0) -> list[str]:
-    """The lines `--dry-run` adds: sync vs batch vs batch + prompt cache, and when each finishes."""
-    rubric, _ = filt.prompt_parts("", "")
-    prefix = math.ceil(len(rubric) / chars_per_token)
-    cached = cached_share(spec, prefix, requests)
-    write = prefix if cached and spec.cache_write_per_m is not None else 0
-    sync = spec.cost(input_tokens, output_tokens)
-    sync_cached = spec.cost(input_tokens, output_tokens, cached, cache_write_tokens=write)
-    out = [f"  cost by mode: sync {_usd(sync)}, sync + prompt cache {_usd(sync_cached)}"]
-    minimum = cache_min_tokens(spec)
-    if spec.batch_input_per_m is not None and spec.provider in BATCH_PROVIDERS:
-        batch = spec.cost(input_tokens, output_tokens, batch=True)
-        batch_cached = spec.cost(input_tokens, output_tokens, cached, batch=True, cache_write_tokens=write)
-        out[0] += f", batch {_usd(batch)}, batch + prompt cache {_usd(batch_cached)}"
-        sync_time = (f"{format_duration(seconds_at_limit)} at the rate limit" if seconds_at_limit
-                     else "bounded by the oracle's speed and --concurrency")
-        out.append(f"  completion time: sync {sync_time}; batch {TURNAROUND[spec.provider]}")
-    else:
-        out.append("  no batch mode for this oracle (no batch prices in oracles.yaml)")
-    if minimum is not None and prefix < minimum:
-        out.append(f"  prompt cache: the rubric is ~{prefix} tokens, below {spec.name}'s {minimum}-token minimum "
-                   f"cacheable prefix, so no cache discount is expected (a longer rubric would be cached)")
-    elif cached:
-        out.append(f"  prompt cache: ~{prefix} rubric tokens per request read from cache after the first "
-                   f"(best case; cache hits are not guaranteed, least of all in batch mode)")
     return out
 
 
@@ -647,65 +460,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="submit the jobs, record them in gt.db and exit; run the same command later to collect")
 
 
-def main_batch(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str],
-               args: argparse.Namespace, resume: str = "the same command") -> int:
-    """`--mode batch` of the label stage: runs, prints the summary, returns the exit code."""
+def run_batch_command(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str],
+                      options: BatchOptions) -> BatchSummary:
+    """`--mode batch` of the label stage: run_batch, its failures as the stage's one-line errors
+    (cli.UsageError: no batch mode for this oracle; cli.StageError: a missing key, a spent quota, a
+    rejected job). Ctrl-C comes through as KeyboardInterrupt: the jobs sent are recorded."""
     from stages.oracles.registry import MissingKey
-    if getattr(args, "batch_rounds", 3) < 1:
-        print("error: --batch-rounds must be at least 1 (pass e.g. --batch-rounds 3)", file=sys.stderr)
-        return 2
-    if getattr(args, "batch_poll", 30.0) <= 0 or getattr(args, "batch_max_poll", 600.0) <= 0:
-        print("error: --batch-poll and --batch-max-poll must be positive seconds", file=sys.stderr)
-        return 2
-    params = {k: v for k, v in vars(args).items() if k not in ("status", "dry_run", "db")}
-    options = BatchOptions(
-        repeats=args.repeats, target_valid=args.target_count, retry=getattr(args, "batch_retry", "batch"),
-        rounds=getattr(args, "batch_rounds", 3), poll_s=getattr(args, "batch_poll", 30.0),
-        max_poll_s=max(getattr(args, "batch_max_poll", 600.0), getattr(args, "batch_poll", 30.0)),
-        wait=not getattr(args, "batch_no_wait", False), seed=args.seed, params=params, progress=True,
-        concurrency=args.concurrency, max_cost=args.max_cost, max_total_cost=getattr(args, "max_total_cost", None))
     try:
-        summary = run_batch(conn, filt, spec, article_ids, options)
+        return run_batch(conn, filt, spec, article_ids, options)
     except BatchUnavailable as e:
-        print(f"error: {e} (use --mode sync, or add batch prices to oracles.yaml)", file=sys.stderr)
-        return 2
+        raise cli.UsageError(f"{e} (use --mode sync, or add batch prices to oracles.yaml)") from None
     except MissingKey as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise cli.StageError(str(e)) from None
     except QuotaExhausted as e:
-        print(f"error: {scrub_secrets(str(e), spec)}; {e.resume_hint or 're-run the same command to resume'}",
-              file=sys.stderr)
-        return 1
+        raise cli.StageError(f"{scrub_secrets(str(e), spec)}; {e.resume_hint or 're-run the same command to resume'}") \
+            from None
     except FatalError as e:
-        print(f"error: {spec.name} rejected a batch: {scrub_secrets(str(e), spec)} (jobs already sent are recorded "
-              f"in gt.db and will be collected by the next run; check the key, model id and oracles.yaml)",
-              file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: every submitted batch is recorded in gt.db (make label-status); run the same command "
-              "to keep polling and collect it, nothing is resubmitted", file=sys.stderr)
-        return 130
-    print(describe(summary, spec, filt, args.target_count))
-    if args.output_dir and not summary.waiting:
-        from stages.label import export
-        print(export(conn, filt, spec, args.output_dir))
-    print(f"database: {args.db} (open batch jobs: python -m stages.label --status --db {args.db})")
-    if summary.waiting or summary.budget_left_out:
-        return 0
+        raise cli.StageError(f"{spec.name} rejected a batch: {scrub_secrets(str(e), spec)} (jobs already sent are "
+                             f"recorded in gt.db and will be collected by the next run; check the key, model id and "
+                             f"oracles.yaml)") from None
+
+
+def missing_labels(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str],
+                   summary: BatchSummary, target: int | None, resume: str) -> str | None:
+    """After every job was collected: what is missing because items failed or expired, or None."""
     existing = existing_labels(conn, filt, spec.name)
     ids = set(article_ids)
     failed = sum(1 for (a, _), st in existing.items() if st == "error" and a in ids)
     ok_total = sum(1 for a in ids if existing.get((a, 0)) == "ok")
-    if args.target_count and ok_total < args.target_count and failed:
-        print(f"error: target not reached: {args.target_count - ok_total} valid label(s) missing "
-              f"({ok_total}/{args.target_count}) after {summary.rounds} batch round(s); {failed} item(s) ended as "
-              f"'error' (failed or expired). Resume with: {resume}", file=sys.stderr)
-        return 1
-    if not args.target_count and failed:
-        print(f"error: {failed} item(s) ended as 'error' (failed or expired) after {summary.rounds} batch round(s), "
-              f"so {failed} label(s) are missing. Resume with: {resume}", file=sys.stderr)
-        return 1
-    return 0
+    if target and ok_total < target and failed:
+        return (f"target not reached: {target - ok_total} valid label(s) missing ({ok_total}/{target}) after "
+                f"{summary.rounds} batch round(s); {failed} item(s) ended as 'error' (failed or expired). Resume "
+                f"with: {resume}")
+    if not target and failed:
+        return (f"{failed} item(s) ended as 'error' (failed or expired) after {summary.rounds} batch round(s), so "
+                f"{failed} label(s) are missing. Resume with: {resume}")
+    return None
 
 
 def describe(s: BatchSummary, spec: OracleSpec, filt: Filter, target: int | None) -> str:
@@ -724,16 +514,12 @@ def describe(s: BatchSummary, spec: OracleSpec, filt: Filter, target: int | None
         parts.append(f"{s.budget_left_out} label(s) not sent: the cost limit was reached (raise it and run again)")
     if s.waiting:
         parts.append(f"{s.waiting} job(s) still open at the provider: run the same command again to collect them "
-                     f"({TURNAROUND.get(spec.provider, '')})")
+                     f"({batch_services.TURNAROUND.get(spec.provider, '')})")
     if s.run_id is not None:
         parts.append(f"run {s.run_id}")
     text = "; ".join(parts) + "."
     extra = [n for n in s.notes if "retried as sync" in n]
     return "\n".join([text, *extra])
-
-
-def _usd(value: float) -> str:
-    return f"${value:,.2f}" if value >= 1 else f"${value:.4f}"
 
 
 def _short(text: str, n: int = 500) -> str:

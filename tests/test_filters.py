@@ -412,3 +412,13 @@ def test_prefilter_rules_of_both_filters(uplifting, sustainability):
     assert uplifting.prefilter_reason("Co-op", "The cooperative's quarterly earnings went to members.") is None
     assert sustainability.prefilter_reason("Solar", "This is sponsored content about panels.") == "advertising"
     assert sustainability.prefilter_reason("Solar", "A plant opened.") is None
+
+
+def test_the_answer_schema_and_rubric_are_built_once_and_every_request_carries_them(uplifting):
+    from stages.planning import build_request
+    first = build_request(uplifting, "a", 0, "One", "First text.")
+    second = build_request(uplifting, "b", 1, "Two", "Second text.")
+    assert first.schema is second.schema is uplifting.answer_schema()
+    assert first.rubric is second.rubric
+    jsonschema.validate(_valid_answer(uplifting), first.schema)
+    assert "First text." in first.article and "Second text." in second.article

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from stages import store
-from stages.label import RetryPolicy, eligible_article_ids, label_articles
+from stages.cli import UsageError
+from stages.label import LabelOptions, RetryPolicy, RunOptions, eligible_article_ids, label_articles, run_label
 from stages.oracles import registry
 from tests.conftest import ROOT, add_articles, sample_articles
 from tests.fakes.answers import expected_answer
@@ -192,8 +193,11 @@ def test_repeats_are_stored_and_never_paid_twice(conn, uplifting, fake_env):
     assert first.ok == 12
     got = conn.execute('SELECT article_id, "repeat" FROM labels ORDER BY 1, 2').fetchall()
     assert [tuple(r) for r in got] == [(a, r) for a in sorted(ids) for r in range(3)]
-    again = label_articles(conn, uplifting, spec, ids, repeats=3, progress=False)
+    # the run's settings as one RunOptions, a keyword on top of it
+    again = label_articles(conn, uplifting, spec, ids, RunOptions(repeats=3, concurrency=2), progress=False)
     assert again.requested == 0 and again.skipped_existing == 12 and fake_env.requests == 12
+    with pytest.raises(TypeError):
+        label_articles(conn, uplifting, spec, ids, no_such_setting=1)
 
 
 # ---- the command line ----------------------------------------------------------------------------
@@ -395,3 +399,20 @@ def test_dry_run_on_a_pool_short_of_the_target_says_so_and_projects_the_target(s
     # the time lines agree: 60 requests at 60 RPM is a minute, 1,200 are 20 minutes
     assert "completion time: sync 60 s at the rate limit" in out and "time at the rate limit (60 RPM): 60 s" in out
     assert "completion time: sync 20.0 min at the rate limit" in out
+
+
+def test_run_label_returns_its_lines_and_error_and_prints_nothing(sample_db, tmp_path, capsys):
+    """The stage's work without its command line: lines and error come back, main prints them."""
+    bad = run_label(LabelOptions(db=str(sample_db), concurrency=0))
+    assert bad.lines == [] and isinstance(bad.error, UsageError) and bad.error.exit_code == 2
+    assert "--concurrency must be at least 1, got 0" in str(bad.error)
+    missing = tmp_path / "nowhere" / "gt.db"
+    gone = run_label(LabelOptions(db=str(missing), status=True))
+    assert gone.error.exit_code == 1 and str(missing) in str(gone.error) and not missing.parent.exists()
+    dry = run_label(LabelOptions(db=str(sample_db), target_count=3, random_sample=True, dry_run=True))
+    assert dry.error is None and any("would send 3 requests" in line for line in dry.lines)
+    assert capsys.readouterr() == ("", "")
+    from stages.label import main
+    assert main(["--db", str(sample_db), "--concurrency", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "error: --concurrency must be at least 1, got 0 (pass a positive number)\n"

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from stages import store
-from stages.labelling import LabelOutcome, store_outcome
+from stages.leases import LabelKey, claim_unit, live_leases
+from stages.ledger import LabelOutcome, store_outcome
 from stages.oracles import registry
 from tests.conftest import ROOT, add_articles, edited_filter_copy, sample_articles
 from tests.fakes.answers import expected_answer
@@ -134,7 +135,6 @@ def test_two_processes_at_once_make_the_target_once_and_pay_about_once(db, tmp_p
 def test_a_unit_held_by_a_live_lease_is_not_paid_for_and_dead_or_expired_leases_are_taken_over(db, tmp_path, fake,
                                                                                          uplifting, monkeypatch):
     from stages.label import eligible_article_ids, label_articles
-    from stages.labelling import LabelKey
     for k, v in fake.env(api_key=SECRET).items():
         monkeypatch.setenv(k, v)
     conn = store.connect(db)
@@ -326,6 +326,52 @@ def test_retrying_an_error_label_keeps_the_cost_it_had(conn, uplifting):
     assert [tuple(r) for r in conn.execute("SELECT status FROM labels")] == [("ok",)]
     row = conn.execute("SELECT cost_usd, calls, input_tokens FROM label_runs").fetchone()
     assert tuple(row) == (pytest.approx(0.03), 2, 200)
+
+
+def test_storing_an_answer_is_one_transaction_label_ledger_and_lease_or_nothing(conn, uplifting):
+    add_articles(conn, sample_articles(1))
+    aid = sample_articles(1)[0]["id"]
+    key = LabelKey.of(uplifting, "x")
+    run_id = store.start_run(conn, purpose="label", filt=uplifting, oracle="x", provider="openai", model="m")
+    failed = LabelOutcome("error", error="timed out", attempts=1)
+    store_outcome(conn, run_id=run_id, filt=uplifting, oracle="x", article_id=aid, repeat=0, outcome=failed)
+    with store.transaction(conn):
+        assert claim_unit(conn, key, aid, 0, owner="me:1:1", run_id=run_id) == "claimed"
+    scores = {n: 5.0 for n in uplifting.dimension_names}
+    answer = LabelOutcome("ok", scores=scores, content_type="other", evidence={n: "e" for n in scores},
+                          cost_usd=0.02, input_tokens=100, calls=1)
+    # the ledger refuses the update: the label, its scores and the lease release must not happen either
+    conn.execute("CREATE TEMP TRIGGER refuse BEFORE UPDATE OF cost_usd ON label_runs "
+                 "BEGIN SELECT RAISE(ABORT, 'ledger refused'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="ledger refused"):
+        store_outcome(conn, run_id=run_id, filt=uplifting, oracle="x", article_id=aid, repeat=0, outcome=answer,
+                      owner="me:1:1")
+    assert [tuple(r) for r in conn.execute("SELECT status, error FROM labels")] == [("error", "timed out")]
+    assert conn.execute("SELECT COUNT(*) FROM label_scores").fetchone()[0] == 0
+    assert [a for a, _, _ in live_leases(conn, key)] == [aid]
+    assert conn.execute("SELECT cost_usd FROM label_runs").fetchone()[0] == 0
+    conn.execute("DROP TRIGGER refuse")
+    store_outcome(conn, run_id=run_id, filt=uplifting, oracle="x", article_id=aid, repeat=0, outcome=answer,
+                  owner="me:1:1")
+    assert [tuple(r) for r in conn.execute("SELECT status FROM labels")] == [("ok",)]
+    assert conn.execute("SELECT COUNT(*) FROM label_scores").fetchone()[0] == len(scores)
+    assert live_leases(conn, key) == []
+    assert conn.execute("SELECT cost_usd FROM label_runs").fetchone()[0] == pytest.approx(0.02)
+
+
+def test_stored_and_printed_messages_lose_every_key_the_registry_knows_of(tmp_path, monkeypatch):
+    import dataclasses
+    from stages.ledger import scrub_secrets
+    names = sorted(registry.key_variables())
+    assert {"OPENAI_API_KEY", "DEEPSEEK_API_KEY"} <= set(names)
+    for i, name in enumerate(names):
+        monkeypatch.setenv(name, f"secret-{i}-of-{name}")
+    message = "; ".join(f"{name} was secret-{i}-of-{name}" for i, name in enumerate(names))
+    assert "secret-" not in scrub_secrets(message) and scrub_secrets(message).count("***") == len(names)
+    monkeypatch.setenv("TEAM_LLM_KEY", "team-secret-123")
+    spec = dataclasses.replace(fake_spec(tmp_path), api_key_env="TEAM_LLM_KEY")
+    assert scrub_secrets("echo: team-secret-123", spec) == "echo: ***"
+    assert scrub_secrets("echo: team-secret-123") == "echo: team-secret-123"   # a variable only the spec names
 
 
 def test_max_total_cost_caps_all_recorded_spend_and_max_cost_is_per_invocation(db, tmp_path, env, fake):
