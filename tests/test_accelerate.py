@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.conftest import ROOT
-from tests.test_train import tiny_qwen_dir, train_args, write_splits
+from tests.conftest import tiny_qwen_dir, train_args, write_splits
 
 ACCELERATE = Path(sys.executable).with_name("accelerate")
 

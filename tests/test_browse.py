@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from stages import browse
-from tests.test_coverage import MAIN, N_MAIN, OTHER, build_fixed_db
+from tests.conftest import MAIN, N_MAIN, OTHER, build_fixed_db
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,7 @@ from stages.calibrate import Rater, Thresholds
 from stages.label import label_articles
 from stages.oracles import registry
 from stages.oracles.base import OracleSpec
-from tests.fakes.server import FakeProviderServer
-from tests.test_label import add_articles, sample_articles
+from tests.conftest import ORACLES
 
 # ---- the recommendation rule on fixed data ----------------------------------------------------
 
@@ -129,44 +128,6 @@ def test_consensus_of_three_is_the_default_reference(uplifting, truth):
 
 # ---- end to end against the fake provider server -----------------------------------------------
 
-ORACLES = {
-    # the reference: answers exactly what the fake derives from the article
-    "fake-pro": {"provider": "openai", "model": "fake-pro", "input_per_m": 2.5, "output_per_m": 10.0,
-                 "batch_input_per_m": 1.25, "batch_output_per_m": 5.0, "rpm": 500, "tpm": None,
-                 "api_key_env": "OPENAI_API_KEY", "timeout_s": 10},
-    # cheaper, a little noise (scores moved by up to 1 point): should qualify
-    "fake-flash": {"provider": "gemini", "model": "fake-flash-noise1", "input_per_m": 0.3, "output_per_m": 2.5,
-                   "batch_input_per_m": 0.15, "batch_output_per_m": 1.25, "rpm": 1000, "tpm": None,
-                   "api_key_env": "GEMINI_API_KEY", "timeout_s": 10},
-    # cheapest, very noisy (up to 5 points): should not
-    "fake-mini": {"provider": "anthropic", "model": "fake-mini-noise5", "input_per_m": 0.1, "output_per_m": 0.4,
-                  "rpm": 1000, "tpm": None, "api_key_env": "ANTHROPIC_API_KEY", "timeout_s": 10},
-}
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeProviderServer(latency_s=0.0) as srv:
-        yield srv
-
-
-@pytest.fixture
-def fake_env(server, monkeypatch, tmp_path):
-    server.reset()
-    for k, v in server.env().items():
-        monkeypatch.setenv(k, v)
-    path = tmp_path / "oracles.yaml"
-    path.write_text(json.dumps({"oracles": ORACLES}), encoding="utf-8")   # JSON is YAML
-    return server, path
-
-
-@pytest.fixture
-def db_with_articles(db_path, uplifting):
-    c = store.connect(db_path)
-    store.register_filter(c, uplifting)
-    add_articles(c, sample_articles(40))
-    c.close()
-    return db_path
 
 
 def test_three_models_end_to_end_report_json_plots_and_reuse(db_with_articles, fake_env, tmp_path, uplifting, capsys):

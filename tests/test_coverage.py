@@ -13,89 +13,11 @@ import pandas as pd
 import pytest
 
 from stages import coverage, coverage_report, store
+from tests.conftest import MAIN, N_MAIN, OTHER, add_article, build_fixed_db
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample" / "articles.jsonl"
-MAIN, OTHER = "gemini-pro", "claude-haiku"
-N_MAIN = 40
 SPARSE = 0.05  # with 40 labels a bin holding 1 label (2.5%) is sparse
-
-
-def fixed_scores(filt) -> pd.DataFrame:
-    """The fixed labelled set: 40 labels, one per article, built so that
-    - agency has many zeros and a 10 (bins 0 and 10 used),
-    - progress has exactly one label in bin 9 (sparse) and bin 10 empty,
-    - justice never goes above 7.5 (bins 8-10 empty; 7.5 must count in bin 7),
-    - wonder has no 0 (lowest 1) and nothing in bin 5 (an interior gap),
-    - every dimension has half points, content types include the capped ones, collective_benefit
-      under 3 trips the gatekeeper, and one article has no source."""
-    rng = np.random.default_rng(1234)
-    halves = np.arange(0, 21) / 2
-    data = {d: rng.choice(halves, size=N_MAIN) for d in filt.dimension_names}
-    data["agency"][:8] = 0.0
-    data["agency"][8] = 10.0
-    data["agency"][9] = 6.5
-    progress = rng.choice(np.arange(0, 18) / 2, size=N_MAIN)  # 0 .. 8.5
-    progress[0] = 9.5
-    data["progress"] = progress
-    data["justice"] = rng.choice(np.arange(0, 16) / 2, size=N_MAIN)  # 0 .. 7.5
-    data["justice"][:3] = 7.5
-    wonder_values = np.array([1, 1.5, 2, 3, 3.5, 4, 4.5, 6, 6.5, 7, 8, 9, 10])
-    data["wonder"] = rng.choice(wonder_values, size=N_MAIN)
-    data["wonder"][:len(wonder_values)] = wonder_values
-    frame = pd.DataFrame(data)
-    frame.loc[0:5, "collective_benefit"] = [2.5, 2.0, 0.5, 2.5, 1.0, 0.0]
-    for d in filt.dimension_names:  # the high profiles: some labels reach the impact tier
-        if d not in ("justice", "progress", "wonder"):
-            frame.loc[30:34, d] = [9.0, 8.5, 9.5, 10.0, 8.0]
-    types = list(filt.content_types)
-    frame["content_type"] = [types[i % len(types)] for i in range(N_MAIN)]
-    frame.loc[31, "content_type"] = "corporate_finance"  # a high scorer capped at 2.0
-    frame["article_id"] = [f"art-{i:03d}" for i in range(N_MAIN)]
-    frame["source"] = ["Wikinews" if i % 3 else "VOA Learning English" for i in range(N_MAIN)]
-    frame.loc[39, "source"] = None
-    return frame
-
-
-def add_article(conn, article_id: str, source: str | None, dup_of: str | None = None) -> None:
-    conn.execute(
-        "INSERT INTO articles (id, title, text, source, content_hash, chars, dup_of) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (article_id, f"title {article_id}", "synthetic test text " * 20, source, f"hash-{article_id}", 400, dup_of),
-    )
-
-
-def build_fixed_db(db_path: Path, filt) -> pd.DataFrame:
-    """gt.db with the fixed set by MAIN, plus labels that must stay out of the default analysis:
-    fewer labels by OTHER, repeat 1 labels, an invalid label and a labelled duplicate article."""
-    frame = fixed_scores(filt)
-    conn = store.connect(db_path)
-    store.register_filter(conn, filt)
-    run = store.start_run(conn, purpose="label", filt=filt, oracle=MAIN, provider="gemini", model="gemini-2.5-pro")
-    other_run = store.start_run(conn, purpose="calibrate", filt=filt, oracle=OTHER, provider="anthropic",
-                                model="claude-haiku-4-5")
-    for row in frame.itertuples(index=False):
-        add_article(conn, row.article_id, row.source)
-        scores = {d: getattr(row, d) for d in filt.dimension_names}
-        store.insert_label(conn, run_id=run, article_id=row.article_id, filt=filt, oracle=MAIN, status="ok",
-                           scores=scores, content_type=row.content_type, cost_usd=0.0002, input_tokens=900,
-                           output_tokens=150)
-    for k in range(5):  # a second repeat of five articles, far from the first answers
-        store.insert_label(conn, run_id=run, article_id=f"art-{k:03d}", filt=filt, oracle=MAIN, status="ok",
-                           repeat=1, scores={d: 10.0 for d in filt.dimension_names}, content_type="other")
-    for k in range(12):  # another oracle on 12 articles: 12 < 40, so not the default label set
-        store.insert_label(conn, run_id=other_run, article_id=f"art-{k:03d}", filt=filt, oracle=OTHER, status="ok",
-                           scores={d: (k % 4) * 2.5 for d in filt.dimension_names}, content_type="other",
-                           cost_usd=0.001, input_tokens=800, output_tokens=100)
-    add_article(conn, "art-invalid", "Wikinews")
-    store.insert_label(conn, run_id=run, article_id="art-invalid", filt=filt, oracle=MAIN, status="invalid",
-                       raw_response="{}", error="scores: missing agency")
-    add_article(conn, "art-dup", "Wikinews", dup_of="art-000")
-    store.insert_label(conn, run_id=run, article_id="art-dup", filt=filt, oracle=MAIN, status="ok",
-                       scores={d: 10.0 for d in filt.dimension_names}, content_type="other")
-    store.finish_run(conn, run)
-    store.finish_run(conn, other_run)
-    conn.close()
-    return frame
 
 
 @pytest.fixture(scope="module")

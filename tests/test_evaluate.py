@@ -15,7 +15,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from tests.conftest import UPLIFTING
-from tests.test_train import sample_articles
+from tests.conftest import sample_slice
 
 N_ARTICLES, N_SHARED = 30, 12
 SPLIT_SIZES = {"train": 14, "val": 4, "test": 12}
@@ -32,7 +32,7 @@ def evaluated(tmp_path_factory, uplifting):
 
     folder = tmp_path_factory.mktemp("evaluate")
     source = folder / "articles.jsonl"
-    source.write_text("".join(json.dumps(a) + "\n" for a in sample_articles(N_ARTICLES, skip=40)), encoding="utf-8")
+    source.write_text("".join(json.dumps(a) + "\n" for a in sample_slice(N_ARTICLES, skip=40)), encoding="utf-8")
     db = folder / "gt.db"
     conn = store.connect(db)
     store.register_filter(conn, uplifting)

@@ -333,4 +333,3 @@ def test_an_llm_is_calibrated_on_the_gold_articles_only(db_with_articles, fake_e
     assert "drawn among the 12 articles labelled by human-gold" in out.read_text()
 
 
-from tests.test_calibrate import db_with_articles, fake_env, server  # noqa: E402,F401  (fixtures)

