@@ -1,5 +1,5 @@
 """The circuit breaker: stops a label run that can only waste money (most recent answers invalid or
-failed), and says why in one message: the most frequent reasons, each with a raw answer."""
+failed), and says why in one message: the most frequent reasons, with a raw answer where one came."""
 from __future__ import annotations
 
 import collections

@@ -35,10 +35,11 @@ class Abort(Exception):
 
 
 class Caller:
-    """Makes one call at a time per caller task, sharing one rate limiter. `stopping()` is asked
-    before every attempt (a stopping run sends nothing more: Abort); `count_answer(good, reason)`
-    hears of every failed attempt (the circuit breaker counts them); `calls` counts every attempt
-    sent. `output_tokens` is the expected answer's length, for the token-rate limiter."""
+    """The provider calls of one run: every worker task calls `call`, and all share one rate
+    limiter. `stopping()` is asked before every attempt (a stopping run sends nothing more: Abort);
+    `count_answer(good, reason)` hears of every attempt that failed (the circuit breaker counts
+    them); `calls` counts every attempt sent. `output_tokens` is a typical answer's length, for the
+    token-rate limiter's estimate."""
 
     def __init__(self, oracle: Oracle, limiter: RateLimiter, retry: RetryPolicy, timeout_s: float, *,
                  output_tokens: int, stopping: Callable[[], bool],
