@@ -11,7 +11,7 @@ import yaml
 from stages.filters import (AnswerError, FilterError, PromptError, load_filter, on_grid, sql_identifier,
                             sql_literal, sql_number)
 from tests.conftest import ROOT, UPLIFTING, edited_filter_copy
-from tests.test_store import UPLIFTING_CASES, expected_overall, expected_tier
+from tests.conftest import UPLIFTING_CASES, expected_overall, expected_tier
 
 SUSTAINABILITY = ROOT / "filters" / "sustainability_tech" / "v1"
 EMOBANK = ROOT / "filters" / "emobank_vad" / "v1"

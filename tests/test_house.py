@@ -121,6 +121,16 @@ def test_the_length_check_sees_a_long_function(tmp_path):
     assert long_functions(tmp_path) == [f"stages/noun.py:long_one has {MAX_FUNCTION_LINES + 6} lines"]
 
 
+def test_tests_take_helpers_from_conftest_only():
+    """A test module imports shared helpers from conftest, never from another test module."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests.test_"):
+                found.append(f"{path.name} imports {node.module}")
+    assert found == []
+
+
 def test_migrations_have_distinct_numbers_and_a_duplicate_is_refused(tmp_path, monkeypatch):
     numbers = [n for n, _ in store.migrations()]
     assert numbers == sorted(set(numbers)) and numbers[0] == 1

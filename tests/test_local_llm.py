@@ -13,7 +13,7 @@ import pytest
 from stages import store
 from stages.label import build_request, label_articles
 from stages.oracles import registry
-from tests.test_label import add_articles, sample_articles
+from tests.conftest import add_articles, sample_articles
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from stages import select as stage
 from stages import selection as sel
 from stages import selection_report, store
 from stages.pool import program_pool
+from tests.conftest import skewed_scores
 
 TIERS = ["impact", "connection", "not_uplifting"]
 
@@ -40,12 +41,6 @@ def make_pool_db(conn, filt, scores, *, sources=None, clusters=None, too_short=N
                            repeat=repeat, scores={d: float(scores[i][j]) for j, d in enumerate(names)},
                            content_type="solutions_story")
     store.finish_run(conn, run_id)
-
-
-def skewed_scores(n, seed, d=8):
-    rng = np.random.default_rng(seed)
-    latent = rng.gamma(1.3, 1.6, size=(n, 1))
-    return np.clip(np.rint(latent + rng.normal(0, 1.2, size=(n, d))), 0, 10)
 
 
 def run_select(db_path, out_dir, *extra):

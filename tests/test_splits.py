@@ -12,7 +12,7 @@ import yaml
 from stages import select as stage
 from stages import selection_report, store
 from stages.student import read_split
-from tests.test_select import skewed_scores
+from tests.conftest import skewed_scores
 
 N = 80
 

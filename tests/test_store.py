@@ -5,7 +5,7 @@ import pytest
 
 from stages import store
 from stages.filters import load_filter
-from tests.conftest import ROOT, UPLIFTING, edited_filter_copy
+from tests.conftest import ROOT, UPLIFTING, UPLIFTING_CASES, edited_filter_copy, expected_overall, expected_tier
 
 SUSTAINABILITY = ROOT / "filters" / "sustainability_tech" / "v1"
 TABLES = {"articles", "article_minhash", "filters", "label_runs", "labels", "label_scores", "selections",
@@ -66,42 +66,6 @@ def test_foreign_keys_are_enforced(conn, uplifting):
 def _article(conn, article_id):
     conn.execute("INSERT INTO articles (id, text, content_hash, chars) VALUES (?, 'text', ?, 4)",
                  (article_id, article_id))
-
-
-def expected_overall(filt, scores, content_type):
-    """The overall score computed here from the config's numbers, independently of Filter.overall."""
-    cfg = filt.config
-    value = sum(d["weight"] * scores[d["name"]] for d in cfg["dimensions"])
-    for g in cfg.get("gatekeepers") or []:
-        if scores[g["dimension"]] < g["below"]:
-            value = min(value, g["max_overall"])
-    cap = (cfg.get("content_type_caps") or {}).get(content_type)
-    if cap is not None:
-        value = min(value, cap)
-    return value
-
-
-def expected_tier(filt, overall):
-    for t in sorted(filt.config["tiers"], key=lambda t: -t["min_overall"]):
-        if overall >= t["min_overall"]:
-            return t["name"]
-    return filt.config["tiers"][-1]["name"]
-
-
-UPLIFTING_CASES = [
-    ({"agency": 8, "progress": 9, "collective_benefit": 9, "connection": 7, "innovation": 6, "justice": 5,
-      "resilience": 4, "wonder": 7}, "solutions_story"),            # high: impact
-    ({"agency": 8, "progress": 9, "collective_benefit": 2, "connection": 7, "innovation": 6, "justice": 5,
-      "resilience": 4, "wonder": 7}, "solutions_story"),            # gatekeeper caps at 3
-    ({"agency": 9, "progress": 9, "collective_benefit": 9, "connection": 9, "innovation": 9, "justice": 9,
-      "resilience": 9, "wonder": 9}, "corporate_finance"),          # content-type cap 2
-    ({"agency": 5, "progress": 5.5, "collective_benefit": 5, "connection": 4, "innovation": 3, "justice": 2,
-      "resilience": 1, "wonder": 0}, "human_interest"),             # middle: connection
-    ({"agency": 0, "progress": 0, "collective_benefit": 0, "connection": 0, "innovation": 0, "justice": 0,
-      "resilience": 0, "wonder": 0}, "other"),                      # zero
-    ({"agency": 10, "progress": 10, "collective_benefit": 10, "connection": 10, "innovation": 10, "justice": 10,
-      "resilience": 10, "wonder": 10}, "politics_conflict"),        # cap 5
-]
 
 
 def test_wide_view_exposes_dimensions_by_name_with_overall_and_tier_of_the_filter(conn, uplifting):
