@@ -26,6 +26,15 @@ HIGH_BINS = f"{bands.MIDDLE_HIGH:g}-{bands.SCORE_MAX:g}"    # the high tail in t
 HF_SPLIT = {"train": "train", "val": "validation", "test": "test"}
 
 
+def stand_in_warning(oracle: str, what: str) -> list[str]:
+    """The markdown lines that say an offline stand-in made the labels (none for a real oracle)."""
+    if not stand_in(oracle):
+        return []
+    return [f"> The labels come from the offline oracle `{oracle}`, which makes the pipeline run without a key or "
+            f"network; it is not a substitute for a real LLM oracle, so treat {what} as a demonstration of the "
+            "mechanics.", ""]
+
+
 def stand_in(oracle: str) -> bool:
     """Whether gt.db's oracle name is an offline stand-in (its oracles.yaml entry's provider is one
     of registry.STAND_IN_PROVIDERS); a name oracles.yaml does not know (an import) is not."""
@@ -220,10 +229,7 @@ def dataset_card(ctx: ReportContext, records: dict[str, list[dict]], facts: pd.D
              f"Selected by `python -m stages.select` from {len(ctx.pool_df)} labelled texts in gt.db to cover "
              f"every dimension's score range (strategy **{ctx.strategy.name}**), for training a small model "
              "(the student) to predict the scores.", ""]
-    if stand_in(ctx.oracle):
-        lines += [f"> The labels come from the offline oracle `{ctx.oracle}`, a stand-in that lets the pipeline "
-                  "run without a key or network, not a substitute for a real LLM oracle: this dataset "
-                  "demonstrates the mechanics.", ""]
+    lines += stand_in_warning(ctx.oracle, "this dataset")
     lines += ["## Splits", "", md_table(["split", "file", "rows", "share"],
               [[HF_SPLIT[sp], f"{sp}.{fmt}", counts[sp], pct(counts[sp], k)] for sp in sel.SPLITS]), "",
               "Iterative stratification over the (dimension, score bin) cells: each split holds every score "
@@ -418,10 +424,7 @@ def _headline(ctx: ReportContext) -> list[str]:
              f"{pct(rand, s.objective)} of this objective, the greedy baseline "
              f"{pct(ctx.greedy_obj, s.objective) if ctx.greedy_obj is not None else '— (it found no feasible set)'} "
              "(both under Baselines).", ""]
-    if stand_in(ctx.oracle):
-        lines += [f"> The labels come from the offline oracle `{ctx.oracle}`, which makes the pipeline run without a "
-                  "key or network; it is not a substitute for a real LLM oracle, so treat this selection as a "
-                  "demonstration of the mechanics.", ""]
+    lines += stand_in_warning(ctx.oracle, "this selection")
     return lines
 
 
