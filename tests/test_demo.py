@@ -6,6 +6,7 @@ takes about 8 minutes on 2 cores: measured by hand, figures in the closing note,
 from __future__ import annotations
 
 import fnmatch
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -17,7 +18,9 @@ DEFAULT_OUTPUTS = {"calibrate": "reports/uplifting_v1_calibration.md"}
 
 
 def recipe() -> list[list[str]]:
-    out = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test
+    out = subprocess.run(["make", "-n", "--no-print-directory", "demo"], cwd=ROOT, capture_output=True, text=True,
+                         check=True, env=env).stdout
     commands = []
     for line in out.replace("\\\n", " ").splitlines():
         line = line.split("#", 1)[0].strip()
