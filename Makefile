@@ -170,7 +170,7 @@ demo: $(STAMP)
 	@echo "  labels:       data/demo/ground_truth/uplifting/labeled_articles.jsonl"
 	@echo "  calibration:  reports/uplifting_v1_calibration.md"
 	@echo "  coverage:     reports/uplifting_v1_coverage.md"
-	@echo "  selection:    data/demo/training/selection_report.md, data/demo/training/coverage_comparison.md"
+	@echo "  selection:    data/demo/training/README.md (dataset card), selection_report.md, coverage_comparison.md"
 	@echo "  student:      $(DEMO_MODEL)/ (metrics.json, README.md)"
 	@echo "  browse:       make browse DB=$(DEMO_DB)"
 
