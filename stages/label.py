@@ -425,7 +425,10 @@ def _apply_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: 
         out.append(f"nothing to pick: {spec.name} already has {o.target_count} or more valid labels of {filt.id} "
                    f"(raise --target-count, or pass --pick-count N)")
         return None
-    out.append(("dry run, not recorded: " if not record else "") + picking.describe(picks))
+    line = ("dry run, not recorded: " if not record else "") + picking.describe(picks)
+    if record:   # what is about to be bought, before the run (progress, on stderr); the summary repeats it
+        print(line, file=sys.stderr)
+    out.append(line)
     if not picks.article_ids:
         out.append("nothing to label: every article picked or listed already has a label")
         return None
