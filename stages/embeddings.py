@@ -31,6 +31,13 @@ EMBED_BATCH = 64
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "data" / "cache" / "embeddings.db"
 
 
+def cache_path(flag: str | None) -> Path | None:
+    """The cache a command line asks for: None for 'none', DEFAULT_CACHE when not given."""
+    if flag == "none":
+        return None
+    return Path(flag) if flag else DEFAULT_CACHE
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -402,10 +402,8 @@ def choose_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: 
         n = o.target_count - len(picking.labelled(conn, filt, key))
         if n <= 0:
             return None
-    cache = None if o.embed_cache == "none" else (Path(o.embed_cache) if o.embed_cache else None)
-    if cache is None and o.embed_cache != "none":
-        from stages.embeddings import DEFAULT_CACHE
-        cache = DEFAULT_CACHE
+    from stages.embeddings import cache_path
+    cache = cache_path(o.embed_cache)
     share = picking.DEFAULT_EXPLORE_SHARE if o.explore_share is None else o.explore_share
     picks = picking.plan_picks(conn, filt, key, o.pick, ids, n or 0, seed=o.seed, explore_share=share,
                                cache=cache, ids_file=o.ids_file, use_student=not o.no_student, progress=True)

@@ -99,10 +99,8 @@ def round_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, key: p
                 f"({picking.MIN_LABELS_TO_AIM} needed): a random round")
     ids = eligible_article_ids(conn, filt, seed=args.seed, random_sample=True)
     share = picking.DEFAULT_EXPLORE_SHARE if args.explore_share is None else args.explore_share
-    cache = None if args.embed_cache == "none" else Path(args.embed_cache) if args.embed_cache else None
-    if cache is None and args.embed_cache != "none":
-        from stages.embeddings import DEFAULT_CACHE
-        cache = DEFAULT_CACHE
+    from stages.embeddings import cache_path
+    cache = cache_path(args.embed_cache)
     picks = picking.plan_picks(conn, filt, key, method, ids, args.per_round, seed=args.seed + round_no,
                                explore_share=share, cache=cache, progress=not args.quiet)
     if not picks.article_ids:

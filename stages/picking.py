@@ -106,11 +106,16 @@ def labelled(conn: sqlite3.Connection, filt: Filter, key: LabelKey) -> pd.DataFr
     return wide.dropna(subset=dims)[["article_id", *dims]].sort_values("article_id").reset_index(drop=True)
 
 
-def candidates(conn: sqlite3.Connection, filt: Filter, key: LabelKey, eligible: Sequence[str]) -> list[str]:
-    """Eligible articles (in sample order) with no final (ok or invalid) repeat-0 label of this key."""
-    done = {r[0] for r in conn.execute(
+def finally_labelled(conn: sqlite3.Connection, key: LabelKey) -> set[str]:
+    """Articles with a final (ok or invalid) repeat-0 label of this key: never bought again."""
+    return {r[0] for r in conn.execute(
         """SELECT article_id FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ? AND "repeat" = 0
            AND status IN ('ok', 'invalid')""", (key.filter_id, key.oracle, key.prompt_sha256))}
+
+
+def candidates(conn: sqlite3.Connection, filt: Filter, key: LabelKey, eligible: Sequence[str]) -> list[str]:
+    """Eligible articles (in sample order) with no final (ok or invalid) repeat-0 label of this key."""
+    done = finally_labelled(conn, key)
     return [a for a in eligible if a not in done]
 
 
@@ -169,8 +174,10 @@ def student_scorer(conn: sqlite3.Connection, filt: Filter, key: LabelKey, ids: S
 
 
 def fit_scorer(conn: sqlite3.Connection, filt: Filter, key: LabelKey, ids: Sequence[str], *, cache: Path | None,
-               seed: int, ensemble: int = 0, use_student: bool = True, progress: bool = False) -> Scorer:
-    """Predicted scores of `ids` from this oracle's labels only (see the module docstring)."""
+               seed: int, ensemble: int = 0, use_student: bool = True, progress: bool = False,
+               lab: pd.DataFrame | None = None) -> Scorer:
+    """Predicted scores of `ids` from this oracle's labels only (see the module docstring); `lab` is
+    `labelled(conn, filt, key)` when the caller has read it already."""
     from stages.embeddings import Embedder, article_vectors
     from stages.probe import RidgeHead
 
@@ -178,7 +185,7 @@ def fit_scorer(conn: sqlite3.Connection, filt: Filter, key: LabelKey, ids: Seque
         found = student_scorer(conn, filt, key, ids)
         if found is not None:
             return found
-    lab = labelled(conn, filt, key)
+    lab = labelled(conn, filt, key) if lab is None else lab
     if len(lab) < MIN_LABELS_TO_AIM:
         raise PickError(f"{key.oracle} has {len(lab)} valid label(s) of {filt.id} under this prompt; a scorer needs "
                         f"at least {MIN_LABELS_TO_AIM}: buy a random start first (make label LLM={key.oracle} "
@@ -299,9 +306,9 @@ def plan_picks(conn: sqlite3.Connection, filt: Filter, key: LabelKey, method: st
     if method == "random":
         return Picks(method, pool[:n], ["random"] * n, [None] * n, explore_share=1.0, candidates=len(pool))
     edges = sel.parse_bins(sel.DEFAULT_BINS) if edges is None else edges
-    scorer = fit_scorer(conn, filt, key, pool, cache=cache, seed=seed, use_student=use_student,
-                        ensemble=ENSEMBLE if method == "uncertain" else 0, progress=progress)
     lab = labelled(conn, filt, key)
+    scorer = fit_scorer(conn, filt, key, pool, cache=cache, seed=seed, use_student=use_student,
+                        ensemble=ENSEMBLE if method == "uncertain" else 0, progress=progress, lab=lab)
     dims = filt.dimension_names
     unaimed = lab[~lab["article_id"].isin(aimed_articles(conn, key))]
     reference = (unaimed if len(unaimed) >= MIN_REFERENCE else lab)[dims].to_numpy(float)
@@ -392,9 +399,7 @@ def _listed(conn: sqlite3.Connection, key: LabelKey, eligible: Sequence[str], id
     if unknown:
         raise PickError(f"--ids-file {ids_file}: {len(unknown)} id(s) not in gt.db, e.g. '{unknown[0]}' "
                         f"(ingest them first, or remove them from the file)")
-    done = {r[0] for r in conn.execute(
-        """SELECT article_id FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ? AND "repeat" = 0
-           AND status IN ('ok', 'invalid')""", (key.filter_id, key.oracle, key.prompt_sha256))}
+    done = finally_labelled(conn, key)
     todo = [a for a in listed if a not in done]
     return Picks("ids", todo, ["listed"] * len(todo), [None] * len(todo), candidates=len(listed),
                  params={"ids_file": str(ids_file), "listed": len(listed), "already_labelled": len(listed) - len(todo)})
