@@ -72,7 +72,7 @@ test: $(STAMP)
 ingest: $(STAMP)
 	$(PY) -m stages.ingest --db $(DB) --filter $(FILTER) $(if $(SOURCE),--source '$(SOURCE)') $(ARGS)
 
-# PICK=random (the seeded sample) | gaps | uncertain | ids (ARGS='--ids-file FILE'): stages/picking.py
+# PICK=random (the seeded sample) | gaps | uncertain | ids (ARGS='--ids-file FILE'): gt/labelling/picking.py
 PICK    ?= random
 label: $(STAMP)
 	$(PY) -m stages.label --db $(DB) --filter $(FILTER) $(if $(SOURCE),--source '$(SOURCE)') --llm $(LLM) \

@@ -14,7 +14,7 @@ Reported per arm (mean over seeds, and per seed in the JSON):
     for the aimed arm also within its gap picks and within its explore picks;
   - the coverage objective of the labelled set: sum over (dimension, integer bin) cells of
     min(count, ceil(1500 / 11)) (picking.fill, the selection's even quota);
-  - the student (ridge head on frozen MiniLM embeddings, stages/probe.py, the learning curves'
+  - the student (ridge head on frozen MiniLM embeddings, gt/student/probe.py, the learning curves'
     fast student) trained on the arm's 1,500 labels: MAE and tail MAE on the official test split.
 
     .venv/bin/python bench/aim_emobank.py [--seeds 3] [--out reports/aim_emobank]
@@ -43,13 +43,13 @@ import pandas as pd  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import picking  # noqa: E402
-from stages import selection as sel  # noqa: E402
-from stages.curve import test_metrics  # noqa: E402
-from stages.embeddings import DEFAULT_CACHE, Embedder, article_vectors, cached_embeddings  # noqa: E402
-from stages.filters import load_filter  # noqa: E402
-from stages.probe import RidgeHead  # noqa: E402
-from stages.student import article_text  # noqa: E402
+from gt.labelling import picking  # noqa: E402
+from gt.selection import program as sel  # noqa: E402
+from gt.student.curve import test_metrics  # noqa: E402
+from gt.student.embeddings import DEFAULT_CACHE, Embedder, article_vectors, cached_embeddings  # noqa: E402
+from gt.core.filters import load_filter  # noqa: E402
+from gt.student.probe import RidgeHead  # noqa: E402
+from gt.student.model import article_text  # noqa: E402
 
 FILTER = ROOT / "filters" / "emobank_vad" / "v1"
 ORACLE = "replay/human-mean"

@@ -72,7 +72,7 @@ def typical_answer(filt, text: str) -> str:
 
 
 def measure(filt, enc, sample: Path) -> dict:
-    from stages.text import clean_text
+    from gt.core.text import clean_text
     rubric_tokens = None
     article_tokens, answer_tokens, chars = [], [], []
     for line in sample.read_text(encoding="utf-8").splitlines():
@@ -93,8 +93,8 @@ def measure(filt, enc, sample: Path) -> dict:
 
 
 def cost_rows(specs, m: dict, n: int) -> list[dict]:
-    from stages.oracles.batch import TURNAROUND, cache_min_tokens
-    from stages.oracles.ratelimit import RateLimiter
+    from gt.oracles.batch import TURNAROUND, cache_min_tokens
+    from gt.oracles.ratelimit import RateLimiter
     rows = []
     for spec in specs:
         anthropic = spec.provider == "anthropic"
@@ -144,10 +144,10 @@ def fake_run(n: int, oracle: str, seed: int) -> dict:
     import resource
     import subprocess
     import time
-    from stages import store
-    from stages.filters import load_filter
-    from stages.oracles import registry
-    from stages.label_batch import BatchOptions, run_batch
+    from gt.core import store
+    from gt.core.filters import load_filter
+    from gt.oracles import registry
+    from gt.labelling.batch import BatchOptions, run_batch
     spec_file = importlib.util.spec_from_file_location("bench_label", ROOT / "bench" / "label.py")
     bench_label = importlib.util.module_from_spec(spec_file)
     spec_file.loader.exec_module(bench_label)   # its synthesise(): articles from the sample's paragraphs
@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="also print the rows as JSON")
     args = p.parse_args(argv)
 
-    from stages.filters import load_filter
-    from stages.oracles.registry import load_registry
+    from gt.core.filters import load_filter
+    from gt.oracles.registry import load_registry
     filt = load_filter(args.filter)
     enc = o200k_base()
     m = measure(filt, enc, Path(args.sample))

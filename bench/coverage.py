@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from stages import store  # noqa: E402
-from stages.filters import load_filter  # noqa: E402
+from gt.core import store  # noqa: E402
+from gt.core.filters import load_filter  # noqa: E402
 
 FILTER_DIR = ROOT / "filters" / "uplifting" / "v1"
 MAIN_ORACLE, OTHER_ORACLE = "gemini-pro", "gemini-flash"

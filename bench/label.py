@@ -46,8 +46,8 @@ print(srv.counts["requests"], srv.counts["status_429"], flush=True)
 
 def synthesise(conn, n: int, seed: int) -> list[str]:
     """n articles of 3-8 paragraphs drawn from the sample (the only news text the project ships)."""
-    from stages import store
-    from stages.text import content_hash
+    from gt.core import store
+    from gt.core.text import content_hash
     paragraphs, titles = [], []
     with open(ROOT / "data" / "sample" / "articles.jsonl", encoding="utf-8") as f:
         for line in f:
@@ -91,9 +91,9 @@ def cpu_s() -> float:
 
 
 def run_once(db: Path, ids: list[str], spec, concurrency: int, progress: bool):
-    from stages import store
-    from stages.filters import load_filter
-    from stages.label import label_articles
+    from gt.core import store
+    from gt.core.filters import load_filter
+    from gt.labelling.sync import label_articles
     filt = load_filter(ROOT / "filters" / "uplifting" / "v1")
     conn = store.connect(db)
     sampler = MemorySampler()
@@ -111,7 +111,7 @@ async def bare_client_cpu(spec, requests, concurrency: int) -> float:
     """CPU seconds per call of the provider client alone (SDK + HTTP), no label stage around it:
     subtracted from the run's CPU to isolate the label stage's own overhead."""
     import asyncio
-    from stages.oracles import registry
+    from gt.oracles import registry
     oracle = registry.make_oracle(spec)
     semaphore = asyncio.Semaphore(concurrency)
 
@@ -136,7 +136,7 @@ class EchoOracle:
 
     async def complete(self, request):
         import asyncio
-        from stages.oracles.base import Completion
+        from gt.oracles.base import Completion
         await asyncio.sleep(self.latency)
         return Completion(self.answers[request.request_id], input_tokens=len(request.prompt) // 4,
                           output_tokens=len(self.answers[request.request_id]) // 4, latency_ms=self.latency * 1000)
@@ -147,9 +147,9 @@ class EchoOracle:
 
 def label_stage_cpu(db: Path, ids: list[str], spec, concurrency: int, latency: float) -> tuple[float, int]:
     """CPU ms per label of the label stage alone, at the same rate limit and latency as the run."""
-    from stages import store
-    from stages.filters import load_filter
-    from stages.label import label_articles
+    from gt.core import store
+    from gt.core.filters import load_filter
+    from gt.labelling.sync import label_articles
     from tests.fakes.answers import expected_answer
     filt = load_filter(ROOT / "filters" / "uplifting" / "v1")
     conn = store.connect(db)
@@ -205,10 +205,10 @@ def main() -> int:
         return batch_cost.main(["--labels", str(args.n), "--fake-n", str(args.fake_n), "--seed", str(args.seed)])
 
     import asyncio
-    from stages import store
-    from stages.filters import load_filter
-    from stages.label import build_request
-    from stages.oracles import registry
+    from gt.core import store
+    from gt.core.filters import load_filter
+    from gt.labelling.planning import build_request
+    from gt.oracles import registry
 
     server, url = start_server(args.latency, args.rpm)
     bare_server, bare_url = start_server(0.0, None)

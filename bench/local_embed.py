@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from stages.filters import load_filter  # noqa: E402
-from stages.oracles import registry  # noqa: E402
-from stages.oracles.base import OracleRequest  # noqa: E402
-from stages.oracles.local_embed import load_model  # noqa: E402
+from gt.core.filters import load_filter  # noqa: E402
+from gt.oracles import registry  # noqa: E402
+from gt.oracles.base import OracleRequest  # noqa: E402
+from gt.oracles.local_embed import load_model  # noqa: E402
 
 BANDS = ((0, 2.5), (2.5, 4.5), (4.5, 6.5), (6.5, 8.5), (8.5, 10.01))
 

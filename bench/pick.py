@@ -6,7 +6,7 @@
 1. A gt.db with N synthetic articles (short distinct texts) and L labels of one oracle whose scores
    depend on the article's vector, so the probe has something to find. Their embedding vectors are
    written into a fresh embedding cache under exactly the keys the label stage looks up
-   (stages.embeddings: model key, sha256 of the article's student text), standing in for an
+   (gt.student.embeddings: model key, sha256 of the article's student text), standing in for an
    earlier embedding pass.
 2. Timed: `picking.plan_picks(... 'gaps' ...)` end to end: read the candidates and their texts,
    hash them, fetch N vectors from the cache, fit the probe on the L labels, predict N, map the
@@ -33,11 +33,12 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import picking, store  # noqa: E402
-from stages.embeddings import Embedder, cached_embeddings, text_key  # noqa: E402
-from stages.filters import load_filter  # noqa: E402
-from stages.labelling import eligible_article_ids  # noqa: E402
-from stages.student import article_text  # noqa: E402
+from gt.labelling import picking  # noqa: E402
+from gt.core import store  # noqa: E402
+from gt.student.embeddings import Embedder, cached_embeddings, text_key  # noqa: E402
+from gt.core.filters import load_filter  # noqa: E402
+from gt.labelling.sync import eligible_article_ids  # noqa: E402
+from gt.student.model import article_text  # noqa: E402
 
 
 def build(work: Path, n: int, n_labels: int, seed: int) -> tuple[Path, Path, object]:

@@ -2,7 +2,7 @@
 
 Synthetic skewed scores (8 correlated dimensions, most scores 0-3, about 1.5% at 7-10), tiers from
 the uplifting weights and thresholds, 300 sources, 2% of articles in near-duplicate clusters.
-They are generated with numpy straight into the solver's input (stages.selection.Pool); `--e2e`
+They are generated with numpy straight into the solver's input (gt.selection.program.Pool); `--e2e`
 adds one run of the whole stage (python -m stages.select) on a 20k gt.db built here.
 
 Prints, per size: solve time, peak memory (RSS of the process that solved that size; each size
@@ -56,7 +56,7 @@ def tiers_of(scores: np.ndarray) -> np.ndarray:
 
 
 def synthetic_pool(n: int, seed: int):
-    from stages.selection import Pool
+    from gt.selection.program import Pool
 
     rng = np.random.default_rng(seed + 1)
     scores = synthetic_scores(n, seed)
@@ -68,8 +68,8 @@ def synthetic_pool(n: int, seed: int):
 
 
 def run_one(label: str, seed: int, time_limit: float) -> dict:
-    from stages import select as stage
-    from stages import selection as sel
+    from gt.selection import select as stage
+    from gt.selection import program as sel
 
     n, k = SIZES[label]
     t0 = time.perf_counter()
@@ -106,8 +106,8 @@ def run_one(label: str, seed: int, time_limit: float) -> dict:
 
 def run_e2e(seed: int) -> dict:
     """The whole stage on a 20k gt.db: labels inserted in bulk here, then `python -m stages.select`."""
-    from stages import store
-    from stages.filters import load_filter
+    from gt.core import store
+    from gt.core.filters import load_filter
 
     filt = load_filter(ROOT / "filters" / "uplifting" / "v1")
     tmp = Path(tempfile.mkdtemp(prefix="bench-select-"))

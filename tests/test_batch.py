@@ -5,7 +5,6 @@ prices from its reported usage."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import signal
@@ -17,11 +16,11 @@ import time
 import pytest
 import yaml
 
-from stages import store
-from stages.label import label_articles
-from stages.oracles import registry
-from stages.label_batch import BatchOptions, job_tag, open_jobs, request_for, run_batch
-from stages.oracles.batch import make_adapter
+from gt.core import store
+from gt.labelling.sync import label_articles
+from gt.oracles import registry
+from gt.labelling.batch import BatchOptions, job_tag, open_jobs, request_for, run_batch
+from gt.oracles.batch import make_adapter
 from tests.conftest import ROOT, add_articles, sample_articles
 from tests.fakes.answers import expected_answer
 from tests.fakes.server import FakeProviderServer
@@ -176,7 +175,7 @@ def test_a_job_sent_by_a_process_that_died_before_recording_it_is_found_not_rese
     spec = spec_for(provider)
     run_id = store.start_run(conn, purpose="label", filt=uplifting, oracle=spec.name, provider=provider,
                              model=spec.model, mode="batch")
-    from stages.label_batch import create_jobs, job_units
+    from gt.labelling.batch import create_jobs, job_units
     [job_id] = create_jobs(conn, run_id, provider, [[(a, 0) for a in ids]])
     row = open_jobs(conn, uplifting, spec)[0]
     # what the dead process did: stamp the attempt, send the job, die before storing its id
@@ -283,7 +282,7 @@ def test_a_job_the_provider_no_longer_knows_is_sent_again_not_polled_forever(con
 def test_max_cost_limits_what_is_submitted(conn, uplifting, articles, fake):
     add_articles(conn, articles)
     spec = spec_for("gemini")
-    from stages.label import build_request, RESERVE_BYTES_PER_TOKEN
+    from gt.labelling.planning import build_request, RESERVE_BYTES_PER_TOKEN
     import math
     worst = [spec.cost(math.ceil(len(build_request(uplifting, a["id"], 0, a["title"], a["text"]).prompt.encode())
                                  / RESERVE_BYTES_PER_TOKEN), spec.max_output_tokens, batch=True) for a in articles]

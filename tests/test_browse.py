@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import browse
+from gt.core import browse
+from stages import browse as browse_command
 from tests.conftest import MAIN, N_MAIN, OTHER, build_fixed_db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +125,7 @@ def test_stops_on_terminate_and_errors_are_one_line(served, tmp_path):
 
 
 def test_a_port_out_of_range_is_one_line_and_exit_2(tmp_path, capsys):
-    assert browse.main(["--db", str(tmp_path / "gt.db"), "--port", "70000"]) == 2
+    assert browse_command.main(["--db", str(tmp_path / "gt.db"), "--port", "70000"]) == 2
     assert capsys.readouterr().err == "error: --port must be between 1 and 65535 (got 70000)\n"
     assert not (tmp_path / "gt.db").exists()
 

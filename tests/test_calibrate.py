@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import calibrate, store
-from stages.calibrate import Rater, Thresholds
-from stages.label import label_articles
-from stages.oracles import registry
-from stages.oracles.base import OracleSpec
+from gt.calibration import calibrate
+from stages import calibrate as calibrate_command
+from gt.core import store
+from gt.calibration.calibrate import Rater, Thresholds
+from gt.labelling.sync import label_articles
+from gt.oracles import registry
+from gt.oracles.base import OracleSpec
 from tests.conftest import ORACLES
 
 # ---- the recommendation rule on fixed data ----------------------------------------------------
@@ -136,7 +138,7 @@ def test_three_models_end_to_end_report_json_plots_and_reuse(db_with_articles, f
     args = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--models", "fake-pro,fake-flash,fake-mini",
             "--sample-size", "30", "--seed", "5", "--repeats", "2", "--bootstrap", "200", "--output", str(out),
             "--quiet", "--concurrency", "8"]
-    assert calibrate.main(args) == 0
+    assert calibrate_command.main(args) == 0
     printed = capsys.readouterr().out
     assert server.requests == 3 * 30 * 2
 
@@ -204,7 +206,7 @@ def test_existing_labels_only_unknown_names_and_a_small_pool(db_with_articles, f
     base = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--output", str(out), "--quiet",
             "--bootstrap", "50"]
 
-    assert calibrate.main(base + ["--models", "fake-pro,gemini-ultra"]) == 2
+    assert calibrate_command.main(base + ["--models", "fake-pro,gemini-ultra"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown model 'gemini-ultra'; known: ")
     assert "fake-flash" in err[0] and "imported-rater" in err[0]
@@ -212,7 +214,7 @@ def test_existing_labels_only_unknown_names_and_a_small_pool(db_with_articles, f
 
     # more articles asked than the pool holds: said, and the whole pool used; the imported labels are
     # compared as they are, only the registry model is asked
-    assert calibrate.main(base + ["--models", "imported-rater,fake-pro", "--sample-size", "500"]) == 0
+    assert calibrate_command.main(base + ["--models", "imported-rater,fake-pro", "--sample-size", "500"]) == 0
     printed = capsys.readouterr().out
     assert "asked for 500 articles but only 40 are eligible" in printed
     assert server.requests == 40
@@ -250,7 +252,7 @@ def test_the_sample_skips_prefiltered_near_duplicates_and_articles_outside_the_g
 def test_the_offline_stand_ins_are_named_in_the_verdict_and_the_report(uplifting, truth):
     import dataclasses
 
-    from stages.calibration_report import render_markdown
+    from gt.calibration.report import render_markdown
     embed = make_rater(uplifting, "embed", truth, price_in=0.0)
     embed.spec = dataclasses.replace(embed.spec, provider="local-embed")
     replayed = make_rater(uplifting, "replayed", noisy(truth, 1, 6), price_in=1.0)
@@ -283,7 +285,7 @@ def test_bad_input_is_one_error_line_and_its_exit_code(db_with_articles, fake_en
     server, oracles = fake_env
     argv = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--models", "fake-pro,fake-flash",
             "--output", str(tmp_path / "r.md"), "--quiet"] + [a.replace("{tmp}", str(tmp_path)) for a in extra]
-    assert calibrate.main(argv) == code
+    assert calibrate_command.main(argv) == code
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and err.startswith(words.replace("{tmp}", str(tmp_path)))
     assert server.requests == 0 and not (tmp_path / "r.md").exists()
@@ -295,7 +297,7 @@ def test_a_missing_key_stops_before_any_call_and_points_to_no_label(db_with_arti
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     argv = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--models", "fake-pro,fake-mini",
             "--output", str(tmp_path / "r.md"), "--quiet"]
-    assert calibrate.main(argv) == 1
+    assert calibrate_command.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ANTHROPIC_API_KEY" in err[0] and err[0].endswith("with --no-label")
     assert server.requests == 0     # fake-pro has its key, but every key is checked before any paid call
@@ -307,12 +309,12 @@ def test_a_report_that_cannot_be_written_is_one_line_and_the_labels_stay(db_with
     blocker.write_text("not a folder", encoding="utf-8")
     base = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--models", "fake-pro,fake-flash",
             "--sample-size", "5", "--bootstrap", "0", "--no-plots", "--quiet"]
-    assert calibrate.main(base + ["--output", str(blocker / "r.md")]) == 1
+    assert calibrate_command.main(base + ["--output", str(blocker / "r.md")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot write the report {blocker / 'r.md'}")
     paid = server.requests
     assert paid == 2 * 5
-    assert calibrate.main(base + ["--output", str(tmp_path / "ok" / "r.md")]) == 0
+    assert calibrate_command.main(base + ["--output", str(tmp_path / "ok" / "r.md")]) == 0
     assert server.requests == paid and (tmp_path / "ok" / "r.json").is_file()
 
 

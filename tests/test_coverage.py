@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import coverage, coverage_report, store
+from gt.coverage import measure as coverage, report as coverage_report
+from stages import coverage as coverage_command
+from gt.core import store
 from tests.conftest import MAIN, N_MAIN, OTHER, add_article, build_fixed_db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +75,7 @@ def test_moments_quartiles_bands_and_extremes_match_pandas(fixed, uplifting):
         assert f["q3"] == pytest.approx(s.quantile(0.75), abs=1e-12)
         assert f["iqr"] == pytest.approx(s.quantile(0.75) - s.quantile(0.25), abs=1e-12)
         assert f["skew"] == pytest.approx(s.skew(), abs=1e-12)
-        # the bands of stages/bands.py: low tail s < 4 (bins 0-3), middle 4 <= s < 8, high tail s >= 8
+        # the bands of gt/core/bands.py: low tail s < 4 (bins 0-3), middle 4 <= s < 8, high tail s >= 8
         assert f["share_4_7"] == pytest.approx(((s >= 4) & (s < 8)).mean(), abs=1e-12)
         assert f["count_0_3"] == int((s < 4).sum()) and f["share_0_3"] == pytest.approx((s < 4).mean())
         assert f["count_4_7"] == int(((s >= 4) & (s < 8)).sum())
@@ -175,7 +177,7 @@ def test_repeat_and_oracle_choose_other_label_sets(fixed, uplifting):
 def test_cli_writes_json_report_and_plots(fixed, tmp_path, capsys):
     db, frame, _ = fixed
     out = tmp_path / "cov.json"
-    rc = coverage.main(["--db", str(db), "--filter", "filters/uplifting/v1", "--output", str(out),
+    rc = coverage_command.main(["--db", str(db), "--filter", "filters/uplifting/v1", "--output", str(out),
                         "--report-dir", str(tmp_path / "reports"), "--sparse-share", str(SPARSE)])
     assert rc == 0
     data = json.loads(out.read_text())
@@ -193,17 +195,17 @@ def test_cli_writes_json_report_and_plots(fixed, tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    rc = coverage.main(["--db", str(tmp_path / "missing.db"), "--report-dir", str(tmp_path)])
+    rc = coverage_command.main(["--db", str(tmp_path / "missing.db"), "--report-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("error: no database") and err.count("\n") == 1
     assert not (tmp_path / "missing.db").exists()  # a read stage never creates an empty gt.db
     empty = tmp_path / "empty.db"
     store.connect(empty).close()
-    rc = coverage.main(["--db", str(empty), "--report-dir", str(tmp_path)])
+    rc = coverage_command.main(["--db", str(empty), "--report-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 1 and "no valid labels of uplifting/v1" in err and err.count("\n") == 1
     for flag, value in (("--sparse-share", "3"), ("--repeat", "-1"), ("--workers", "0")):
-        rc = coverage.main(["--db", str(empty), flag, value])
+        rc = coverage_command.main(["--db", str(empty), flag, value])
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith(f"error: {flag}") and err.count("\n") == 1
 
@@ -224,7 +226,7 @@ def test_labeled_file_with_off_grid_scores_is_imported_and_read_exactly(tmp_path
     path = tmp_path / "labeled_articles.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
     out = tmp_path / "coverage_report.json"
-    rc = coverage.main(["--db", str(tmp_path / "gt.db"), "--labeled-file", str(path), "--output", str(out),
+    rc = coverage_command.main(["--db", str(tmp_path / "gt.db"), "--labeled-file", str(path), "--output", str(out),
                         "--report-dir", str(tmp_path / "reports"), "--no-plots"])
     assert rc == 0
     data = json.loads(out.read_text())
@@ -241,7 +243,7 @@ def test_labeled_file_with_off_grid_scores_is_imported_and_read_exactly(tmp_path
     np.testing.assert_allclose(np.array(data["correlation"]["matrix"], dtype=float),
                                frame.corr().to_numpy(), atol=1e-12)
     # a second run imports nothing new and describes the same labels
-    rc = coverage.main(["--db", str(tmp_path / "gt.db"), "--labeled-file", str(path), "--output", str(out),
+    rc = coverage_command.main(["--db", str(tmp_path / "gt.db"), "--labeled-file", str(path), "--output", str(out),
                         "--report-dir", str(tmp_path / "reports"), "--no-plots"])
     assert rc == 0 and json.loads(out.read_text())["labels"] == len(records)
 
@@ -270,7 +272,7 @@ def test_a_label_without_a_dimension_is_an_error_not_a_zero(tmp_path, uplifting,
     conn.execute("""DELETE FROM label_scores WHERE dimension = 'wonder' AND label_id IN (
                         SELECT id FROM labels WHERE oracle = ? AND "repeat" = 0 LIMIT 3)""", (MAIN,))
     conn.close()
-    rc = coverage.main(["--db", str(db), "--report-dir", str(tmp_path), "--no-plots"])
+    rc = coverage_command.main(["--db", str(db), "--report-dir", str(tmp_path), "--no-plots"])
     err = capsys.readouterr().err
     assert rc == 1 and "3 labels of this set have no wonder score" in err and err.count("\n") == 1
 
@@ -278,7 +280,7 @@ def test_a_label_without_a_dimension_is_an_error_not_a_zero(tmp_path, uplifting,
 # ---- the shared report helpers the stage writes with ----------------------------------------------
 
 def test_report_helpers_write_whole_files_and_plain_tables(tmp_path):
-    from stages import report
+    from gt.core import report
 
     table = report.md_table(["name", "n", "mean"], [["a|b", 3, 1.23456], ["c", None, float("nan")]])
     assert table.splitlines() == ["| name | n | mean |", "|:---|---:|---:|", "| a\\|b | 3 | 1.23 |", "| c | — | — |"]
@@ -308,7 +310,7 @@ def test_parallel_gathering_gives_the_same_figures(fixed, uplifting):
 def test_exported_labeled_file_round_trips_to_the_same_figures(fixed, tmp_path, uplifting):
     """The spec's path: the label stage exports labeled_articles.jsonl; coverage --labeled-file on
     a fresh gt.db describes the same labels with the same figures."""
-    from stages.labeled_file import export_labeled_file
+    from gt.intake.labeled_file import export_labeled_file
 
     db, _, result = fixed
     exported = tmp_path / "labeled_articles.jsonl"
@@ -316,7 +318,7 @@ def test_exported_labeled_file_round_trips_to_the_same_figures(fixed, tmp_path, 
     assert export_labeled_file(conn, uplifting, exported) == N_MAIN
     conn.close()
     out = tmp_path / "coverage_report.json"
-    rc = coverage.main(["--db", str(tmp_path / "fresh.db"), "--labeled-file", str(exported), "--output", str(out),
+    rc = coverage_command.main(["--db", str(tmp_path / "fresh.db"), "--labeled-file", str(exported), "--output", str(out),
                         "--report-dir", str(tmp_path), "--no-plots", "--sparse-share", str(SPARSE)])
     assert rc == 0
     again = json.loads(out.read_text())
@@ -328,7 +330,7 @@ def test_exported_labeled_file_round_trips_to_the_same_figures(fixed, tmp_path, 
 def test_output_places_every_file_beside_it(fixed, tmp_path, capsys):
     db, _, _ = fixed
     out = tmp_path / "elsewhere" / "cov.json"
-    assert coverage.main(["--db", str(db), "--output", str(out), "--sparse-share", str(SPARSE)]) == 0
+    assert coverage_command.main(["--db", str(db), "--output", str(out), "--sparse-share", str(SPARSE)]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["cov.json", "cov.md", "cov_heatmap.png",
                                                             "cov_histograms.png"]
     assert not (tmp_path / "reports").exists() and not Path("reports/cov.md").exists()
@@ -336,7 +338,7 @@ def test_output_places_every_file_beside_it(fixed, tmp_path, capsys):
 
 
 def test_the_score_view_follows_an_edited_tier_threshold_after_coverage(tmp_path, uplifting, capsys):
-    from stages.filters import load_filter
+    from gt.core.filters import load_filter
     from tests.conftest import edited_filter_copy
     db = tmp_path / "gt.db"
     build_fixed_db(db, uplifting)
@@ -344,7 +346,7 @@ def test_the_score_view_follows_an_edited_tier_threshold_after_coverage(tmp_path
     edited = edited_filter_copy(tmp_path, lambda c: c["tiers"][1].update(min_overall=6.5), name="uplifting_edit")
     filt = load_filter(edited)
     assert filt.id == uplifting.id and filt.prompt_sha256 == uplifting.prompt_sha256
-    assert coverage.main(["--db", str(db), "--filter", str(edited), "--report-dir", str(tmp_path / "r"),
+    assert coverage_command.main(["--db", str(db), "--filter", str(edited), "--report-dir", str(tmp_path / "r"),
                           "--no-plots"]) == 0
     assert "tiers changed since it was registered" in capsys.readouterr().out
     conn = store.connect(db, readonly=True)
@@ -394,7 +396,7 @@ def test_coverage_plots_label_their_axes_count_in_whole_articles_and_explain_the
 
 
 def test_histograms_legend_only_when_it_explains_something():
-    from stages import report
+    from gt.core import report
 
     one_series_full = drawn(report.histograms({"a": {"pool": [1, 3, 2]}}, [0, 1, 2]))
     assert not one_series_full.legends  # one series, no red x: nothing to explain
@@ -417,7 +419,7 @@ def test_coverage_markdown_explains_each_image_and_the_empty_bin_marks(fixed):
     images = {"heatmap": "cov_heatmap.png", "histograms": "cov_histograms.png"}
     md = coverage_report.render_markdown(result, images)
     assert "every count of labels below is a count of articles" in md
-    # the per-dimension table names the bands of stages/bands.py, and its counts are the JSON's
+    # the per-dimension table names the bands of gt/core/bands.py, and its counts are the JSON's
     header = next(line for line in md.splitlines() if line.startswith("| dimension | mean"))
     assert "| 4-7 share | 0-3 | 8-10 |" in header
     agency = next(line for line in md.splitlines() if line.startswith("| agency |")).split("|")

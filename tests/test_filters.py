@@ -6,9 +6,8 @@ import shutil
 
 import jsonschema
 import pytest
-import yaml
 
-from stages.filters import (AnswerError, FilterError, PromptError, load_filter, on_grid, sql_identifier,
+from gt.core.filters import (AnswerError, FilterError, PromptError, load_filter, on_grid, sql_identifier,
                             sql_literal, sql_number)
 from tests.conftest import ROOT, UPLIFTING, edited_filter_copy
 from tests.conftest import UPLIFTING_CASES, expected_overall, expected_tier
@@ -415,7 +414,7 @@ def test_prefilter_rules_of_both_filters(uplifting, sustainability):
 
 
 def test_the_answer_schema_and_rubric_are_built_once_and_every_request_carries_them(uplifting):
-    from stages.planning import build_request
+    from gt.labelling.planning import build_request
     first = build_request(uplifting, "a", 0, "One", "First text.")
     second = build_request(uplifting, "b", 1, "Two", "Second text.")
     assert first.schema is second.schema is uplifting.answer_schema()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stages import store
+from gt.core import store
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = ROOT / "ARCHITECTURE.md"
@@ -93,9 +93,9 @@ def test_the_import_rules_hold():
 
 
 @pytest.mark.parametrize("file, source, words", [
-    ("stages/selection.py", "from stages.select import main\n", "(a noun) imports the stage stages.select"),
+    ("gt/selection/program.py", "from gt.selection.select import main\n", "(a noun) imports the stage stages.select"),
     ("stages/coverage.py", "from stages import label\n", "(a stage) imports another stage, stages.label"),
-    ("stages/oracles/gemini.py", "import stages.store\n", "providers never touch the store"),
+    ("gt/oracles/gemini.py", "import gt.core.store\n", "providers never touch the store"),
 ])
 def test_a_planted_violation_is_caught(tmp_path, file, source, words):
     for path in (ROOT / "stages").rglob("*.py"):

@@ -10,9 +10,11 @@ import re
 import numpy as np
 import pytest
 
-from stages import calibrate, ingest, stats, store
-from stages.filters import load_filter
-from stages.human_labels import HumanLabelSpec, Scale, human_prompt_sha256, parse_label_columns
+from stages import calibrate
+from stages import ingest
+from gt.core import stats, store
+from gt.core.filters import load_filter
+from gt.intake.human_labels import HumanLabelSpec, Scale, human_prompt_sha256, parse_label_columns
 from tests.conftest import ROOT
 
 EMOBANK_VAD = ROOT / "filters" / "emobank_vad" / "v1"

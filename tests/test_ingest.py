@@ -10,9 +10,11 @@ import sqlite3
 
 import pytest
 
-from stages import ingest, store
-from stages.filters import load_filter
-from stages.text import content_hash
+from gt.intake import ingest
+from stages import ingest as ingest_command
+from gt.core import store
+from gt.core.filters import load_filter
+from gt.core.text import content_hash
 from tests.conftest import ROOT, SAMPLE
 
 PROBLEM_LINE = re.compile(r"^\S+:\d+: .+ \(.+\)$")
@@ -49,7 +51,7 @@ def sample_db(tmp_path_factory):
     db = tmp_path_factory.mktemp("demo") / "data" / "demo" / "gt.db"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = ingest.main(["--db", str(db), "--source", "data/sample/*.jsonl", "--workers", "1"])
+        rc = ingest_command.main(["--db", str(db), "--source", "data/sample/*.jsonl", "--workers", "1"])
     conn = store.connect(db)
     yield conn, rc, out.getvalue()
     conn.close()
@@ -137,7 +139,7 @@ def test_a_long_article_can_be_allowed(tmp_path, conn, uplifting):
 
 def test_cli_prints_at_most_20_problem_lines_and_exits_1(tmp_path, capsys, sample_records):
     src = write_jsonl(tmp_path / "bad.jsonl", [article(sample_records[0])] + ["{not json"] * 25)
-    rc = ingest.main(["--db", str(tmp_path / "gt.db"), "--source", src, "--workers", "1"])
+    rc = ingest_command.main(["--db", str(tmp_path / "gt.db"), "--source", src, "--workers", "1"])
     captured = capsys.readouterr()
     err_lines = captured.err.strip().splitlines()
     assert rc == 1
@@ -147,7 +149,7 @@ def test_cli_prints_at_most_20_problem_lines_and_exits_1(tmp_path, capsys, sampl
 
 
 def test_cli_glob_matching_nothing_exits_1_with_one_line(tmp_path, capsys):
-    rc = ingest.main(["--db", str(tmp_path / "gt.db"), "--source", str(tmp_path / "raw" / "*.jsonl")])
+    rc = ingest_command.main(["--db", str(tmp_path / "gt.db"), "--source", str(tmp_path / "raw" / "*.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert err[0].startswith("error: ") and "matches no file" in err[0]
@@ -160,7 +162,7 @@ def test_cli_malformed_filter_fails_before_any_work(tmp_path, capsys, sample_rec
     (pkg / "config.yaml").write_text("name: bad\nversion: 1\ncolour: blue\n")
     (pkg / "prompt.md").write_text("no placeholders\n")
     src = write_jsonl(tmp_path / "a.jsonl", [article(sample_records[0])])
-    rc = ingest.main(["--db", str(tmp_path / "gt.db"), "--source", src, "--filter", str(pkg)])
+    rc = ingest_command.main(["--db", str(tmp_path / "gt.db"), "--source", src, "--filter", str(pkg)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) >= 3 and all(line.startswith(f"error: {pkg}: ") for line in err)
     assert not (tmp_path / "gt.db").exists()
@@ -379,7 +381,7 @@ def test_second_filter_labels_import_through_the_same_path(tmp_path, db_path, sa
 
 def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_:
-        ingest.main(["--help"])
+        ingest_command.main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
     for flag in ("--db", "--source", "--filter", "--min-chars", "--max-chars", "--workers", "--batch-size"):

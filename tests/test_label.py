@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from stages import store
-from stages.cli import UsageError
-from stages.label import LabelOptions, RetryPolicy, RunOptions, eligible_article_ids, label_articles, run_label
-from stages.oracles import registry
+from gt.core import store
+from gt.core.errors import UsageError
+from gt.labelling.label import LabelOptions, run_label
+from gt.labelling.calls import RetryPolicy
+from gt.labelling.sync import RunOptions, label_articles
+from gt.labelling.planning import eligible_article_ids
+from gt.oracles import registry
 from tests.conftest import ROOT, add_articles, sample_articles
 from tests.fakes.answers import expected_answer
 from tests.fakes.server import FakeProviderServer
@@ -158,7 +161,7 @@ def test_daily_quota_stops_cleanly_and_the_same_call_resumes(conn, uplifting, fa
 
 
 def test_auth_failure_stops_fast(conn, uplifting, fake_env):
-    from stages.oracles.base import FatalError
+    from gt.oracles.base import FatalError
     arts = sample_articles(10)
     add_articles(conn, arts)
     fake_env.inject("auth", 1)
@@ -353,7 +356,7 @@ def test_missing_key_and_unknown_oracle_fail_before_any_work(sample_db, tmp_path
 
 def test_rate_limiter_keeps_the_pace_and_a_pause_holds_everyone():
     import asyncio
-    from stages.oracles.ratelimit import RateLimiter
+    from gt.oracles.ratelimit import RateLimiter
 
     async def go():
         limiter = RateLimiter(rpm=6000, headroom=1.0)       # 100 requests/s, 1 s of burst

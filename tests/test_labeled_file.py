@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from stages import store
-from stages.filters import load_filter
-from stages.labeled_file import (export_labeled_file, import_labeled_file, import_prompt_sha256,
+from gt.core import store
+from gt.core.filters import load_filter
+from gt.intake.labeled_file import (export_labeled_file, import_labeled_file, import_prompt_sha256,
                                  parse_analysis)
-from stages.text import sha256_text
+from gt.core.text import sha256_text
 from tests.conftest import ROOT, SAMPLE
 
 

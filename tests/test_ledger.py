@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from stages import store
-from stages.leases import LabelKey, claim_unit, live_leases
-from stages.ledger import LabelOutcome, store_outcome
-from stages.oracles import registry
+from gt.core import store
+from gt.labelling.leases import LabelKey, claim_unit, live_leases
+from gt.labelling.ledger import LabelOutcome, store_outcome
+from gt.oracles import registry
 from tests.conftest import ROOT, add_articles, edited_filter_copy, sample_articles
 from tests.fakes.answers import expected_answer
 from tests.fakes.server import FakeProviderServer
@@ -134,7 +134,8 @@ def test_two_processes_at_once_make_the_target_once_and_pay_about_once(db, tmp_p
 
 def test_a_unit_held_by_a_live_lease_is_not_paid_for_and_dead_or_expired_leases_are_taken_over(db, tmp_path, fake,
                                                                                          uplifting, monkeypatch):
-    from stages.label import eligible_article_ids, label_articles
+    from gt.labelling.planning import eligible_article_ids
+    from gt.labelling.sync import label_articles
     for k, v in fake.env(api_key=SECRET).items():
         monkeypatch.setenv(k, v)
     conn = store.connect(db)
@@ -285,7 +286,7 @@ def test_off_grid_schema_valid_answers_are_stored_as_given(db, tmp_path, env, fa
 
 def test_an_article_whose_title_holds_template_placeholders_labels_normally(db, tmp_path, fake, uplifting,
                                                                             monkeypatch):
-    from stages.label import label_articles
+    from gt.labelling.sync import label_articles
     for k, v in fake.env(api_key=SECRET).items():
         monkeypatch.setenv(k, v)
     conn = store.connect(db)
@@ -361,7 +362,7 @@ def test_storing_an_answer_is_one_transaction_label_ledger_and_lease_or_nothing(
 
 def test_stored_and_printed_messages_lose_every_key_the_registry_knows_of(tmp_path, monkeypatch):
     import dataclasses
-    from stages.ledger import scrub_secrets
+    from gt.labelling.ledger import scrub_secrets
     names = sorted(registry.key_variables())
     assert {"OPENAI_API_KEY", "DEEPSEEK_API_KEY"} <= set(names)
     for i, name in enumerate(names):
@@ -408,8 +409,8 @@ def test_the_oracles_import_no_label_stage_and_no_store():
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
             for name in names:
-                assert not name.startswith(("stages.label", "stages.store")), f"{path.name} imports {name}"
-                assert name not in ("stages.labelling",), f"{path.name} imports {name}"
+                assert not name.startswith(("stages.label", "gt.core.store")), f"{path.name} imports {name}"
+                assert name not in ("gt.labelling.sync",), f"{path.name} imports {name}"
 
 
 # ---- database trouble in the label stage ----------------------------------------------------------

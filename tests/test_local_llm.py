@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from stages import store
-from stages.label import build_request, label_articles
-from stages.oracles import registry
+from gt.labelling.planning import build_request
+from gt.labelling.sync import label_articles
+from gt.oracles import registry
 from tests.conftest import add_articles, sample_articles
 
 
@@ -23,7 +23,7 @@ def spec():
 
 @pytest.fixture(scope="module")
 def oracle(spec):
-    o = registry.make_oracle(spec)          # the registry's lazy dispatch to stages/oracles/local_llm.py
+    o = registry.make_oracle(spec)          # the registry's lazy dispatch to gt/oracles/local_llm.py
     yield o
     asyncio.run(o.aclose())
 
@@ -43,7 +43,7 @@ def first_answer(oracle, uplifting, articles):
 
 
 def test_answers_the_filters_prompt_with_a_valid_answer(oracle, uplifting, first_answer):
-    from stages.oracles.local_llm import LocalLLMOracle, load_model
+    from gt.oracles.local_llm import LocalLLMOracle, load_model
 
     assert isinstance(oracle, LocalLLMOracle)
     request, completion = first_answer
@@ -85,8 +85,8 @@ def test_labels_through_the_label_stage_like_any_oracle(conn, uplifting, spec, o
 
 
 def test_options_are_checked(spec):
-    from stages.oracles.base import FatalError
-    from stages.oracles.local_llm import LocalLLMOracle
+    from gt.oracles.base import FatalError
+    from gt.oracles.local_llm import LocalLLMOracle
 
     with pytest.raises(FatalError, match="score_mode"):
         LocalLLMOracle(dataclasses.replace(spec, options={"score_mode": "sampled"}))

@@ -15,11 +15,11 @@ import textwrap
 
 import pytest
 
-from stages.filters import AnswerError
-from stages.oracles import registry
-from stages.oracles.base import (Completion, FatalError, OracleRequest, ProviderInfo, QuotaExhausted, RateLimited,
+from gt.core.filters import AnswerError
+from gt.oracles import registry
+from gt.oracles.base import (Completion, FatalError, OracleRequest, ProviderInfo, QuotaExhausted, RateLimited,
                                  TransientError)
-from tests.conftest import ROOT, SAMPLE
+from tests.conftest import ROOT
 from tests.conftest import sample_articles as sample
 from tests.fakes import FakeProviderServer, expected_answer
 
@@ -332,7 +332,7 @@ def test_the_shipped_registry_prices_batch_and_cache_where_sold():
 ECHO_MODULES = {
     # a remote provider with a key, a base-URL variable, an option and a batch service
     "echo_remote": """
-        from stages.oracles.base import Option, ProviderInfo
+        from gt.oracles.base import Option, ProviderInfo
 
         class EchoBatches:
             provider = "echo"
@@ -348,7 +348,7 @@ ECHO_MODULES = {
     """,
     # an offline stand-in without options
     "echo_local": """
-        from stages.oracles.base import ProviderInfo
+        from gt.oracles.base import ProviderInfo
 
         class EchoLocal:
             def __init__(self, spec):
@@ -362,12 +362,12 @@ oracles:
   echo-1: {provider: echo, model: e1, api_key_env: [ECHO_API_KEY, ECHO_KEY], options: {loudness: 3}}
   echo-offline: {provider: echo-local, model: e0}
 """
-# run in a fresh interpreter whose stages.oracles package also holds the two modules above
+# run in a fresh interpreter whose gt.oracles package also holds the two modules above
 ECHO_SCRIPT = """
 import json, os, sys
-import stages.oracles
-stages.oracles.__path__.append(sys.argv[1])
-from stages.oracles import batch, registry as r
+import gt.oracles
+gt.oracles.__path__.append(sys.argv[1])
+from gt.oracles import batch, registry as r
 specs = r.load_registry(sys.argv[2])
 os.environ.update(ECHO_KEY="k-echo", ECHO_BASE_URL="http://127.0.0.1:7/echo")
 oracle = r.make_oracle(specs["echo-1"])
@@ -420,11 +420,11 @@ def test_a_provider_declared_in_a_new_module_joins_every_table(tmp_path):
 
 
 def test_each_provider_module_declares_its_provider_and_the_tables_show_it():
-    from stages.oracles import batch
+    from gt.oracles import batch
     shipped = {"gemini": "GeminiOracle", "anthropic_provider": "AnthropicOracle", "openai_compat": "OpenAICompatOracle",
                "local_embed": "LocalEmbedOracle", "local_llm": "LocalLLMOracle", "replay": "ReplayOracle"}
     for module_name, class_name in shipped.items():
-        info = importlib.import_module(f"stages.oracles.{module_name}").PROVIDER
+        info = importlib.import_module(f"gt.oracles.{module_name}").PROVIDER
         assert isinstance(info, ProviderInfo) and registry.PROVIDER_INFO[info.name] is info
         assert registry._PROVIDER_CLASSES[info.name].__name__ == class_name
     assert set(registry.PROVIDERS) == {"gemini", "anthropic", "openai", "local-embed", "local-llm", "replay"}
@@ -438,7 +438,7 @@ def test_each_provider_module_declares_its_provider_and_the_tables_show_it():
 
 def test_two_modules_declaring_one_name_are_refused():
     with pytest.raises(ImportError, match="provider 'gemini' is already declared"):
-        registry.declarations(["stages.oracles.gemini", "stages.oracles.local_llm", "stages.oracles.gemini"])
+        registry.declarations(["gt.oracles.gemini", "gt.oracles.local_llm", "gt.oracles.gemini"])
 
 
 def test_an_unknown_or_ill_typed_option_is_refused_in_one_line(tmp_path):
@@ -474,7 +474,7 @@ def test_every_shipped_entry_sets_only_options_its_provider_knows():
 def test_importing_the_registry_and_the_offline_oracles_loads_no_sdk():
     script = (
         "import sys\n"
-        "from stages.oracles import batch, registry as r\n"
+        "from gt.oracles import batch, registry as r\n"
         "batch.TURNAROUND\n"
         "specs = r.load_registry()\n"
         "r.make_oracle(r.resolve('local-embed', specs)); r.make_oracle(r.resolve('local-llm', specs))\n"
@@ -503,7 +503,7 @@ def test_provider_modules_never_import_the_registry_nor_read_the_environment():
     assert len(modules) == 9
     for module in modules:
         path = ROOT / (module.__name__.replace(".", "/") + ".py")
-        assert "stages.oracles.registry" not in imported_modules(path), path
+        assert "gt.oracles.registry" not in imported_modules(path), path
         source = path.read_text(encoding="utf-8")
         assert "environ" not in source and "getenv" not in source, path
 

@@ -14,9 +14,9 @@ import pytest
 
 from stages import label as label_stage
 from stages import loop as loop_stage
-from stages import picking
-from stages import selection as sel
-from stages.filters import load_filter
+from gt.labelling import picking
+from gt.selection import program as sel
+from gt.core.filters import load_filter
 
 ROOT = Path(__file__).resolve().parents[1]
 VAD = ROOT / "filters" / "emobank_vad" / "v1"

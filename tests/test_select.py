@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import select as stage
-from stages import selection as sel
-from stages import selection_report, store
-from stages.pool import program_pool
+from gt.selection import select as stage
+from stages import select as stage_command
+from gt.selection import program as sel
+from gt.selection import report as selection_report
+from gt.core import store
+from gt.selection.pool import program_pool
 from tests.conftest import skewed_scores
 
 TIERS = ["impact", "connection", "not_uplifting"]
@@ -44,7 +46,7 @@ def make_pool_db(conn, filt, scores, *, sources=None, clusters=None, too_short=N
 
 
 def run_select(db_path, out_dir, *extra):
-    return stage.main(["--db", str(db_path), "--output-dir", str(out_dir), *map(str, extra)])
+    return stage_command.main(["--db", str(db_path), "--output-dir", str(out_dir), *map(str, extra)])
 
 
 def members(db_path, name):
@@ -327,7 +329,7 @@ def strategy_pool():
 
 
 def _select(strategy, scores, tier, k=80, error=None):
-    """The strategy's program on a pool frame built the stage's way (stages.pool.program_pool): with
+    """The strategy's program on a pool frame built the stage's way (gt.selection.pool.program_pool): with
     `error`, the article weights and priorities are the stage's own (selection.active_learning_weights)."""
     dims = [f"d{j}" for j in range(scores.shape[1])]
     frame = pd.DataFrame(scores, columns=dims).assign(tier=[TIERS[t] for t in tier], source="one source",
@@ -472,13 +474,13 @@ def test_infeasible_program_names_the_constraint():
 # ---- other inputs: a labelled file, predictions of a model in gt.db ------------------------------
 
 def test_labeled_file_is_imported_then_selected_from(pool_db, tmp_path, uplifting, capsys):
-    from stages.labeled_file import export_labeled_file
+    from gt.intake.labeled_file import export_labeled_file
 
     c = store.connect(pool_db)
     exported = export_labeled_file(c, uplifting, tmp_path / "labeled_articles.jsonl")
     c.close()
     fresh = tmp_path / "fresh" / "gt.db"
-    rc = stage.main(["--db", str(fresh), "--labeled-file", str(tmp_path / "labeled_articles.jsonl"),
+    rc = stage_command.main(["--db", str(fresh), "--labeled-file", str(tmp_path / "labeled_articles.jsonl"),
                      "--output-dir", str(tmp_path / "out"), "--target-size", "40", "--name", "from-file"])
     out = capsys.readouterr()
     assert rc == 0, out.err

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from stages import select as stage
-from stages import selection_report, store
-from stages.student import read_split
+from gt.selection import report as selection_report
+from gt.core import store
+from gt.student.model import read_split
 from tests.conftest import skewed_scores
 
 N = 80
@@ -98,7 +99,7 @@ def test_every_line_carries_its_labels_provenance(conn, uplifting, db_path, tmp_
 
 def test_imported_labels_carry_the_import_runs_provenance(conn, uplifting, db_path, tmp_path, capsys):
     """A selection from an imported labelled file: each line points at the imported label row."""
-    from stages.labeled_file import export_labeled_file
+    from gt.intake.labeled_file import export_labeled_file
 
     labelled_db(conn, uplifting, with_second_oracle=False)
     export_labeled_file(conn, uplifting, tmp_path / "labeled.jsonl")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import stats
+from gt.core import stats
 
 nan = np.nan
 

@@ -3,9 +3,9 @@ import sqlite3
 
 import pytest
 
-from stages import store
-from stages.filters import load_filter
-from tests.conftest import ROOT, UPLIFTING, UPLIFTING_CASES, edited_filter_copy, expected_overall, expected_tier
+from gt.core import store
+from gt.core.filters import load_filter
+from tests.conftest import ROOT, UPLIFTING_CASES, edited_filter_copy, expected_overall, expected_tier
 
 SUSTAINABILITY = ROOT / "filters" / "sustainability_tech" / "v1"
 TABLES = {"articles", "article_minhash", "filters", "label_runs", "labels", "label_scores", "selections",
@@ -227,7 +227,7 @@ def test_names_with_quotes_cannot_break_the_view_sql(conn, uplifting):
     """Defence in depth: load_filter refuses such names, and the view's SQL quotes them anyway."""
     import dataclasses
 
-    from stages.filters import Tier
+    from gt.core.filters import Tier
     odd = dataclasses.replace(
         uplifting, name="odd", version="1",
         tiers=(Tier("it's top", 7.0), Tier('a "quoted" tier', 4.0), Tier("x') OR ('1'='1", 0.0)),

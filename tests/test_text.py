@@ -8,7 +8,7 @@ import unicodedata
 import ftfy
 import pytest
 
-from stages.text import (TRUNCATION_MARK, NearDuplicateIndex, clean_text, content_hash, content_hash_of_words,
+from gt.core.text import (TRUNCATION_MARK, NearDuplicateIndex, clean_text, content_hash, content_hash_of_words,
                          head_tail_truncate, minhash_signature, signature_from_bytes, signature_to_bytes, words)
 from tests.conftest import SAMPLE
 
@@ -38,7 +38,7 @@ def _reference_clean(raw):
     """clean_text as first written (ftfy on the whole text, per-character control removal): the
     fast paths must give exactly the same text."""
     import re
-    from stages import text as t
+    from gt.core import text as t
     if not raw:
         return ""
     s = ftfy.fix_text(raw, normalization="NFC")

@@ -23,11 +23,12 @@ from tests.conftest import ROOT, qwen_tokenizer_dir, sample_slice, tiny_qwen_dir
 
 @pytest.fixture(scope="module")
 def qwen_run(tmp_path_factory, uplifting):
-    from stages import train
+    from gt.student import train
+    from stages import train as train_command
 
     folder = tmp_path_factory.mktemp("qwen_train")
     splits = write_splits(folder, uplifting.dimension_names)
-    args = train.build_parser().parse_args(train_args(
+    args = train_command.parse_options(train_args(
         splits, folder / "gt.db", folder / "models" / "tiny_qwen", str(tiny_qwen_dir()),
         "--epochs", "2", "--batch-size", "4", "--max-length", "96", "--lora-r", "4", "--lr", "1e-3"))
     umask = os.umask(0o022)
@@ -51,8 +52,8 @@ def test_converted_tokenizer_encodes_like_the_qwen_package():
 
 
 def test_trained_student_is_saved_registered_and_reloads_with_identical_predictions(qwen_run, uplifting):
-    from stages import store
-    from stages.student import Student, TargetScaler, predict_scores
+    from gt.core import store
+    from gt.student.model import Student, TargetScaler, predict_scores
 
     folder, splits, result = qwen_run
     out = result.output
@@ -84,7 +85,7 @@ def test_predictions_are_the_head_outputs_scaled_back_and_clipped_exactly_at_0_a
     are all 0 answers each dimension's mean, and a mean off the scale comes back exactly at the bound."""
     import torch
 
-    from stages.student import TargetScaler, load_base_model, predict_scores
+    from gt.student.model import TargetScaler, load_base_model, predict_scores
 
     model, _ = load_base_model(str(tiny_qwen_dir()), num_labels=4, pad_token_id=151643)
     with torch.no_grad():
@@ -95,7 +96,7 @@ def test_predictions_are_the_head_outputs_scaled_back_and_clipped_exactly_at_0_a
 
 
 def test_target_scaler_standardises_and_maps_back_to_the_0_10_scale():
-    from stages.student import TargetScaler
+    from gt.student.model import TargetScaler
 
     labels = np.array([[0.0, 2.0, 5.0], [10.0, 2.0, 7.0], [4.0, 2.0, 9.0]])
     scaler = TargetScaler.fit(labels)
@@ -117,7 +118,7 @@ def test_lora_trains_exactly_the_adapters_and_the_head(qwen_run):
 
 
 def test_long_article_keeps_its_lead_and_its_ending(qwen_run):
-    from stages.student import article_text
+    from gt.student.model import article_text
 
     _, _, result = qwen_run
     long = max(sample_slice(40), key=lambda a: len(a["text"]))
@@ -128,7 +129,7 @@ def test_long_article_keeps_its_lead_and_its_ending(qwen_run):
 
 
 def test_head_only_setup_fails_the_trainable_parameter_check():
-    from stages.student import (StudentError, build_lora_model, check_trainable_parameters,
+    from gt.student.model import (StudentError, build_lora_model, check_trainable_parameters,
                                 expected_trainable_parameters, load_base_model)
 
     model, fresh = load_base_model(str(tiny_qwen_dir()), num_labels=8, pad_token_id=151643)
@@ -145,12 +146,12 @@ def test_head_only_setup_fails_the_trainable_parameter_check():
 
 
 def test_lora_targets_matching_nothing_stop_the_run_with_one_line(tmp_path, uplifting, capsys):
-    from stages import train
+    from stages import train as train_command
 
     splits = write_splits(tmp_path, uplifting.dimension_names, sizes=(4, 2, 2))
     base = str(tiny_qwen_dir())
     capsys.readouterr()  # the fixture model's own save messages
-    rc = train.main(train_args(splits, tmp_path / "gt.db", tmp_path / "m", base,
+    rc = train_command.main(train_args(splits, tmp_path / "gt.db", tmp_path / "m", base,
                                "--lora-targets", "no_such_layer", "--epochs", "1"))
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("error: LoRA could not attach") and err.count("\n") == 1
@@ -168,7 +169,7 @@ def test_follow_umask_gives_files_and_folders_the_umask_modes(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from stages.train import follow_umask
+    from gt.student.train import follow_umask
 
     umask = os.umask(0o027)
     try:
@@ -314,35 +315,36 @@ def test_online_and_not_cached_downloads_into_the_cache_then_trains(tmp_path, up
     config = json.loads((tmp_path / "m" / "training_config.json").read_text())
     assert config["base_model"] == "tiny-org/tiny-qwen" and config["base_model_path"] == str(snapshot)
 
-    found = subprocess.run([sys.executable, "-c", "from stages.student import resolve_base_model as r; "
+    found = subprocess.run([sys.executable, "-c", "from gt.student.model import resolve_base_model as r; "
                             "print(r('tiny-org/tiny-qwen'))"], cwd=ROOT, env=hub_env(tmp_path / "hf", offline=True),
                            capture_output=True, text=True, timeout=120)
     assert found.returncode == 0 and found.stdout.strip() == str(snapshot) and "downloading" not in found.stderr
 
 
 def test_splits_of_another_filter_are_refused(tmp_path, capsys):
-    from stages import train
+    from stages import train as train_command
 
     splits = write_splits(tmp_path, ["a", "b"], sizes=(4, 2, 2))
-    rc = train.main(train_args(splits, tmp_path / "gt.db", tmp_path / "m", str(tiny_qwen_dir())))
+    rc = train_command.main(train_args(splits, tmp_path / "gt.db", tmp_path / "m", str(tiny_qwen_dir())))
     err = capsys.readouterr().err
     assert rc == 2 and "pass the --filter they were labelled with" in err
 
 
 def test_gpu_recipe_bf16_with_gradient_checkpointing_trains_and_reloads(tmp_path, uplifting):
     """The GPU settings (bf16 weights and autocast, gradient checkpointing), run on the CPU."""
-    from stages import train
-    from stages.student import Student
+    from gt.student import train
+    from stages import train as train_command
+    from gt.student.model import Student
 
     splits = write_splits(tmp_path, uplifting.dimension_names, sizes=(8, 2, 2))
-    args = train.build_parser().parse_args(train_args(
+    args = train_command.parse_options(train_args(
         splits, tmp_path / "gt.db", tmp_path / "bf16", str(tiny_qwen_dir()), "--epochs", "1", "--batch-size", "4",
         "--max-length", "64", "--lora-r", "4", "--precision", "bf16", "--gradient-checkpointing", "on"))
     result = train.train(args, progress=False)
     assert result.config["precision"] == "bf16" and result.config["gradient_checkpointing"] is True
     assert "bf16, gradient checkpointing" in (tmp_path / "bf16" / "README.md").read_text()
     items = [(r["title"], r["text"]) for r in map(json.loads, splits["test"].read_text().splitlines())]
-    from stages.student import TargetScaler, predict_scores
+    from gt.student.model import TargetScaler, predict_scores
     in_memory = predict_scores(result.model, result.encoder.encode_many(items), result.tokenizer.pad_token_id,
                                TargetScaler(result.config["target_mean"], result.config["target_std"]))
     np.testing.assert_allclose(Student.load(tmp_path / "bf16").predict(items), in_memory, rtol=0, atol=1e-5)

@@ -37,7 +37,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.fakes.answers import (article_block, article_key, corrupt, deterministic_answer, fault_markers,
                                  model_variant, schema_shape)
@@ -263,7 +263,7 @@ class _Server(ThreadingHTTPServer):
 
 
 def _filter_shape(path: Path | str) -> tuple[list[str], list[str]]:
-    from stages.filters import load_filter
+    from gt.core.filters import load_filter
     f = load_filter(path)
     return f.dimension_names, list(f.content_types)
 
