@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gt.labelling import picking  # noqa: E402
-from gt.selection import program as sel  # noqa: E402
+from gt.selection import bins, strategies  # noqa: E402
 from gt.student.curve import test_metrics  # noqa: E402
 from gt.student.embeddings import DEFAULT_CACHE, Embedder, article_vectors, cached_embeddings  # noqa: E402
 from gt.core.filters import load_filter  # noqa: E402
@@ -77,7 +77,7 @@ def arm_figures(db: Path, filt, test_x: np.ndarray, test_y: np.ndarray, cache: P
     lab = picking.labelled(conn, filt, key)
     dims = filt.dimension_names
     y = lab[dims].to_numpy(float)
-    outer = sel.is_extreme(y)
+    outer = strategies.is_extreme(y)
     reasons = dict(conn.execute("SELECT article_id, reason FROM label_picks").fetchall()) \
         if picking.has_pick_tables(conn) else {}
     by_reason = {}
@@ -85,8 +85,8 @@ def arm_figures(db: Path, filt, test_x: np.ndarray, test_y: np.ndarray, cache: P
         mask = lab["article_id"].map(reasons).eq(reason).to_numpy()
         if mask.any():
             by_reason[reason] = {"labels": int(mask.sum()), "outer": int(outer[mask].any(axis=1).sum())}
-    edges = sel.parse_bins(sel.DEFAULT_BINS)
-    counts = picking.cell_counts(sel.to_bins(y, edges), len(edges))
+    edges = bins.parse_bins(bins.DEFAULT_BINS)
+    counts = picking.cell_counts(bins.to_bins(y, edges), len(edges))
     quota = picking.even_quota(TOTAL, len(edges))
     cost = conn.execute("SELECT SUM(cost_usd) FROM label_runs WHERE oracle = ?", (ORACLE,)).fetchone()[0]
     x, _ = article_vectors(conn, list(lab["article_id"]), filt.max_article_chars, cache, embedder)

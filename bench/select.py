@@ -2,7 +2,7 @@
 
 Synthetic skewed scores (8 correlated dimensions, most scores 0-3, about 1.5% at 7-10), tiers from
 the uplifting weights and thresholds, 300 sources, 2% of articles in near-duplicate clusters.
-They are generated with numpy straight into the solver's input (gt.selection.program.Pool); `--e2e`
+They are generated with numpy straight into the solver's input (gt.selection.solver.Pool); `--e2e`
 adds one run of the whole stage (python -m stages.select) on a 20k gt.db built here.
 
 Prints, per size: solve time, peak memory (RSS of the process that solved that size; each size
@@ -68,8 +68,8 @@ def synthetic_pool(n: int, seed: int):
 
 
 def run_one(label: str, seed: int, time_limit: float) -> dict:
-    from gt.selection import select as stage
-    from gt.selection import program as sel
+    from gt.selection import strategies as stage
+    from gt.selection import program as solver
 
     n, k = SIZES[label]
     t0 = time.perf_counter()
@@ -80,18 +80,18 @@ def run_one(label: str, seed: int, time_limit: float) -> dict:
     t1 = time.perf_counter()
     program = stage.build_program(strategy, edges, k, ["impact", "connection", "not_uplifting"],
                                   pool, tier_shares=None, max_per_source=None)
-    groups = sel.aggregate(pool, program)
+    groups = solver.aggregate(pool, program)
     t_agg = time.perf_counter() - t1
-    solution = sel.solve(groups, program, time_limit=time_limit, seed=seed)
-    chosen = sel.pick_articles(pool, groups, solution.counts, seed)
+    solution = solver.solve(groups, program, time_limit=time_limit, seed=seed)
+    chosen = solver.pick_articles(pool, groups, solution.counts, seed)
     t_solve = time.perf_counter() - t1
     assert chosen.sum() == k
-    randoms = [sel.objective_value(pool.bins, sel.random_subset(n, k, seed + r).astype(np.int64), pool.weight, program)
+    randoms = [solver.objective_value(pool.bins, solver.random_subset(n, k, seed + r).astype(np.int64), pool.weight, program)
                for r in range(5)]
     t2 = time.perf_counter()
-    greedy = sel.greedy_fill(groups, program, tiebreak=np.random.default_rng(seed).permutation(groups.count).astype(float))
+    greedy = solver.greedy_fill(groups, program, tiebreak=np.random.default_rng(seed).permutation(groups.count).astype(float))
     t_greedy = time.perf_counter() - t2
-    greedy_obj = sel.objective_value(groups.bins, greedy, groups.weight, program) if greedy is not None else None
+    greedy_obj = solver.objective_value(groups.bins, greedy, groups.weight, program) if greedy is not None else None
     high = float((scores >= 7).mean())
     return {
         "size": label, "pool": n, "target": k, "share_7_10": high, "groups": solution.groups,

@@ -8,7 +8,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from gt.selection.program import DEFAULT_BINS
+from gt.selection.bins import DEFAULT_BINS
 from gt.student import curve as library
 from gt.student import curve_report
 from gt.student.curve import DEFAULT_BUDGETS, DEFAULT_TEST_SHARE, STRATEGY_NAMES, CurveOptions, curve

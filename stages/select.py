@@ -9,7 +9,7 @@ from typing import Sequence
 
 from gt.selection.report import SPLIT_FORMATS
 from gt.selection.select import RANDOM_SUBSETS, Result, SelectOptions, select
-from gt.selection.program import STRATEGIES
+from gt.selection.strategies import STRATEGIES
 from stages import kit
 
 

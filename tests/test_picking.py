@@ -15,7 +15,7 @@ import pytest
 from stages import label as label_stage
 from stages import loop as loop_stage
 from gt.labelling import picking
-from gt.selection import program as sel
+from gt.selection import strategies
 from gt.core.filters import load_filter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def bought(db: Path, oracle: str = ORACLE) -> dict[str, dict]:
 
 def outer_count(db: Path, ids) -> int:
     labels = bought(db)
-    return sum(1 for a in ids if labels[a]["scores"] and sel.is_extreme(np.array(list(labels[a]["scores"].values()))).any())
+    return sum(1 for a in ids if labels[a]["scores"] and strategies.is_extreme(np.array(list(labels[a]["scores"].values()))).any())
 
 
 def test_gaps_finds_more_extremes_than_random_at_the_same_budget(base, tmp_path):

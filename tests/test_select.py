@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gt.selection import select as stage
 from stages import select as stage_command
-from gt.selection import program as sel
+from gt.selection import program as solver, splits, strategies
 from gt.selection import report as selection_report
 from gt.core import store
 from gt.selection.pool import program_pool
@@ -57,7 +56,7 @@ def members(db_path, name):
     return rows
 
 
-def brute_force(pool: sel.Pool, program: sel.Program) -> int:
+def brute_force(pool: solver.Pool, program: solver.Program) -> int:
     best = -1
     for combo in itertools.combinations(range(pool.size), program.size):
         idx = np.array(combo)
@@ -72,7 +71,7 @@ def brute_force(pool: sel.Pool, program: sel.Program) -> int:
             continue
         counts = np.zeros(pool.size, dtype=np.int64)
         counts[idx] = 1
-        best = max(best, sel.objective_value(pool.bins, counts, pool.weight, program))
+        best = max(best, solver.objective_value(pool.bins, counts, pool.weight, program))
     return best
 
 
@@ -84,7 +83,7 @@ def random_small_pool(rng, n=14, d=3, with_weight=False):
     cluster = np.full(n, -1)
     cluster[rng.choice(n, 4, replace=False)] = [0, 0, 1, 1]        # two near-duplicate pairs
     weight = rng.integers(0, 4, size=n) if with_weight else None
-    return sel.Pool(bins=bins, tier=tier, source=source, cluster=cluster, weight=weight)
+    return solver.Pool(bins=bins, tier=tier, source=source, cluster=cluster, weight=weight)
 
 
 # ---- the program against brute force -----------------------------------------------------------
@@ -96,17 +95,17 @@ def test_objective_equals_brute_force_optimum(strategy, case):
     rng = np.random.default_rng(100 * case + len(strategy))
     pool = random_small_pool(rng, with_weight=strategy == "active_learning")
     k = 5
-    program = stage.build_program(stage.STRATEGIES[strategy], np.arange(11.0), k, TIERS, pool, tier_shares=None,
+    program = strategies.build_program(strategies.STRATEGIES[strategy], np.arange(11.0), k, TIERS, pool, tier_shares=None,
                                   max_per_source=2 if case == 1 else None)
     program.quota[:] = np.minimum(program.quota, 1 + case)           # tight quotas make the choice matter
-    groups = sel.aggregate(pool, program)
+    groups = solver.aggregate(pool, program)
     optimum = brute_force(pool, program)
     for polish in ("auto", "always"):
-        solution = sel.solve(groups, program, time_limit=10, seed=1, polish=polish)
-        chosen = sel.pick_articles(pool, groups, solution.counts, seed=1)
+        solution = solver.solve(groups, program, time_limit=10, seed=1, polish=polish)
+        chosen = solver.pick_articles(pool, groups, solution.counts, seed=1)
         assert solution.objective == optimum, polish
         assert solution.status == "optimal" and solution.bound == optimum
-        assert sel.objective_value(pool.bins, chosen.astype(np.int64), pool.weight, program) == optimum
+        assert solver.objective_value(pool.bins, chosen.astype(np.int64), pool.weight, program) == optimum
         assert chosen.sum() == k
 
 
@@ -116,13 +115,13 @@ def test_cp_sat_improves_a_poor_hint_and_proves_it():
     found_gap_case = False
     for _ in range(40):
         pool = random_small_pool(rng, n=13)
-        program = stage.build_program(stage.STRATEGIES["maximize_coverage"], np.arange(11.0), 5, TIERS, pool,
+        program = strategies.build_program(strategies.STRATEGIES["maximize_coverage"], np.arange(11.0), 5, TIERS, pool,
                                       tier_shares={"impact": (0.4, 1.0)}, max_per_source=2)
         program.quota[:] = 1
         try:
-            groups = sel.aggregate(pool, program)
-            solution = sel.solve(groups, program, time_limit=10, seed=3)
-        except sel.SelectionError:
+            groups = solver.aggregate(pool, program)
+            solution = solver.solve(groups, program, time_limit=10, seed=3)
+        except solver.SelectionError:
             continue
         assert solution.objective == brute_force(pool, program)
         if solution.rounded_objective < solution.objective:
@@ -296,7 +295,7 @@ def test_splits_keep_clusters_whole_and_cover_cells_in_proportion():
     bins = np.minimum(rng.geometric(0.3, size=(n, 4)) - 1, 10)
     unit = np.arange(n)
     unit[:120] = np.repeat(np.arange(40), 3)           # 40 clusters of three articles
-    split = sel.assign_splits(bins, unit, (0.8, 0.1, 0.1), seed=5)
+    split = splits.assign_splits(bins, unit, (0.8, 0.1, 0.1), seed=5)
     for u in range(40):
         assert len(set(split[unit == u])) == 1
     sizes = np.bincount(split, minlength=3)
@@ -307,13 +306,13 @@ def test_splits_keep_clusters_whole_and_cover_cells_in_proportion():
             if in_cell.sum() >= 20:
                 share = np.bincount(split[in_cell], minlength=3) / in_cell.sum()
                 assert abs(share[0] - 0.8) < 0.1 and abs(share[1] - 0.1) < 0.08
-    assert (sel.assign_splits(bins, unit, (0.8, 0.1, 0.1), seed=5) == split).all()
+    assert (splits.assign_splits(bins, unit, (0.8, 0.1, 0.1), seed=5) == split).all()
 
 
 def test_single_articles_split_exactly():
     bins = np.minimum(np.random.default_rng(1).geometric(0.4, size=(97, 8)) - 1, 10)
-    split = sel.assign_splits(bins, np.arange(97), (0.7, 0.2, 0.1), seed=0)
-    assert np.bincount(split, minlength=3).tolist() == sel.split_sizes(97, (0.7, 0.2, 0.1)).tolist() == [68, 19, 10]
+    split = splits.assign_splits(bins, np.arange(97), (0.7, 0.2, 0.1), seed=0)
+    assert np.bincount(split, minlength=3).tolist() == splits.split_sizes(97, (0.7, 0.2, 0.1)).tolist() == [68, 19, 10]
 
 
 # ---- strategies move the distribution their way ---------------------------------------------------
@@ -335,10 +334,10 @@ def _select(strategy, scores, tier, k=80, error=None):
     frame = pd.DataFrame(scores, columns=dims).assign(tier=[TIERS[t] for t in tier], source="one source",
                                                       near_dup_cluster=None)
     pool, _ = program_pool(frame, dims, np.arange(11.0), TIERS, None if error is None else pd.Series(error))
-    program = stage.build_program(stage.STRATEGIES[strategy], np.arange(11.0), k, TIERS, pool, tier_shares=None,
+    program = strategies.build_program(strategies.STRATEGIES[strategy], np.arange(11.0), k, TIERS, pool, tier_shares=None,
                                   max_per_source=None)
-    groups = sel.aggregate(pool, program)
-    return sel.pick_articles(pool, groups, sel.solve(groups, program, seed=1, time_limit=5).counts, seed=1)
+    groups = solver.aggregate(pool, program)
+    return solver.pick_articles(pool, groups, solver.solve(groups, program, seed=1, time_limit=5).counts, seed=1)
 
 
 def test_extreme_focus_raises_the_share_of_extremes(strategy_pool):
@@ -375,13 +374,13 @@ def test_active_learning_weights_rank_the_students_error():
     """Weights: the error's pool percentile (average ranks, unknown errors left out) cut into 2 x D
     levels, the top level for the worst; no prediction, no weight and the lowest priority."""
     error = pd.Series([0.1, 2.0, np.nan, 0.5, 3.0, 0.1, 1.0, np.nan])
-    weight, priority = sel.active_learning_weights(error, n_dims=2)             # 4 levels: 0..3
+    weight, priority = strategies.active_learning_weights(error, n_dims=2)             # 4 levels: 0..3
     # percentiles of the six known errors: 0.1 and 0.1 -> 1.5/6, 0.5 -> 3/6, 1.0 -> 4/6, 2.0 -> 5/6, 3.0 -> 6/6
     assert weight.tolist() == [1, 3, 0, 2, 3, 1, 2, 0]
     known = error.notna().to_numpy()
     assert (priority[known] == error[known]).all() and (priority[~known] < error.min()).all()
     many = pd.Series(np.random.default_rng(4).gamma(2.0, 0.5, 400))
-    w, _ = sel.active_learning_weights(many, n_dims=4)
+    w, _ = strategies.active_learning_weights(many, n_dims=4)
     assert sorted(set(w)) == list(range(8)) and (np.diff(w[np.argsort(many.to_numpy())]) >= 0).all()
 
 
@@ -463,12 +462,12 @@ def test_infeasible_program_names_the_constraint():
     """Counting checks pass (each family alone is satisfiable) but together they are not: the
     diagnosis re-solves with each family relaxed."""
     n = 10
-    pool = sel.Pool(bins=np.zeros((n, 2), dtype=int), tier=np.array([0] * 5 + [1] * 5),
+    pool = solver.Pool(bins=np.zeros((n, 2), dtype=int), tier=np.array([0] * 5 + [1] * 5),
                     source=np.array([0] * 5 + [1] * 5), cluster=np.full(n, -1))
-    program = sel.Program(quota=np.ones((2, 11)), value=np.ones((2, 11)), size=6, tier_names=["a", "b"],
+    program = solver.Program(quota=np.ones((2, 11)), value=np.ones((2, 11)), size=6, tier_names=["a", "b"],
                           tier_min=np.array([4, 0]), tier_max=np.array([6, 6]), max_per_source=3)
-    with pytest.raises(sel.SelectionError, match="tier shares together with the per-source cap"):
-        sel.solve(sel.aggregate(pool, program), program)
+    with pytest.raises(solver.SelectionError, match="tier shares together with the per-source cap"):
+        solver.solve(solver.aggregate(pool, program), program)
 
 
 # ---- other inputs: a labelled file, predictions of a model in gt.db ------------------------------

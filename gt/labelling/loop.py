@@ -29,7 +29,7 @@ import numpy as np
 from gt.labelling import picking
 from gt.core import store
 from gt.core.errors import StageError, UsageError
-from gt.selection import program as sel
+from gt.selection import bins, strategies
 from gt.core.filters import DEFAULT_FILTER, Filter, load_filter
 from gt.labelling.sync import LabelRunSummary, RetryPolicy, eligible_article_ids, label_articles
 from gt.oracles.base import FatalError, OracleSpec
@@ -125,7 +125,7 @@ def round_figures(conn: sqlite3.Connection, filt: Filter, key: picking.LabelKey,
            GROUP BY l.id ORDER BY l.id""", (key.filter_id, key.oracle, key.prompt_sha256)).fetchall()
     label_ids = np.array([r[0] for r in all_labels], dtype=np.int64)
     scores = np.array([[json.loads(r[1])[d] for d in dims] for r in all_labels], dtype=float).reshape(-1, len(dims))
-    edges = sel.parse_bins(sel.DEFAULT_BINS)
+    edges = bins.parse_bins(bins.DEFAULT_BINS)
     out, random_outer, random_n = [], 0, 0
     for rid, no, method in rounds:
         rows = conn.execute(
@@ -135,14 +135,14 @@ def round_figures(conn: sqlite3.Connection, filt: Filter, key: picking.LabelKey,
                     AND l.oracle = ? AND l.prompt_sha256 = ? AND l."repeat" = 0
                WHERE p.round_id = ?""", (key.filter_id, key.oracle, key.prompt_sha256, rid)).fetchall()
         ok = [r for r in rows if r[2] == "ok"]
-        outer = [bool(sel.is_extreme(np.array([json.loads(r[4])[d] for d in dims])).any()) for r in ok]
+        outer = [bool(strategies.is_extreme(np.array([json.loads(r[4])[d] for d in dims])).any()) for r in ok]
         rand = [o for r, o in zip(ok, outer) if r[0] in RANDOM_REASONS]
         random_outer += sum(rand)
         random_n += len(rand)
         cost = float(sum(r[3] or 0.0 for r in rows if r[1] is not None))
         last = max((r[1] for r in ok), default=0)
         upto = scores[label_ids <= last] if len(label_ids) else scores
-        counts = picking.cell_counts(sel.to_bins(upto, edges), len(edges))
+        counts = picking.cell_counts(bins.to_bins(upto, edges), len(edges))
         quota = picking.even_quota(len(upto), len(edges))
         rate = random_outer / random_n if random_n else None
         out.append({"round": no, "method": method, "picked": len(rows), "labels": len(ok), "cost_usd": round(cost, 4),

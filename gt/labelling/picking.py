@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from gt.selection import program as sel
+from gt.selection import bins, program as solver, strategies
 from gt.core import store
 from gt.core.filters import Filter
 
@@ -266,13 +266,13 @@ def gap_choice(pred_bins: np.ndarray, current: np.ndarray, k: int, *, cluster: n
                      int(values.sum()) * EXTREMENESS_LEVELS + 1, 0)
     pct = pd.Series(priority).rank(pct=True, method="average").to_numpy()
     weight = np.minimum(EXTREMENESS_LEVELS - 1, np.floor(pct * EXTREMENESS_LEVELS)).astype(np.int64)
-    pool = sel.Pool(bins=bins, tier=np.zeros(n), source=np.zeros(n), cluster=cluster, weight=weight,
+    pool = solver.Pool(bins=bins, tier=np.zeros(n), source=np.zeros(n), cluster=cluster, weight=weight,
                     priority=priority)
     units = int((cluster < 0).sum()) + len(np.unique(cluster[cluster >= 0]))
     k = min(k, units)
-    program = sel.Program(quota=quota_x, value=value, size=k, tier_names=["all"], tier_min=np.array([0]),
+    program = solver.Program(quota=quota_x, value=value, size=k, tier_names=["all"], tier_min=np.array([0]),
                           tier_max=np.array([k]), bonus=bonus)
-    chosen, _, _ = sel.choose(pool, program, seed=seed, time_limit=time_limit)
+    chosen, _, _ = solver.choose(pool, program, seed=seed, time_limit=time_limit)
     return chosen, hits
 
 
@@ -305,7 +305,7 @@ def plan_picks(conn: sqlite3.Connection, filt: Filter, key: LabelKey, method: st
     n = min(n, len(pool))
     if method == "random":
         return Picks(method, pool[:n], ["random"] * n, [None] * n, explore_share=1.0, candidates=len(pool))
-    edges = sel.parse_bins(sel.DEFAULT_BINS) if edges is None else edges
+    edges = bins.parse_bins(bins.DEFAULT_BINS) if edges is None else edges
     lab = labelled(conn, filt, key)
     scorer = fit_scorer(conn, filt, key, pool, cache=cache, seed=seed, use_student=use_student,
                         ensemble=ENSEMBLE if method == "uncertain" else 0, progress=progress, lab=lab)
@@ -316,8 +316,8 @@ def plan_picks(conn: sqlite3.Connection, filt: Filter, key: LabelKey, method: st
     n_explore = int(round(n * explore_share))
     n_aim = n - n_explore
     rng = np.random.default_rng(seed)
-    pred_bins = sel.to_bins(mapped, edges)
-    current = cell_counts(sel.to_bins(lab[dims].to_numpy(float), edges), len(edges))
+    pred_bins = bins.to_bins(mapped, edges)
+    current = cell_counts(bins.to_bins(lab[dims].to_numpy(float), edges), len(edges))
     hits = np.zeros_like(pred_bins, dtype=bool)
     if method == "gaps":
         values = skill_values(scorer.skill, len(dims))
@@ -333,7 +333,7 @@ def plan_picks(conn: sqlite3.Connection, filt: Filter, key: LabelKey, method: st
     explore = list(rng.choice(rest, size=min(n_explore, len(rest)), replace=False)) if len(rest) else []
     order = _interleave([int(i) for i in aim], [int(i) for i in explore], seed)
     in_aim = set(int(i) for i in aim)
-    labels = sel.bin_labels(edges)
+    labels = bins.bin_labels(edges)
     cells = []
     for i in order:
         if i in in_aim and method == "gaps" and hits[i].any():
@@ -360,7 +360,7 @@ def predicted_gain(current: np.ndarray, pred_bins: np.ndarray, chosen: np.ndarra
     quota = even_quota(int(current[0].sum()) + k, b)
     picked = cell_counts(pred_bins[chosen], b)
     at_random = cell_counts(pred_bins, b) * (k / max(len(pred_bins), 1))
-    outer = sel.is_extreme(mapped).any(axis=1)
+    outer = strategies.is_extreme(mapped).any(axis=1)
     return {"quota": quota, "fill_before": fill(current, quota), "fill_after": fill(current + picked, quota),
             "fill_random": round(float(np.minimum(current + at_random, quota).sum()), 1),
             "cells_short_before": int((current < quota).sum()), "cells_short_after": int((current + picked < quota).sum()),

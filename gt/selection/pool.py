@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gt.selection import program as sel
+from gt.selection import bins, program as solver, strategies
 from gt.core import store
 from gt.core.errors import StageError
 
@@ -51,7 +51,7 @@ def student_error(pool: pd.DataFrame, predictions: pd.DataFrame, dims: list[str]
 
 
 def program_pool(frame: pd.DataFrame, dims: list[str], edges: np.ndarray, tier_names: list[str],
-                 error: pd.Series | None = None) -> tuple[sel.Pool, list[str]]:
+                 error: pd.Series | None = None) -> tuple[solver.Pool, list[str]]:
     """The selection program's view of a pool frame (from load_pool): one row per article with its
     bins over `dims`, tier, source and near-duplicate cluster codes; with `error` (the student's
     error per article, NaN where unknown) the active-learning weights and priorities. Returns the
@@ -60,8 +60,8 @@ def program_pool(frame: pd.DataFrame, dims: list[str], edges: np.ndarray, tier_n
     scores = frame[dims].to_numpy(dtype=float)
     source_codes, source_names = pd.factorize(frame["source"].fillna("(unknown)"), sort=True)
     cluster_codes = pd.factorize(frame["near_dup_cluster"])[0]  # NaN -> -1
-    weight, priority = (None, None) if error is None else sel.active_learning_weights(error, len(dims))
-    pool = sel.Pool(bins=sel.to_bins(scores, edges), tier=frame["tier"].map(tier_index).to_numpy(),
+    weight, priority = (None, None) if error is None else strategies.active_learning_weights(error, len(dims))
+    pool = solver.Pool(bins=bins.to_bins(scores, edges), tier=frame["tier"].map(tier_index).to_numpy(),
                     source=source_codes, cluster=cluster_codes, weight=weight, priority=priority)
     return pool, list(source_names)
 

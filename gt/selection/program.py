@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from gt.core import bands
 
 
 class SelectionError(Exception):
@@ -578,179 +577,6 @@ def _polish(groups, program, hint, hint_obj, lp_obj, lp_counts, reduced, time_li
     return counts, obj, cp_bound, "optimal" if status == cp_model.OPTIMAL else "feasible", len(n)
 
 
-# ---- strategies: quotas, values, weights and tier bounds ---------------------------------------
-# Cells are (dimension, score bin). `base quota` = ceil(K / number of bins): an even share.
-# A bin is "extreme" (outer) when its midpoint lies in an outer band of gt/core/bands.py (below
-# MIDDLE_LOW or at least MIDDLE_HIGH: scores 0-3 and 8-10 with the default integer bins): the one
-# definition of the outer bins, used by the strategies here, the learning curves' tail MAE
-# (stages/curve.py) and aimed labelling.
-
-EXTREME_LOW = bands.MIDDLE_LOW      # kept for callers that name the edges (curve, bench)
-EXTREME_HIGH = bands.MIDDLE_HIGH
-is_extreme = bands.is_outer
-
-SCALE_MIDDLE = (bands.SCORE_MIN + bands.SCORE_MAX) / 2      # 5: the 'distance' value rule counts from here
-DISTANCE_STEP = 2.5                                          # ... one more value per 2.5 points away
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """One row of the strategy table: what the program of this strategy is, as data. A new strategy
-    is one more row; nothing elsewhere branches on a strategy's name."""
-    name: str
-    goal: str            # one line, for --help and the report
-    quotas: str          # the quota rule, in words
-    values: str          # the value of one article in a cell, in words
-    weights: str         # the per-article objective term, in words
-    tiers: str           # the tier bounds, in words
-    tier_rule: str       # 'shares' (clipped to the pool) | 'equal' | 'none'
-    tier_share: tuple[float, float] = (0.0, 1.0)
-    outer_quota_factor: float = 1.0    # quota of an outer (extreme) bin's cell, in base quotas
-    middle_quota_factor: float = 1.0   # ... of a middle-band bin's cell
-    value_rule: str = "outer"          # 'outer': outer_value in the outer bins, 1 in the middle;
-    outer_value: int = 1               # 'distance': 1 + round(|midpoint - 5| / 2.5)
-    uses_student_error: bool = False   # article weights from the student's error (needs --model-predictions)
-
-    def quota_factor(self, mid: float) -> float:
-        return self.outer_quota_factor if is_extreme(mid) else self.middle_quota_factor
-
-    def cell_value(self, mid: float) -> int:
-        if self.value_rule == "distance":
-            return 1 + int(round(abs(mid - SCALE_MIDDLE) / DISTANCE_STEP))
-        return self.outer_value if is_extreme(mid) else 1
-
-
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("maximize_coverage", "every score bin of every dimension, tiers within stated shares (recommended)",
-             "base quota in every cell", "1 per article in a cell, up to its quota", "none",
-             "each tier 10%-70% of K (clipped to what the pool has)", "shares", (0.10, 0.70)),
-    Strategy("balanced_tiers", "equal tier counts first, coverage second",
-             "base quota in every cell", "1", "none",
-             "equal counts per tier (a tier with too few articles gives all it has, the rest share the remainder)",
-             "equal"),
-    Strategy("iqr_optimization", "spread: outer bins count more, which widens each dimension's IQR",
-             "base quota in every cell", "1 + round(|bin midpoint - 5| / 2.5): 1 at 4-6, 2 at 2-3 and 7-8, 3 at "
-             "0-1 and 9-10", "none", "each tier 10%-70% of K (clipped)", "shares", (0.10, 0.70),
-             value_rule="distance"),
-    Strategy("extreme_focus", "heavy over-sampling of 0-3 and 8-10; may sacrifice the middle",
-             "2 x base quota at 0-3 and 8-10, 0.5 x base quota at 4-7", "3 at 0-3 and 8-10, 1 at 4-7", "none",
-             "none", "none", outer_quota_factor=2.0, middle_quota_factor=0.5, outer_value=3),
-    Strategy("active_learning", "articles where the student errs most, still covering the bins",
-             "base quota in every cell", "1",
-             "student error |prediction - label| (mean over the dimensions), as its pool percentile cut "
-             "into 2D levels (0..2D-1): a worst-predicted article is worth up to about two full coverage rows",
-             "none", "none", uses_student_error=True),
-)}
-
-
-# ---- bins -------------------------------------------------------------------------------------
-
-DEFAULT_BINS = "0,1,2,3,4,5,6,7,8,9,10"
-
-
-def parse_bins(text: str) -> np.ndarray:
-    """Lower edges, e.g. '0,1,...,10' (the default: one bin per integer) or '0,3,5,7,9'."""
-    try:
-        edges = np.array([float(x) for x in text.split(",") if x.strip()], dtype=float)
-    except ValueError:
-        raise ValueError(f"--bins '{text}' is not a comma list of numbers (e.g. {DEFAULT_BINS})") from None
-    if len(edges) < 2 or edges[0] != 0 or (np.diff(edges) <= 0).any() or edges[-1] > 10:
-        raise ValueError(f"--bins '{text}': lower edges must start at 0, increase, and stay within 0-10")
-    return edges
-
-
-def bin_labels(edges: np.ndarray) -> list[str]:
-    if np.array_equal(edges, np.arange(11)):
-        return [str(int(e)) for e in edges]
-    uppers = list(edges[1:]) + [10.0]
-    return [f"{lo:g}-{hi:g}" if i < len(edges) - 1 else (f"{lo:g}-10" if lo < 10 else "10")
-            for i, (lo, hi) in enumerate(zip(edges, uppers))]
-
-
-def bin_midpoints(edges: np.ndarray) -> np.ndarray:
-    uppers = np.append(edges[1:], 10.0 if edges[-1] < 10 else 10.0)
-    mids = (edges + uppers) / 2
-    if np.array_equal(edges, np.arange(11)):
-        mids = edges.astype(float)  # integer bins: the bin is its score
-    return mids
-
-
-def to_bins(scores: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    return np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, len(edges) - 1).astype(np.int64)
-
-
-# ---- the program a strategy asks for ----------------------------------------------------------
-
-def _tier_units(pool: Pool, n_tiers: int) -> np.ndarray:
-    out = np.zeros(n_tiers, dtype=np.int64)
-    for t in range(n_tiers):
-        m = pool.tier == t
-        out[t] = int((m & (pool.cluster < 0)).sum()) + len(np.unique(pool.cluster[m & (pool.cluster >= 0)]))
-    return out
-
-
-def _water_fill(avail: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Equal counts per tier where possible: level L with sum(min(avail, L)) = k."""
-    lo, hi = 0.0, float(max(k, 1))
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if np.minimum(avail, mid).sum() < k:
-            lo = mid
-        else:
-            hi = mid
-    share = np.minimum(avail, hi)
-    return np.floor(share + 1e-9).astype(np.int64), np.minimum(avail, np.ceil(share - 1e-9)).astype(np.int64)
-
-
-def build_program(strategy: Strategy, edges: np.ndarray, k: int, tier_names: list[str], pool: Pool, *,
-                  tier_shares: dict[str, tuple[float, float]] | None, max_per_source: int | None) -> Program:
-    d = pool.bins.shape[1]
-    mids = bin_midpoints(edges)
-    base = math.ceil(k / len(edges))
-    quota_row = np.array([max(1, int(round(base * strategy.quota_factor(m)))) for m in mids])
-    value_row = np.array([strategy.cell_value(m) for m in mids])
-    t = len(tier_names)
-    avail = _tier_units(pool, t)
-    if tier_shares is not None:  # the user's shares are hard constraints
-        t_min = np.array([math.ceil(tier_shares.get(n, (0.0, 1.0))[0] * k - 1e-9) for n in tier_names])
-        t_max = np.array([math.floor(tier_shares.get(n, (0.0, 1.0))[1] * k + 1e-9) for n in tier_names])
-    elif strategy.tier_rule == "equal":
-        t_min, t_max = _water_fill(avail, k)
-    elif strategy.tier_rule == "shares":
-        lo, hi = strategy.tier_share
-        t_min = np.minimum(math.ceil(lo * k), avail)
-        others = avail.sum() - avail
-        t_max = np.maximum(np.maximum(math.floor(hi * k), k - others), t_min)
-    else:
-        t_min, t_max = np.zeros(t, dtype=np.int64), np.full(t, k, dtype=np.int64)
-    # covering an empty bin outweighs anything else one article can add, so every bin the pool
-    # reaches is covered before any quota is topped up
-    bonus = d * int(value_row.max()) + int(pool.weight.max(initial=0)) + 1
-    return Program(quota=np.tile(quota_row, (d, 1)), value=np.tile(value_row, (d, 1)), size=k,
-                   tier_names=list(tier_names), tier_min=t_min, tier_max=np.minimum(t_max, k),
-                   max_per_source=max_per_source, bonus=np.full((d, len(edges)), bonus, dtype=np.int64))
-
-
-# ---- one selection, start to end -------------------------------------------------------------
-
-def active_learning_weights(error: pd.Series, n_dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """Article weights and priorities of active_learning from the student's error per article (NaN
-    where there is no prediction): the error's pool percentile cut into 2 x n_dims levels, 0 where
-    unknown; within a group the worst-predicted articles are taken first."""
-    pct = error.rank(pct=True, method="average")
-    levels = 2 * n_dims
-    weight = np.minimum(levels - 1, np.floor(pct.fillna(0).to_numpy() * levels)).astype(np.int64)
-    weight[error.isna().to_numpy()] = 0
-    return weight, error.fillna(-1.0).to_numpy()
-
-
-def choose(pool: Pool, program: Program, *, seed: int, time_limit: float) -> tuple[np.ndarray, Groups, Solution]:
-    """Aggregate, solve and pick: the mask of the chosen articles, the groups and the solution."""
-    groups = aggregate(pool, program)
-    solution = solve(groups, program, time_limit=time_limit, seed=seed)
-    return pick_articles(pool, groups, solution.counts, seed), groups, solution
-
-
 # ---- from group counts to articles ------------------------------------------------------------
 
 def pick_articles(pool: Pool, groups: Groups, counts: np.ndarray, seed: int) -> np.ndarray:
@@ -773,63 +599,11 @@ def random_subset(pool_size: int, k: int, seed: int) -> np.ndarray:
     return chosen
 
 
-# ---- splits -----------------------------------------------------------------------------------
 
-SPLITS = ("train", "val", "test")
+# ---- one selection, start to end -------------------------------------------------------------
 
-
-def split_sizes(total: int, ratios: tuple[float, float, float]) -> np.ndarray:
-    """Largest-remainder rounding of total * ratios (sums to total exactly)."""
-    raw = np.asarray(ratios, dtype=float) * total
-    sizes = np.floor(raw).astype(np.int64)
-    for i in np.argsort(-(raw - sizes), kind="stable")[: total - sizes.sum()]:
-        sizes[i] += 1
-    return sizes
-
-
-def assign_splits(bins: np.ndarray, unit: np.ndarray, ratios: tuple[float, float, float], seed: int) -> np.ndarray:
-    """Iterative stratification (Sechidis et al. 2011) over the cells: the rarest cell is placed
-    first, each unit (a near-duplicate cluster, or a lone article) goes to the split that still
-    wants most of that cell. Whole units move together, so no cluster crosses splits. Returns the
-    split index (0 train, 1 val, 2 test) per article."""
-    n, d = bins.shape
-    out = np.full(n, -1, dtype=np.int64)
-    if n == 0:
-        return out
-    rng = np.random.default_rng(seed)
-    unit_ids, unit_of = np.unique(unit, return_inverse=True)
-    members = [[] for _ in unit_ids]
-    for i, u in enumerate(unit_of):
-        members[u].append(i)
-    n_bins = int(bins.max()) + 1
-    cell_of = bins + np.arange(d)[None, :] * n_bins          # (n, d) global cell ids
-    ratios_a = np.asarray(ratios, dtype=float)
-    want_total = split_sizes(n, ratios).astype(float)
-    cell_total = np.bincount(cell_of.ravel(), minlength=d * n_bins)
-    want_cell = ratios_a[:, None] * cell_total[None, :]        # (3, cells)
-    unit_cells = [np.bincount(cell_of[m].ravel(), minlength=d * n_bins) for m in members]
-    remaining = cell_total.astype(np.int64).copy()
-    unassigned = set(range(len(unit_ids)))
-    cell_units: dict[int, list[int]] = {}
-    for u, m in enumerate(members):
-        for c in np.unique(cell_of[m]):
-            cell_units.setdefault(int(c), []).append(u)
-    tie = rng.random(3)
-    while unassigned:
-        live = np.flatnonzero(remaining > 0)
-        cell = int(live[np.argmin(remaining[live])])
-        for u in rng.permutation(cell_units[cell]):
-            u = int(u)
-            if u not in unassigned:
-                continue
-            size = len(members[u])
-            room = want_total >= size - 1e-9
-            candidates = np.flatnonzero(room) if room.any() else np.arange(3)
-            key = np.lexsort((tie[candidates], -want_total[candidates], -want_cell[candidates, cell]))
-            s = int(candidates[key[0]])
-            out[members[u]] = s
-            want_total[s] -= size
-            want_cell[s] -= unit_cells[u]
-            remaining -= unit_cells[u]
-            unassigned.discard(u)
-    return out
+def choose(pool: Pool, program: Program, *, seed: int, time_limit: float) -> tuple[np.ndarray, Groups, Solution]:
+    """Aggregate, solve and pick: the mask of the chosen articles, the groups and the solution."""
+    groups = aggregate(pool, program)
+    solution = solve(groups, program, time_limit=time_limit, seed=seed)
+    return pick_articles(pool, groups, solution.counts, seed), groups, solution

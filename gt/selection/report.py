@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from gt.core import bands, report, store
-from gt.selection import program as sel
+from gt.selection import program as solver, splits
 from gt.oracles import registry
 from gt.core.report import md_table, pct
-from gt.selection.program import STRATEGIES, Strategy, bin_labels
+from gt.selection.strategies import STRATEGIES, Strategy
+from gt.selection.bins import bin_labels
 
 SPLIT_FORMATS = ("jsonl", "parquet")
 HIGH_BINS = f"{bands.MIDDLE_HIGH:g}-{bands.SCORE_MAX:g}"    # the high tail in the reports' words: "8-10"
@@ -51,12 +52,12 @@ class ReportContext:
     dims: list
     edges: np.ndarray
     strategy: Strategy
-    program: sel.Program
+    program: solver.Program
     pool_df: pd.DataFrame
-    pool: sel.Pool
+    pool: solver.Pool
     chosen: np.ndarray
     split_of: pd.Series
-    solution: sel.Solution
+    solution: solver.Solution
     randoms: list
     random_objs: list
     greedy_mask: np.ndarray | None
@@ -108,7 +109,7 @@ def split_records(conn: sqlite3.Connection, ctx: ReportContext, texts: dict) -> 
                  JOIN label_runs r ON r.id = l.run_id WHERE l.id IN ({ids})""",
         [int(x) for x in rows.loc[list(ctx.split_of.index), "label_id"]])}
     records = {}
-    for split in sel.SPLITS:
+    for split in splits.SPLITS:
         records[split] = []
         for aid in sorted(ctx.split_of.index[ctx.split_of == split]):
             r, label = rows.loc[aid], labels[int(rows.loc[aid, "label_id"])]
@@ -144,7 +145,7 @@ def write_splits(records: dict[str, list[dict]], folder: Path, fmt: str) -> list
 def remove_stale_splits(folder: Path, fmt: str) -> list[str]:
     """Split files of the other format left by an earlier run in `folder`: removed, so that nothing
     (make train, load_dataset) reads an old selection beside the new one. Returns their names."""
-    stale = [folder / f"{split}.{other}" for other in SPLIT_FORMATS if other != fmt for split in sel.SPLITS]
+    stale = [folder / f"{split}.{other}" for other in SPLIT_FORMATS if other != fmt for split in splits.SPLITS]
     stale = [f for f in stale if f.is_file()]
     for f in stale:
         f.unlink()
@@ -213,7 +214,7 @@ def dataset_card(ctx: ReportContext, records: dict[str, list[dict]], facts: pd.D
     fmt, out_dir = ctx.params["format"], ctx.output_dir
     counts = {split: len(rows) for split, rows in records.items()}
     k = sum(counts.values())
-    nonempty = [split for split in sel.SPLITS if counts[split]]
+    nonempty = [split for split in splits.SPLITS if counts[split]]
     sources = facts.groupby(["source", "origin"], dropna=False).size().rename("articles").reset_index()
     languages = sorted(x for x in facts["language"].dropna().unique())
     meta = {"pretty_name": f"{ctx.filt.id} selection {ctx.name}", **card_licence(sources),
@@ -231,7 +232,7 @@ def dataset_card(ctx: ReportContext, records: dict[str, list[dict]], facts: pd.D
              "(the student) to predict the scores.", ""]
     lines += stand_in_warning(ctx.oracle, "this dataset")
     lines += ["## Splits", "", md_table(["split", "file", "rows", "share"],
-              [[HF_SPLIT[sp], f"{sp}.{fmt}", counts[sp], pct(counts[sp], k)] for sp in sel.SPLITS]), "",
+              [[HF_SPLIT[sp], f"{sp}.{fmt}", counts[sp], pct(counts[sp], k)] for sp in splits.SPLITS]), "",
               "Iterative stratification over the (dimension, score bin) cells: each split holds every score "
               "range in proportion; near-duplicate texts never sit in two splits.", ""]
     lines += ["## Fields", "", md_table(["field", "meaning"], [
@@ -432,7 +433,7 @@ def _splits_and_parameters(ctx: ReportContext) -> list[str]:
     k, p = int(ctx.chosen.sum()), ctx.params
     split_counts = ctx.split_of.value_counts()
     return ["## Splits", "", md_table(["split", "articles", "share"],
-            [[sp, int(split_counts.get(sp, 0)), pct(split_counts.get(sp, 0), k)] for sp in sel.SPLITS]), "",
+            [[sp, int(split_counts.get(sp, 0)), pct(split_counts.get(sp, 0), k)] for sp in splits.SPLITS]), "",
             "Each split covers the cells in proportion (iterative stratification over the (dimension, bin) "
             "cells); at most one article per near-duplicate cluster is selected, so no cluster crosses splits. "
             "README.md beside the splits is their dataset card.", "",

@@ -36,11 +36,12 @@ import numpy as np
 import pandas as pd
 
 from gt.core import errors, store
-from gt.selection import program as sel
+from gt.selection import bins, program as solver, splits
 from gt.core.filters import DEFAULT_FILTER, load_filter
 from gt.selection.pool import (difficulty_filter, disagreement, drop_with_cluster_mates, load_pool, load_predictions,
                          program_pool, student_error)
-from gt.selection.program import DEFAULT_BINS, STRATEGIES, Strategy, build_program, to_bins  # noqa: F401  (tests, bench)
+from gt.selection.bins import DEFAULT_BINS
+from gt.selection.strategies import STRATEGIES, Strategy, build_program
 from gt.selection.report import SPLIT_FORMATS, ReportContext, remove_stale_splits, write_files
 
 RANDOM_SUBSETS = 5   # the random baseline: this many uniform subsets of the selection's size, seeds --seed, +1, ...
@@ -111,7 +112,7 @@ class Result:
     output_dir: Path
     pool_size: int
     size: int
-    solution: sel.Solution
+    solution: solver.Solution
     split_counts: dict
     random_objective: float
     greedy_objective: int | None
@@ -242,21 +243,21 @@ def solve_and_split(o: SelectOptions, plan: Plan, cand: Candidates) -> ReportCon
     program = build_program(plan.strategy, plan.edges, o.target_size, plan.filt.tier_names, pool,
                             tier_shares=plan.tier_shares, max_per_source=o.max_per_source)
     try:
-        chosen, groups, solution = sel.choose(pool, program, seed=o.seed, time_limit=o.time_limit)
-    except sel.SelectionError as e:
+        chosen, groups, solution = solver.choose(pool, program, seed=o.seed, time_limit=o.time_limit)
+    except solver.SelectionError as e:
         raise SelectError(f"{e} ({cand.oracle} labels of {plan.filt.id}, pool {len(cand.pool_df)})") from None
     picked = np.flatnonzero(chosen)
     unit = np.where(pool.cluster[picked] >= 0, pool.cluster[picked] + pool.size, picked)
-    split_idx = sel.assign_splits(pool.bins[picked], unit, plan.ratios, o.seed)
-    split_of = pd.Series(np.array(sel.SPLITS)[split_idx], index=cand.pool_df["article_id"].to_numpy()[picked])
+    split_idx = splits.assign_splits(pool.bins[picked], unit, plan.ratios, o.seed)
+    split_of = pd.Series(np.array(splits.SPLITS)[split_idx], index=cand.pool_df["article_id"].to_numpy()[picked])
     if cand.kept:  # the picks join the extended selection's train split; its val and test stay as they are
         split_of = pd.concat([pd.Series(cand.kept, dtype=object), pd.Series("train", index=split_of.index, dtype=object)])
-    randoms = [sel.random_subset(pool.size, o.target_size, o.seed + r) for r in range(RANDOM_SUBSETS)]
-    random_objs = [sel.objective_value(pool.bins, m.astype(np.int64), pool.weight, program) for m in randoms]
-    greedy_counts = sel.greedy_fill(groups, program,
+    randoms = [solver.random_subset(pool.size, o.target_size, o.seed + r) for r in range(RANDOM_SUBSETS)]
+    random_objs = [solver.objective_value(pool.bins, m.astype(np.int64), pool.weight, program) for m in randoms]
+    greedy_counts = solver.greedy_fill(groups, program,
                                     tiebreak=np.random.default_rng(o.seed).permutation(groups.count).astype(float))
-    greedy_mask = sel.pick_articles(pool, groups, greedy_counts, o.seed) if greedy_counts is not None else None
-    greedy_obj = (sel.objective_value(groups.bins, greedy_counts, groups.weight, program)
+    greedy_mask = solver.pick_articles(pool, groups, greedy_counts, o.seed) if greedy_counts is not None else None
+    greedy_obj = (solver.objective_value(groups.bins, greedy_counts, groups.weight, program)
                   if greedy_counts is not None else None)
     return ReportContext(filt=plan.filt, dims=plan.dims, edges=plan.edges, strategy=plan.strategy, program=program,
                          pool_df=cand.pool_df, pool=pool, chosen=chosen, split_of=split_of, solution=solution,
@@ -266,8 +267,8 @@ def solve_and_split(o: SelectOptions, plan: Plan, cand: Candidates) -> ReportCon
                          error=cand.error, all_rows=cand.all_rows)
 
 
-def selection_params(o: SelectOptions, plan: Plan, cand: Candidates, program: sel.Program,
-                     solution: sel.Solution) -> dict:
+def selection_params(o: SelectOptions, plan: Plan, cand: Candidates, program: solver.Program,
+                     solution: solver.Solution) -> dict:
     """The selection's parameters as stored in gt.db (selections.params_json) and quoted by its files."""
     return {
         "target_size": o.target_size, "strategy": plan.strategy.name, "dimensions": plan.dims,
@@ -295,7 +296,7 @@ def write_selection(conn: sqlite3.Connection, o: SelectOptions, ctx: ReportConte
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     removed = remove_stale_splits(out_dir, o.format)
-    counts = ctx.split_of.value_counts().reindex(list(sel.SPLITS), fill_value=0).to_dict()
+    counts = ctx.split_of.value_counts().reindex(list(splits.SPLITS), fill_value=0).to_dict()
     return Result(name=ctx.name, selection_id=selection_id, output_dir=out_dir, pool_size=len(ctx.pool_df),
                   size=int(ctx.chosen.sum()), solution=ctx.solution, split_counts=counts,
                   random_objective=float(np.mean(ctx.random_objs)), greedy_objective=ctx.greedy_obj,
@@ -307,7 +308,7 @@ def write_selection(conn: sqlite3.Connection, o: SelectOptions, ctx: ReportConte
 def parse_bins(text: str) -> np.ndarray:
     """--bins as lower edges (gt.selection.program.parse_bins); a bad list is a usage error (exit 2)."""
     try:
-        return sel.parse_bins(text)
+        return bins.parse_bins(text)
     except ValueError as e:
         raise errors.UsageError(str(e)) from None
 

@@ -57,7 +57,7 @@ import pandas as pd
 
 from gt.core import bands, errors
 from gt.student import curve_report
-from gt.selection import program as sel
+from gt.selection import bins, program as solver, splits, strategies
 from gt.core import store
 from gt.student.curve_report import RANDOM
 from gt.student.embeddings import DEFAULT_CACHE, Embedder, cached_embeddings
@@ -66,7 +66,7 @@ from gt.selection.pool import load_pool, program_pool, student_error
 from gt.student.probe import RIDGE_ALPHAS, RidgeHead
 from gt.student.model import article_text
 
-STRATEGY_NAMES = (RANDOM, *sel.STRATEGIES)
+STRATEGY_NAMES = (RANDOM, *strategies.STRATEGIES)
 DEFAULT_BUDGETS = "250,500,1000,2000"
 DEFAULT_SEEDS = 5
 DEFAULT_TEST_SHARE = 0.2
@@ -118,7 +118,7 @@ class CurveOptions:
     seed: int = 42                        # the first seed; also the held-out test share's
     split_name: str | None = None
     test_share: float | None = None
-    bins: str = sel.DEFAULT_BINS          # the selection bins' lower edges
+    bins: str = bins.DEFAULT_BINS          # the selection bins' lower edges
     time_limit: float = DEFAULT_TIME_LIMIT
     exploration_share: float = 0.0
     student: str = "head"                 # 'head' or 'lora'
@@ -148,7 +148,7 @@ class CurveOptions:
 
     @property
     def edges(self) -> np.ndarray:
-        return sel.parse_bins(self.bins)
+        return bins.parse_bins(self.bins)
 
     def check(self) -> None:
         """A bad value raises errors.UsageError (exit 2)."""
@@ -224,10 +224,10 @@ def held_out_test(frame: pd.DataFrame, dims: list[str], edges: np.ndarray, share
     """Mask of a seeded held-out share of `frame`: iterative stratification over the (dimension,
     bin) cells (selection.assign_splits), near-duplicate clusters kept whole."""
     n = len(frame)
-    bins = sel.to_bins(frame[dims].to_numpy(dtype=float), edges)
+    bins = bins.to_bins(frame[dims].to_numpy(dtype=float), edges)
     cluster = pd.factorize(frame["near_dup_cluster"])[0]
     unit = np.where(cluster >= 0, cluster + n, np.arange(n))
-    split = sel.assign_splits(bins, unit, (1.0 - share, 0.0, share), seed)
+    split = splits.assign_splits(bins, unit, (1.0 - share, 0.0, share), seed)
     return split == 2
 
 
@@ -319,7 +319,7 @@ class LoraStudent:
         self.rows_pool = [{"title": t, "text": x, "labels": list(map(float, y))}
                           for (t, x), y in zip(setup.texts_pool, setup.y_pool)]
         self.rows_test = [{"title": t, "text": x} for t, x in setup.texts_test]
-        self.bins = sel.to_bins(setup.y_pool, setup.edges)
+        self.bins = bins.to_bins(setup.y_pool, setup.edges)
         cluster = pd.factorize(setup.pool["near_dup_cluster"])[0]
         self.unit = np.where(cluster >= 0, cluster + len(cluster), np.arange(len(cluster)))
         s = self.settings
@@ -332,7 +332,7 @@ class LoraStudent:
         from gt.student.model import fit_lora, predict_scores
 
         idx = np.flatnonzero(chosen)
-        split = sel.assign_splits(self.bins[idx], self.unit[idx], (1 - LORA_VAL_SHARE, LORA_VAL_SHARE, 0.0), seed)
+        split = splits.assign_splits(self.bins[idx], self.unit[idx], (1 - LORA_VAL_SHARE, LORA_VAL_SHARE, 0.0), seed)
         train_rows = [self.rows_pool[i] for i in idx[split == 0]]
         val_rows = [self.rows_pool[i] for i in idx[split == 1]] or train_rows[:1]
         with tempfile.TemporaryDirectory(prefix="curve-lora-") as work:
@@ -377,9 +377,9 @@ def run_grid(setup: Setup, student, *, strategies: Sequence[str], budgets: Seque
         for seed in seeds:
             for name in order:
                 t0 = time.perf_counter()
-                solver = None
+                solved = None
                 if name == RANDOM:
-                    chosen = sel.random_subset(len(setup.pool), budget, seed)
+                    chosen = solver.random_subset(len(setup.pool), budget, seed)
                 else:
                     pool = base_pool
                     if name == "active_learning":
@@ -388,16 +388,16 @@ def run_grid(setup: Setup, student, *, strategies: Sequence[str], budgets: Seque
                         pool, _ = program_pool(setup.pool, dims, setup.edges, filt.tier_names,
                                                student_error(setup.pool, predictions, dims))
                     explore = min(budget - 1, int(round(exploration_share * budget)))
-                    program = sel.build_program(sel.STRATEGIES[name], setup.edges, budget - explore, filt.tier_names,
+                    program = strategies.build_program(strategies.STRATEGIES[name], setup.edges, budget - explore, filt.tier_names,
                                                 pool, tier_shares=None, max_per_source=None)
                     try:
-                        chosen, _, solution = sel.choose(pool, program, seed=seed, time_limit=time_limit)
-                    except sel.SelectionError as e:
+                        chosen, _, solution = solver.choose(pool, program, seed=seed, time_limit=time_limit)
+                    except solver.SelectionError as e:
                         raise CurveError(f"{name} at budget {budget}: {e}") from None
                     if explore:
                         rest = np.flatnonzero(~chosen)
                         chosen[np.random.default_rng(seed).choice(rest, size=explore, replace=False)] = True
-                    solver = {"status": solution.status, "proven_by": solution.proven_by,
+                    solved = {"status": solution.status, "proven_by": solution.proven_by,
                               "objective": solution.objective, "bound": solution.bound, "gap": solution.gap,
                               "seconds": round(solution.seconds, 3)}
                 t_select = time.perf_counter() - t0
@@ -412,7 +412,7 @@ def run_grid(setup: Setup, student, *, strategies: Sequence[str], budgets: Seque
                 runs.append({
                     "strategy": name, "budget": int(budget), "seed": int(seed), "selected_n": int(chosen.sum()),
                     "extremes_selected": {d: int(bands.is_outer(y_pool[chosen, j]).sum()) for j, d in enumerate(dims)},
-                    "solver": solver, "select_seconds": round(t_select, 3),
+                    "solver": solved, "select_seconds": round(t_select, 3),
                     "train_seconds": round(time.perf_counter() - t0 - t_select, 3), "student": info,
                     "metrics": test_metrics(y_test, pred_test, dims), "selected": ids[chosen].tolist(),
                 })
