@@ -93,10 +93,13 @@ def options(p: argparse.ArgumentParser, cls: type[O], argv: Sequence[str] | None
     (when cls has one) converts and checks the flags, raising UsageError."""
     defaults = field_defaults(cls)
     for action in p._actions:
+        if getattr(p, "_defaults_from", None) is cls:
+            break   # this parser already took cls's defaults
         if action.dest in defaults and action.default not in (None, False, argparse.SUPPRESS):
             raise TypeError(f"{p.prog}: --{action.dest.replace('_', '-')} writes a default of its own; "
                             f"{cls.__name__} holds it")
     p.set_defaults(**{k: v for k, v in defaults.items() if any(a.dest == k for a in p._actions)})
+    p._defaults_from = cls  # type: ignore[attr-defined]
     ns = vars(p.parse_args(argv))
     from_flags = getattr(cls, "from_flags", None)
     if from_flags is not None:

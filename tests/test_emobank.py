@@ -15,10 +15,12 @@ from gt.student import evaluate
 from stages import ingest
 from stages import select
 from gt.core import store
+from gt.core.filters import load_filter
 from tests.conftest import ROOT
 
 EMOBANK = ROOT / "data" / "emobank"
 FILTER = str(ROOT / "filters" / "emobank_vad" / "v1")
+FILTER_ID = "emobank_vad/v1"
 LABELS = ["--labels", "V=valence,A=arousal,D=dominance", "--label-scale", "1-5"]
 N = 300
 
@@ -147,3 +149,46 @@ def test_selection_never_takes_the_official_test_split_and_evaluate_reads_it(emo
     with pytest.raises(evaluate.UsageError, match="no split by that name"):
         evaluate.split_test_rows(conn, "m", "emobank_vad/v1", "nope", None, ["valence", "arousal", "dominance"])
     conn.execute("DELETE FROM models WHERE id = 'm'")
+
+
+def test_evaluate_reads_the_prompt_version_the_selection_was_built_from(emobank, tmp_path):
+    """Two prompt versions of one oracle in gt.db: the newer one holds more labels, the model's selection
+    was built from the older one. Evaluate's truth is the selection's version (the old code took the
+    version with the most labels); --oracle naming another label set still wins."""
+    conn = emobank["conn"]
+    dims = ["valence", "arousal", "dominance"]
+    assert select.main(["--db", str(emobank["db"]), "--filter", FILTER, "--oracle", "human-mean",
+                        "--target-size", "30", "--holdout-split", "official", "--output-dir", str(tmp_path / "t"),
+                        "--name", "two-prompts", "--time-limit", "10"]) == 0
+    sel_id = conn.execute("SELECT id FROM selections WHERE name = 'two-prompts'").fetchone()[0]
+    old = store.selection_label_set(conn, sel_id)
+    assert old[0] == "human-mean"
+    run = conn.execute("SELECT MAX(run_id) FROM labels WHERE oracle = 'human-mean'").fetchone()[0]
+    with conn:  # prompt 'v2' of human-mean: two repeats per article (more labels than 'old'), every score + 1
+        for rep in (0, 1):
+            conn.execute("""INSERT INTO labels (run_id, article_id, filter_id, oracle, prompt_sha256, "repeat", status)
+                            SELECT run_id, article_id, filter_id, oracle, 'v2', ?, status FROM labels
+                            WHERE oracle = 'human-mean' AND prompt_sha256 = ? AND "repeat" = 0""", (rep, old[1]))
+        conn.execute("""INSERT INTO label_scores (label_id, dimension, score)
+                        SELECT n.id, s.dimension, MIN(s.score + 1, 10) FROM labels n
+                        JOIN labels o ON o.article_id = n.article_id AND o.oracle = n.oracle
+                            AND o.prompt_sha256 = ? AND o."repeat" = 0
+                        JOIN label_scores s ON s.label_id = o.id
+                        WHERE n.prompt_sha256 = 'v2'""", (old[1],))
+        conn.execute("INSERT INTO models (id, base_model, filter_id, selection_id) VALUES "
+                     "('two', 'x', 'emobank_vad/v1', ?)", (sel_id,))
+    try:
+        assert store.choose_label_set(conn, FILTER_ID, "human-mean") == ("human-mean", "v2")   # the most labels
+        rows, info = evaluate.split_test_rows(conn, "two", FILTER_ID, "official", None, dims)
+        assert (info["oracle"], info["prompt_sha256"]) == old
+        truth = store.scores_frame(conn, load_filter(FILTER), oracle="human-mean", prompt_sha256=old[1])
+        truth = truth.set_index("article_id")
+        assert rows and all(r["labels"] == [truth.loc[r["id"], d] for d in dims] for r in rows)
+        _, same = evaluate.split_test_rows(conn, "two", FILTER_ID, "official", "human-mean", dims)
+        assert same["prompt_sha256"] == old[1]
+        _, other = evaluate.split_test_rows(conn, "two", FILTER_ID, "official", "human-reader", dims)
+        assert other["oracle"] == "human-reader"
+    finally:
+        with conn:
+            conn.execute("DELETE FROM models WHERE id = 'two'")
+            conn.execute("DELETE FROM labels WHERE prompt_sha256 = 'v2'")

@@ -626,24 +626,21 @@ def scores_frame(conn: sqlite3.Connection, filt: Filter, oracle: str | None = No
     return pd.read_sql_query(sql + " ORDER BY article_id, oracle, repeat", conn, params=args)
 
 
-def oracle_with_most_labels(conn: sqlite3.Connection, filt: Filter) -> str | None:
-    row = conn.execute(
-        """SELECT oracle, COUNT(*) AS n FROM labels WHERE filter_id = ? AND status = 'ok'
-           GROUP BY oracle ORDER BY n DESC, oracle LIMIT 1""",
-        (filt.id,),
-    ).fetchone()
-    return row["oracle"] if row else None
-
-
-def choose_label_set(conn: sqlite3.Connection, filt: Filter, oracle: str | None = None) -> tuple[str, str]:
-    """The (oracle, prompt_sha256) whose valid labels a read stage (coverage, select) uses: the
-    given oracle, or the one with the most valid labels; within it the prompt version with the most
-    labels. Raises StoreError with a hint when there are none."""
-    args: list = [filt.id]
+def choose_label_set(conn: sqlite3.Connection, filt: Filter | str, oracle: str | None = None,
+                     prompt_sha256: str | None = None) -> tuple[str, str]:
+    """The (oracle, prompt_sha256) whose valid labels a reading step uses (coverage, select, train,
+    curve, evaluate, calibrate, the labelled-file export): the given oracle, or the one with the most
+    valid labels; within it the given prompt version, or the one with the most labels; ties by name.
+    `filt` is a Filter or its id. Raises StoreError with a hint when there are none."""
+    filter_id = filt if isinstance(filt, str) else filt.id
+    args: list = [filter_id]
     extra = ""
     if oracle:
         extra = " AND oracle = ?"
         args.append(oracle)
+    if prompt_sha256:
+        extra += " AND prompt_sha256 = ?"
+        args.append(prompt_sha256)
     row = conn.execute(
         f"""SELECT oracle, prompt_sha256, COUNT(*) AS n FROM labels
             WHERE filter_id = ? AND status = 'ok'{extra}
@@ -652,11 +649,24 @@ def choose_label_set(conn: sqlite3.Connection, filt: Filter, oracle: str | None 
     ).fetchone()
     if row is None:
         known = [r[0] for r in conn.execute(
-            "SELECT DISTINCT oracle FROM labels WHERE filter_id = ? AND status = 'ok'", (filt.id,))]
+            "SELECT DISTINCT oracle FROM labels WHERE filter_id = ? AND status = 'ok'", (filter_id,))]
+        prompt = f" under prompt {prompt_sha256[:12]}" if prompt_sha256 else ""
         if oracle and known:
-            raise StoreError(f"no valid labels of {filt.id} by oracle '{oracle}'; oracles with labels: {', '.join(known)}")
-        raise StoreError(f"no valid labels of {filt.id} in the database: run `make label` (or import a labelled file) first")
+            raise StoreError(f"no valid labels of {filter_id} by oracle '{oracle}'{prompt}; oracles with labels: "
+                             f"{', '.join(known)}")
+        raise StoreError(f"no valid labels of {filter_id} in the database: run `make label` (or import a labelled "
+                         f"file) first")
     return row["oracle"], row["prompt_sha256"]
+
+
+def selection_label_set(conn: sqlite3.Connection, selection_id: int) -> tuple[str, str]:
+    """The (oracle, prompt_sha256) a stored selection was built from (its params record the prompt;
+    a selection from before they did takes choose_label_set's prompt for its oracle)."""
+    row = conn.execute("SELECT filter_id, oracle, params_json FROM selections WHERE id = ?", (selection_id,)).fetchone()
+    if row is None:
+        raise StoreError(f"no selection with id {selection_id} in the database")
+    prompt = json.loads(row["params_json"] or "{}").get("prompt_sha256")
+    return choose_label_set(conn, row["filter_id"], row["oracle"], prompt)
 
 
 # ---- the splits a dataset ships with (sql/004_article_splits.sql) -------------------------------

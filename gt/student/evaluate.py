@@ -444,15 +444,7 @@ def split_test_rows(conn: sqlite3.Connection, model_id: str, filter_id: str | No
     selection = conn.execute(
         "SELECT s.id, s.oracle FROM models m JOIN selections s ON s.id = m.selection_id WHERE m.id = ?",
         (model_id,)).fetchone()
-    if oracle is None:
-        oracle = selection["oracle"] if selection else None
-    labels = ("SELECT oracle, prompt_sha256, COUNT(*) AS n FROM labels WHERE filter_id = ? AND status = 'ok'"
-              + (" AND oracle = ?" if oracle else "") + " GROUP BY oracle, prompt_sha256 ORDER BY n DESC, oracle LIMIT 1")
-    row = conn.execute(labels, (filter_id, oracle) if oracle else (filter_id,)).fetchone()
-    if row is None:
-        raise UsageError(f"--split {split_name}: no valid labels of {filter_id}"
-                         + (f" by oracle '{oracle}'" if oracle else "") + " in gt.db (pass --oracle NAME)")
-    oracle, prompt = row["oracle"], row["prompt_sha256"]
+    oracle, prompt = truth_label_set(conn, filter_id, selection, oracle, f"--split {split_name}")
     trained = {r[0] for r in conn.execute(
         "SELECT article_id FROM selection_members WHERE selection_id = ? AND split IN ('train', 'val')",
         (selection["id"],))} if selection else set()
@@ -485,6 +477,18 @@ def split_test_rows(conn: sqlite3.Connection, model_id: str, filter_id: str | No
         raise UsageError(f"--split {split_name}: none of its {len(test_ids)} test articles has a valid {oracle} label "
                          f"the student did not train on (pass --oracle NAME)")
     return rows, info
+
+
+def truth_label_set(conn: sqlite3.Connection, filter_id: str, selection: sqlite3.Row | None, oracle: str | None,
+                    what: str) -> tuple[str, str]:
+    """Whose labels are the truth: the oracle and prompt version the model's training selection was
+    built from, unless `oracle` (--oracle) names another; then store.choose_label_set's choice."""
+    try:
+        if selection is not None and oracle in (None, selection["oracle"]):
+            return store.selection_label_set(conn, selection["id"])
+        return store.choose_label_set(conn, filter_id, oracle)
+    except store.StoreError as e:
+        raise UsageError(f"{what}: {e} (pass --oracle NAME)") from None
 
 
 def check_inputs(o: EvaluateOptions) -> None:

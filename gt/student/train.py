@@ -131,7 +131,7 @@ def selection_splits(conn: sqlite3.Connection, filt, name: str) -> Splits:
                            + (f" (recent: {', '.join(known)})" if known else " (run `make select` first)"))
     if sel["filter_id"] != filt.id:
         raise errors.UsageError(f"selection '{name}' is of filter {sel['filter_id']}, not {filt.id} (pass --filter)")
-    oracle, prompt_sha = store.choose_label_set(conn, filt, sel["oracle"])
+    oracle, prompt_sha = store.selection_label_set(conn, sel["id"])
     scores = store.scores_frame(conn, filt, oracle=oracle, prompt_sha256=prompt_sha).set_index("article_id")
     dims = filt.dimension_names
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
