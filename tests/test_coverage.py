@@ -115,12 +115,20 @@ def test_tiers_match_filter_overall_row_by_row_and_the_score_view(fixed, uplifti
     assert result["tiers"]["thresholds"] == {t.name: t.min_overall for t in uplifting.tiers}
 
 
-def test_vectorised_overall_equals_filter_overall(fixed, uplifting):
-    _, frame, _ = fixed
-    got = coverage.overall_scores(uplifting, {d: frame[d].to_numpy() for d in uplifting.dimension_names},
-                                  frame["content_type"].to_numpy(dtype=object))
+def test_overall_and_tier_of_columns_equal_one_article_at_a_time_and_the_view(fixed, uplifting):
+    db, frame, _ = fixed
+    got = uplifting.overall({d: frame[d].to_numpy() for d in uplifting.dimension_names},
+                            frame["content_type"].to_numpy(dtype=object))
     want = [uplifting.overall({d: r[d] for d in uplifting.dimension_names}, r["content_type"]) for _, r in frame.iterrows()]
     assert got.tolist() == want  # same arithmetic in the same order: exactly equal
+    assert [uplifting.tiers[i].name for i in uplifting.tier_index(got)] == [uplifting.tier(x) for x in want]
+    conn = store.connect(db)
+    view = store.scores_frame(conn, uplifting, oracle=MAIN, repeat=0).set_index("article_id")
+    conn.close()
+    by_id = dict(zip(frame["article_id"], want))
+    shared = [a for a in view.index if a in by_id]
+    assert shared and all(abs(view.loc[a, "overall"] - by_id[a]) < 1e-9 for a in shared)
+    assert all(view.loc[a, "tier"] == uplifting.tier(by_id[a]) for a in shared)
 
 
 def test_correlations_match_pandas(fixed, uplifting):

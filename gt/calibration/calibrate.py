@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from gt.calibration import report as calibration_report
+from gt.core.report import REPORTS_DIR
 from gt.core import errors, stats, store
 from gt.calibration.report import Rater, figures, write_report
 from gt.core.filters import DEFAULT_FILTER, Filter, load_filter
@@ -492,20 +493,15 @@ class CalibrationRun:
 
 
 @contextlib.contextmanager
-def stage_errors(db: str) -> Iterator[None]:
-    """The registry's, the store's and the oracles' errors errors: one line, exit 1 or 2."""
+def stage_errors() -> Iterator[None]:
+    """What calibrate adds to the commands' error table (stages/kit.py): a missing key says that
+    --no-label needs none; an oracle's refusal is one scrubbed line."""
     from gt.oracles import registry as reg
 
     try:
         yield
-    except reg.UnknownOracle as e:
-        raise errors.UsageError(str(e)) from None
     except reg.MissingKey as e:
         raise errors.StageError(f"{e}; or compare only the labels already in gt.db with --no-label") from None
-    except reg.OracleConfigError as e:
-        raise errors.UsageError(str(e).splitlines()[0]) from None
-    except (store.StoreError, sqlite3.Error) as e:   # database trouble (locked, read-only...) or no labels
-        raise errors.StageError(store.describe_db_error(e, db)) from None
     except FatalError as e:
         from gt.labelling.sync import scrub_secrets
         raise errors.StageError(f"an oracle refused the request: {scrub_secrets(str(e))} (check the key, model id "
@@ -517,7 +513,7 @@ def run(opts: CalibrateOptions) -> CalibrationRun:
     of the results. Raises errors.StageError / errors.UsageError."""
     from gt.oracles.registry import load_registry
 
-    with stage_errors(opts.db):
+    with stage_errors():
         filt = load_filter(opts.filter)
         registry = load_registry(opts.oracles_file) if opts.oracles_file else load_registry()
         conn = store.connect(opts.db, create=bool(opts.source))  # only ingesting --source may create gt.db
@@ -532,7 +528,7 @@ def run(opts: CalibrateOptions) -> CalibrationRun:
                 timeout=opts.timeout, progress=not opts.quiet, log=log)
         finally:
             conn.close()
-    output = Path(opts.output or f"reports/{filt.name}_v{filt.version}_calibration.md")
+    output = Path(opts.output or Path(REPORTS_DIR) / f"{filt.report_stem('calibration')}.md")
     try:
         md_path, json_path, pngs = write_report(result, raters, output, plots=not opts.no_plots)
     except OSError as e:

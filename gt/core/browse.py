@@ -28,6 +28,7 @@ import yaml
 
 from gt import PROJECT_ROOT
 from gt.core import errors, store
+from gt.core.filters import view_name
 
 METADATA = PROJECT_ROOT / "datasette" / "metadata.yaml"
 TEMPLATE_DATABASE = "gt"  # the key metadata.yaml uses for the database
@@ -62,7 +63,7 @@ def registered_views(db: Path) -> list[dict]:
         conn.close()
     views = []
     for filter_id, name, version, dimensions_json in rows:
-        view = f"scores_{name}_v{version}"
+        view = view_name(name, version)
         if view in names:
             views.append({"view": view, "filter": filter_id, "dimensions": json.loads(dimensions_json)})
     return views

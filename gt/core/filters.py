@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jsonschema
+import numpy as np
 import yaml
 
+from gt.core.bands import SCORE_MAX, SCORE_MIN
 from gt.core.text import head_tail_truncate, sha256_text
 
-SCORE_MIN, SCORE_MAX = 0.0, 10.0
 DEFAULT_FILTER = "filters/uplifting/v1"   # the filter package every command takes unless --filter names another
 ANSWER_KEYS = ("scores", "content_type", "evidence")
 _TOP_KEYS = {
@@ -58,6 +59,11 @@ class PromptError(ValueError):
     """The prompt template cannot carry the article (its {title} and {text} placeholders are not
     each filled exactly once after the rubric). load_filter rejects such packages, so this only
     fires for a Filter built or altered in code."""
+
+
+def view_name(name: str, version: str) -> str:
+    """The SQL view of a filter's scores in gt.db: scores_<name>_v<version>."""
+    return f"scores_{name}_v{version}"
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,11 @@ class Filter:
 
     @property
     def view_name(self) -> str:
-        return f"scores_{self.name}_v{self.version}"
+        return view_name(self.name, self.version)
+
+    def report_stem(self, what: str) -> str:
+        """The name of a step's report files for this filter: '<name>_v<version>_<what>'."""
+        return f"{self.name}_v{self.version}_{what}"
 
     @property
     def dimension_names(self) -> list[str]:
@@ -286,24 +296,34 @@ class Filter:
         return self.validate_answer(extract_json(raw))
 
     # ---- overall score and tier -----------------------------------------------------------
-    def overall(self, scores: Mapping[str, float], content_type: str | None = None) -> float:
-        value = 0.0
+    def overall(self, scores: Mapping[str, Any], content_type: Any = None) -> Any:
+        """The overall score: the weighted sum of the dimensions (in the package's order), capped at
+        each gatekeeper's max_overall where its dimension is below its threshold, and at the content
+        type's cap. For one article (floats, a content type or None: a float back) or for columns
+        (numpy arrays and an array of content types: an array back). The one implementation:
+        overall_sql is the same arithmetic for the score view, and the tests hold the two equal."""
+        value: Any = 0.0
         for d in self.dimensions:
             value = value + d.weight * scores[d.name]
         for g in self.gatekeepers:
-            if scores[g.dimension] < g.below:
-                value = min(value, g.max_overall)
-        if content_type in self.content_type_caps:
-            value = min(value, self.content_type_caps[content_type])
-        return value
+            value = np.where(np.asarray(scores[g.dimension]) < g.below, np.minimum(value, g.max_overall), value)
+        if self.content_type_caps:
+            types = np.asarray(content_type, dtype=object)
+            for ct, cap in self.content_type_caps.items():
+                value = np.where(types == ct, np.minimum(value, cap), value)
+        return float(value) if np.ndim(value) == 0 else value
+
+    def tier_index(self, overall: Any) -> Any:
+        """Index into `tiers` of the first tier (highest threshold first) whose min_overall the
+        overall score reaches; the last tier also takes every score below its own min_overall (it is
+        usually 0). An int for one score, an array for a column (tier_sql is the same in SQL)."""
+        last = len(self.tiers) - 1
+        conditions = [np.asarray(overall) >= t.min_overall for t in self.tiers[:-1]]
+        index = np.select(conditions, list(range(last)), default=last) if conditions else np.full(np.shape(overall), last)
+        return int(index) if np.ndim(index) == 0 else index
 
     def tier(self, overall: float) -> str:
-        """The first tier (highest threshold first) whose min_overall `overall` reaches; the last
-        tier also takes every overall below its own min_overall (it is usually 0)."""
-        for t in self.tiers:
-            if overall >= t.min_overall:
-                return t.name
-        return self.tiers[-1].name
+        return self.tiers[self.tier_index(overall)].name
 
     def overall_sql(self) -> str:
         """The same arithmetic as `overall`, as an SQL expression over the view's columns."""

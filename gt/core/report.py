@@ -78,21 +78,29 @@ def pct(part: float, whole: float, digits: int = 1) -> str:
     return f"{100.0 * part / whole:.{digits}f}%"
 
 
+REPORTS_DIR = "reports"   # where a step writes its report unless told otherwise (relative to the working folder)
+
+
 # ---- files ------------------------------------------------------------------------------------
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
-def _write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: str) -> Path:
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
     """Write through `write(tmp_path)` to a temp file beside `path`, then rename over it: readers
-    see the old file or the new one, never half of one."""
+    see the old file or the new one, never half of one; the file gets the modes the umask gives new
+    files (mkstemp makes 0600 files; what the pipeline writes is for everyone to read)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; reports are for everyone to read
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         with _suppress_oserror():
@@ -113,7 +121,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-    return _write_atomic(path, write, ".tmp")
+    return write_atomic(path, write, ".tmp")
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, sort_keys: bool = True) -> Path:
@@ -143,7 +151,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
 
     def write(tmp: str) -> None:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return _write_atomic(path, write, ".png")
+    return write_atomic(path, write, ".png")
 
 
 # ---- plots ------------------------------------------------------------------------------------

@@ -590,3 +590,23 @@ def percentile(values: Any, q: float) -> float | None:
     v = as_scores(values)
     v = v[np.isfinite(v)]
     return float(np.percentile(v, q)) if v.size else None
+
+
+# ---- a student's errors on one dimension (the one definition: evaluate, train, curve) ------------
+
+def error_figures(true: np.ndarray, pred: np.ndarray) -> dict:
+    """One dimension's errors of predictions against the truth: MAE, RMSE, bias (mean of pred - true),
+    Spearman rho (None for a constant column), and the MAE on the tails of gt/core/bands.py: both
+    tails together (`tail`: true < 4 or >= 8), the high tail (true >= 8) and the low tail (true < 4),
+    each with its n and None where no article is there."""
+    from scipy.stats import spearmanr
+
+    t, p = np.asarray(true, dtype=float), np.asarray(pred, dtype=float)
+    err = p - t
+    out = {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2))), "bias": float(np.mean(err)),
+           "spearman": float(spearmanr(t, p).statistic) if len(t) > 1 and np.ptp(t) > 0 and np.ptp(p) > 0 else None}
+    for name, mask in (("tail", bands.is_outer(t)), ("tail_high", bands.is_high(t)), ("tail_low", bands.is_low(t))):
+        out[f"{name}_mae"] = float(np.mean(np.abs(err[mask]))) if mask.any() else None
+        out[f"{name}_n"] = int(mask.sum())
+    return out
+

@@ -9,10 +9,9 @@ import os
 import re
 import sqlite3
 import time
-import sys
 import urllib.parse
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from gt import PROJECT_ROOT
 from gt.core.filters import Filter, sql_identifier, sql_literal
@@ -58,14 +57,22 @@ def run_script(conn: sqlite3.Connection, name: str, params: "dict | None" = None
         raise ValueError(f"sql/queries/{name}.sql ends with an incomplete statement")
 
 
+IN_CHUNK = 900   # values per `IN (...)`: under SQLite's oldest default limit of 999 host parameters
+
+
+def in_chunks(values: Sequence) -> Iterator[tuple[list, str]]:
+    """(chunk, "?,?,...") pieces of `values` for a query `... IN ({placeholders})` of any length."""
+    values = list(values)
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = values[start:start + IN_CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 def article_texts(conn: sqlite3.Connection, article_ids) -> dict[str, tuple[str, str]]:
     """{id: (title, text)} of these articles (the one article-text query; ids not in gt.db are absent)."""
-    ids = list(dict.fromkeys(article_ids))
     out: dict[str, tuple[str, str]] = {}
-    for start in range(0, len(ids), 900):
-        chunk = ids[start:start + 900]
-        for r in conn.execute(f"SELECT id, title, text FROM articles WHERE id IN ({','.join('?' * len(chunk))})",
-                              chunk):
+    for chunk, marks in in_chunks(dict.fromkeys(article_ids)):
+        for r in conn.execute(f"SELECT id, title, text FROM articles WHERE id IN ({marks})", chunk):
             out[r[0]] = (r[1] or "", r[2] or "")
     return out
 
@@ -349,12 +356,6 @@ def _command_line(pid: str, limit: int = 80) -> str:
     argv[0] = os.path.basename(argv[0])
     line = " ".join(" ".join(argv).split())  # one line, whatever a `python -c` script holds
     return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def fail_line(e: BaseException, path: str | os.PathLike) -> int:
-    """Print 'error: <describe_db_error line>' on stderr; returns 1, the exit status for it."""
-    print(f"error: {describe_db_error(e, path)}", file=sys.stderr)
-    return 1
 
 
 @contextlib.contextmanager

@@ -29,10 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from gt.core.report import REPORTS_DIR
 from gt.core import bands, errors, report, store
 from gt.coverage.report import (BINS, HIGH, LOW, MIDDLE, band_definitions, band_key, gap_sentences, render_markdown,
                                     warning_sentences, write_plots)
@@ -237,26 +238,6 @@ def dimension_figures(x: np.ndarray, sparse_share: float) -> dict:
     }
 
 
-def overall_scores(filt: Filter, scores: Mapping[str, np.ndarray], content_types: np.ndarray) -> np.ndarray:
-    """Filter.overall for whole columns at once: the same weighted sum in the same order, the same
-    gatekeeper and content-type caps (tests hold it equal to Filter.overall and the score view)."""
-    value = np.zeros(len(content_types), dtype=np.float64)
-    for d in filt.dimensions:
-        value = value + d.weight * scores[d.name]
-    for g in filt.gatekeepers:
-        value = np.where(scores[g.dimension] < g.below, np.minimum(value, g.max_overall), value)
-    for content_type, cap in filt.content_type_caps.items():
-        value = np.where(content_types == content_type, np.minimum(value, cap), value)
-    return value
-
-
-def tier_indices(filt: Filter, overall: np.ndarray) -> np.ndarray:
-    """Filter.tier for a whole column, as indices into filt.tiers: the first tier (highest
-    threshold first) the score reaches, else the last."""
-    conditions = [overall >= t.min_overall for t in filt.tiers[:-1]]
-    return np.select(conditions, list(range(len(filt.tiers) - 1)), default=len(filt.tiers) - 1)
-
-
 def correlation_matrix(matrix: np.ndarray) -> list[list[float | None]]:
     """Pearson correlations between dimensions (None where a dimension has no spread)."""
     if matrix.shape[0] < 2:
@@ -285,7 +266,7 @@ def compute_coverage(conn: sqlite3.Connection, filt: Filter, *, oracle: str | No
         raise store.StoreError(f"no valid labels of {filt.id} by {chosen_oracle} with repeat {repeat} on articles "
                                f"that are not duplicates (repeats with labels: {', '.join(map(str, repeats)) or 'none'})")
     scores = {d: matrix[:, k] for k, d in enumerate(dims)}
-    tier_counts = np.bincount(tier_indices(filt, overall_scores(filt, scores, content_types)),
+    tier_counts = np.bincount(filt.tier_index(filt.overall(scores, np.asarray(content_types, dtype=object))),
                               minlength=len(filt.tiers))
     content_type_counts = Counter("(none)" if c is None else c for c in content_types)
     sources = dict(sorted(gathered.sources.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -354,7 +335,7 @@ def _import_libraries(plotting: bool) -> None:
 
 
 def report_stem(filt: Filter) -> str:
-    return f"{filt.name}_v{filt.version}_coverage"
+    return filt.report_stem("coverage")
 
 
 def run(o: CoverageOptions) -> Written:
@@ -421,7 +402,7 @@ def write_outputs(o: CoverageOptions, filt: Filter, coverage: dict, notes: list[
         report_dir = Path(o.report_dir) if o.report_dir else output.parent
         stem = report_dir / output.with_suffix("").name
     else:
-        report_dir = Path(o.report_dir or "reports")
+        report_dir = Path(o.report_dir or REPORTS_DIR)
         stem = report_dir / report_stem(filt)
         output = stem.with_suffix(".json")
     md_path = stem.with_suffix(".md")

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gt.core import store
-from gt.core.filters import SCORE_MAX, Filter
+from gt.core.bands import SCORE_MAX
+from gt.core.filters import Filter
 from gt.core.text import sha256_text
 
 HUMAN_PREFIX = "human:"

@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gt.core import store
-from gt.core.filters import SCORE_MAX, SCORE_MIN, Filter
+from gt.core.bands import SCORE_MAX, SCORE_MIN
+from gt.core.filters import Filter
+from gt.core.report import write_atomic
 from gt.core.text import sha256_text
 
 if TYPE_CHECKING:
@@ -225,13 +225,12 @@ def export_labeled_file(conn: "sqlite3.Connection", filt: Filter, path: str | os
             FROM labels l JOIN articles a ON a.id = l.article_id JOIN label_runs r ON r.id = l.run_id
             WHERE {where} ORDER BY a.id""", args)
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     key = analysis_key(filt)
     count = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: str) -> None:
+        nonlocal count
+        with open(tmp, "w", encoding="utf-8") as f:
             for r in rows:
                 s = scores.get(r["label_id"], {})
                 if any(n not in s for n in filt.dimension_names):
@@ -254,11 +253,5 @@ def export_labeled_file(conn: "sqlite3.Connection", filt: Filter, path: str | os
                 }
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
                 count += 1
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600 files; an export is for everyone to read
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, write)
     return count

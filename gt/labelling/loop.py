@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from gt.labelling import picking
+from gt.core.report import REPORTS_DIR
 from gt.core import store
 from gt.core.errors import StageError, UsageError
 from gt.selection import bins, strategies
@@ -55,7 +56,7 @@ class LoopOptions:
     max_cost: float | None = None
     replay_price: str | None = None
     embed_cache: str | None = None
-    output_dir: str = "reports"
+    output_dir: str = REPORTS_DIR
     quiet: bool = False
 
     def check(self) -> None:

@@ -278,9 +278,8 @@ def gap_choice(pred_bins: np.ndarray, current: np.ndarray, k: int, *, cluster: n
 
 def _cluster_codes(conn: sqlite3.Connection, ids: Sequence[str]) -> np.ndarray:
     found: dict[str, str] = {}
-    for start in range(0, len(ids), 900):
-        chunk = list(ids[start:start + 900])
-        for r in conn.execute(f"SELECT id, near_dup_cluster FROM articles WHERE id IN ({','.join('?' * len(chunk))}) "
+    for chunk, marks in store.in_chunks(ids):
+        for r in conn.execute(f"SELECT id, near_dup_cluster FROM articles WHERE id IN ({marks}) "
                               f"AND near_dup_cluster IS NOT NULL", chunk):
             found[r[0]] = r[1]
     return pd.factorize(pd.Series([found.get(a) for a in ids], dtype=object))[0].astype(np.int64)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from gt.oracles.base import Completion, FatalError, Option, OracleRequest, OracleSpec, ProviderInfo
+from gt.core.bands import SCORE_MAX, SCORE_MIN
 from gt.core.text import head_tail_truncate
 
 # max_chars 900 + a title fits one 256-token MiniLM window, so most articles cost one forward row
@@ -209,7 +210,7 @@ class EmbeddingScorer:
             logits = (sims - sims.mean()) / temperature + fv.log_priors[k]
             p = np.exp(logits - logits.max())
             p /= p.sum()
-            value = float(np.clip(np.round(float(p @ fv.midpoints[k]) * 2) / 2, 0.0, 10.0))
+            value = float(np.clip(np.round(float(p @ fv.midpoints[k]) * 2) / 2, SCORE_MIN, SCORE_MAX))
             scores[name] = value
             if len(article.sentences):
                 best = int(np.argmax(np.round(article.sentence_vectors @ fv.descriptions[k], 4)))

@@ -55,7 +55,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from gt.core import bands, errors
+from gt.core.report import REPORTS_DIR
+from gt.core import bands, errors, stats
 from gt.student import curve_report
 from gt.selection import bins, program as solver, splits, strategies
 from gt.core import store
@@ -175,16 +176,10 @@ def test_metrics(true: np.ndarray, pred: np.ndarray, dims: Sequence[str]) -> dic
     """Per dimension: MAE, tail MAE (true score in the outer bins; None where the test set has no
     such article) with its n, Spearman (None for a constant column). Overall: the means over the
     dimensions where each is defined."""
-    from scipy.stats import spearmanr
-
     per = {}
     for j, d in enumerate(dims):
-        t, p = true[:, j], pred[:, j]
-        err = np.abs(p - t)
-        tail = bands.is_outer(t)
-        rho = float(spearmanr(t, p).statistic) if len(t) > 1 and np.ptp(t) > 0 and np.ptp(p) > 0 else None
-        per[d] = {"mae": float(err.mean()), "tail_mae": float(err[tail].mean()) if tail.any() else None,
-                  "tail_n": int(tail.sum()), "spearman": rho}
+        f = stats.error_figures(true[:, j], pred[:, j])
+        per[d] = {"mae": f["mae"], "tail_mae": f["tail_mae"], "tail_n": f["tail_n"], "spearman": f["spearman"]}
 
     def mean_of(key):
         values = [m[key] for m in per.values() if m[key] is not None]
@@ -523,7 +518,7 @@ def curve(opts: CurveOptions, *, progress: bool = True) -> dict:
     t_grid = time.perf_counter() - started - t_setup
     result = build_result(opts, setup, student, runs, embeddings, embedding_stats)
     result["seconds"] = {"setup": round(t_setup, 1), "grid": round(t_grid, 1)}
-    write_outputs(result, Path(opts.output_dir or Path("reports") / f"{filt.name}_v{filt.version}_curve"), started)
+    write_outputs(result, Path(opts.output_dir or Path(REPORTS_DIR) / filt.report_stem("curve")), started)
     return result
 
 

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from gt import PROJECT_ROOT
+from gt.core.store import in_chunks
 from gt.student.model import MINILM_PACKAGE, StudentError, article_text, minilm_dir
 
 EMBED_MAX_LENGTH = 256            # MiniLM's window in sentence-transformers (max_seq_length)
@@ -118,12 +119,10 @@ def cached_embeddings(texts: Sequence[str], cache_path: Path | None, embedder: E
         conn = sqlite3.connect(cache_path, timeout=60)
         conn.execute("""CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, text_sha256 TEXT NOT NULL,
                         dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (model, text_sha256)) WITHOUT ROWID""")
-        unique = sorted(set(keys))
-        for start in range(0, len(unique), 900):
-            chunk = unique[start:start + 900]
+        for chunk, marks in in_chunks(sorted(set(keys))):
             for k, dim, blob in conn.execute(
-                    f"SELECT text_sha256, dim, vector FROM embeddings WHERE model = ? AND text_sha256 IN "
-                    f"({','.join('?' * len(chunk))})", [embedder.key, *chunk]):
+                    f"SELECT text_sha256, dim, vector FROM embeddings WHERE model = ? AND text_sha256 IN ({marks})",
+                    [embedder.key, *chunk]):
                 found[k] = np.frombuffer(blob, dtype=np.float32, count=dim)
     missing = sorted({k for k in keys if k not in found})
     if missing:

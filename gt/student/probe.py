@@ -8,7 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-SCORE_MAX = 10.0
+from gt.core.bands import SCORE_MAX, SCORE_MIN
+
 RIDGE_ALPHAS = np.logspace(-3, 4, 29)
 
 
@@ -70,4 +71,4 @@ class RidgeHead:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float64) - self.x_mean) @ self.coef
-        return np.clip(z * self.y_std + self.y_mean, 0.0, SCORE_MAX)
+        return np.clip(z * self.y_std + self.y_mean, SCORE_MIN, SCORE_MAX)

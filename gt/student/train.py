@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from gt.core import errors, store
+from gt.core.report import current_umask
 from gt.core.filters import DEFAULT_FILTER, load_filter
 from gt.student.model import (
     CONFIG_FILE, DIMENSIONS_FILE, Encoder, Fitted, StudentError,
@@ -305,8 +306,7 @@ def save_model_folder(work: Path, output: Path, model, tokenizer, config: dict, 
 def follow_umask(folder: Path) -> None:
     """Give `folder` and everything in it the modes the umask gives new files and folders
     (safetensors writes the adapter 0600 through a temp file; a model is for everyone to read)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     folder.chmod(0o777 & ~umask)
     for root, dirs, files in os.walk(folder):
         for d in dirs:
