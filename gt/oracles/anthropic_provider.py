@@ -14,8 +14,9 @@ import json
 import time
 from typing import Any
 
-from gt.oracles.base import (Completion, FatalError, Option, OracleRequest, OracleSpec, ProviderInfo,
-                                 QuotaExhausted, RateLimited, TransientError, daily_quota_hint, parse_retry_after,
+from gt.oracles.base import Failure, classify_failure
+from gt.oracles.base import (Completion, Option, OracleRequest, OracleSpec, ProviderInfo,
+                                 parse_retry_after,
                                  sdk_error_message, scrub_secret)
 from gt.oracles.batch_anthropic import AnthropicBatches
 
@@ -89,25 +90,18 @@ class AnthropicOracle:
     def _map_error(self, e: Exception) -> Exception:
         import anthropic
 
-        where = f"{self.spec.name} ({self.spec.model})"
         if isinstance(e, anthropic.APITimeoutError):
-            return TransientError(f"{where}: timed out after {self.spec.timeout_s:g} s")
-        if isinstance(e, anthropic.APIConnectionError):
-            return TransientError(f"{where}: connection failed: {type(e).__name__}")
-        if isinstance(e, anthropic.APIStatusError):
-            status = e.status_code
+            failure = Failure("timeout")
+        elif isinstance(e, anthropic.APIConnectionError):
+            failure = Failure("connection", type(e).__name__)
+        elif isinstance(e, anthropic.APIStatusError):
             message = self._scrub(sdk_error_message(e))
-            if status in (400, 402, 403) and any(p in message.lower() for p in _QUOTA_PHRASES):
-                return QuotaExhausted(f"{where}: usage limit reached ({status}): {message}",
-                                      resume_hint=daily_quota_hint(PROVIDER, message[:200]))
-            if status == 429:
-                headers = e.response.headers
-                return RateLimited(f"{where}: rate limited (429): {message}",
-                                   retry_after=parse_retry_after(headers.get("retry-after")))
-            if status >= 500 or status in (408, 409):
-                return TransientError(f"{where}: server error {status}: {message}")
-            return FatalError(f"{where}: request rejected ({status}): {message}")
-        return TransientError(f"{where}: unreadable response: {type(e).__name__}: {self._scrub(str(e))}")
+            quota = e.status_code in (400, 402, 403) and any(p in message.lower() for p in _QUOTA_PHRASES)
+            failure = Failure("status", message, e.status_code, quota=quota, quota_detail=message[:200],
+                              retry_after=parse_retry_after(e.response.headers.get("retry-after")))
+        else:
+            failure = Failure("unreadable", f"{type(e).__name__}: {self._scrub(str(e))}")
+        return classify_failure(f"{self.spec.name} ({self.spec.model})", failure, self.spec.timeout_s, PROVIDER)
 
     def _scrub(self, text: str) -> str:
         return scrub_secret(text, self._api_key)

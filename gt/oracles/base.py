@@ -190,6 +190,38 @@ def daily_quota_hint(info: ProviderInfo, detail: str = "") -> str:
     return f"{info.quota_hint}{extra}; re-run the same command to resume where it stopped"
 
 
+@dataclass(frozen=True)
+class Failure:
+    """What went wrong with one request, as a provider module reads it off its SDK's exception."""
+    kind: str                          # timeout | connection | status | unreadable
+    message: str = ""                  # the provider's own words, secrets scrubbed
+    status: int = 0                    # the HTTP status, with kind 'status'
+    quota: bool = False                # the provider says a daily or billing quota is spent
+    quota_detail: str = ""             # what the resume hint quotes of it
+    retry_after: float | None = None   # seconds the provider asks to wait (Retry-After, RetryInfo)
+
+
+def classify_failure(where: str, f: Failure, timeout_s: float, info: ProviderInfo) -> OracleError:
+    """The one ladder from a failed request to what the engines do with it, for every provider: a
+    spent quota stops the run (QuotaExhausted, with when to resume); 429 waits (RateLimited); a
+    timeout, a dropped connection, 408, 409, 5xx and an unreadable 200 are retried (TransientError);
+    any other status is final (FatalError: retrying would only cost money)."""
+    if f.kind == "timeout":
+        return TransientError(f"{where}: timed out after {timeout_s:g} s")
+    if f.kind == "connection":
+        return TransientError(f"{where}: connection failed: {f.message}")
+    if f.kind != "status":
+        return TransientError(f"{where}: unreadable response: {f.message}")
+    if f.quota:
+        return QuotaExhausted(f"{where}: quota exhausted ({f.status}): {f.message}",
+                              resume_hint=daily_quota_hint(info, f.quota_detail))
+    if f.status == 429:
+        return RateLimited(f"{where}: rate limited (429): {f.message}", retry_after=f.retry_after)
+    if f.status >= 500 or f.status in (408, 409):
+        return TransientError(f"{where}: server error {f.status}: {f.message}")
+    return FatalError(f"{where}: request rejected ({f.status}): {f.message}")
+
+
 def sdk_error_message(e: Exception) -> str:
     """The provider's own words from an SDK error (its JSON body's error.message when there is one)."""
     body = getattr(e, "body", None)

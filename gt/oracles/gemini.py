@@ -14,8 +14,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from gt.oracles.base import (Completion, FatalError, Option, OracleRequest, OracleSpec, ProviderInfo,
-                                 QuotaExhausted, RateLimited, TransientError, daily_quota_hint, parse_retry_after,
+from gt.oracles.base import Failure, classify_failure
+from gt.oracles.base import (Completion, Option, OracleRequest, OracleSpec, ProviderInfo,
+                                 TransientError, parse_retry_after,
                                  scrub_secret)
 from gt.oracles.batch_gemini import GeminiBatches
 
@@ -97,31 +98,25 @@ class GeminiOracle:
         import httpx2
         from google.genai import errors as genai_errors
 
-        where = f"{self.spec.name} ({self.spec.model})"
         if isinstance(e, httpx2.TimeoutException):
-            return TransientError(f"{where}: timed out after {self.spec.timeout_s:g} s")
-        if isinstance(e, httpx2.TransportError):
-            return TransientError(f"{where}: connection failed: {type(e).__name__}")
-        if isinstance(e, genai_errors.APIError):
+            failure = Failure("timeout")
+        elif isinstance(e, httpx2.TransportError):
+            failure = Failure("connection", type(e).__name__)
+        elif isinstance(e, genai_errors.APIError):
             status = int(e.code or 0)
-            message = self._scrub(str(e.message or e.status or ""))
+            message = f"{e.status}: " * bool(e.status) + self._scrub(str(e.message or ""))
             details = _details(e)
-            if status == 429:
-                quota_ids = [v.get("quotaId", "") for d in details if d.get("@type", "").endswith("QuotaFailure")
-                             for v in d.get("violations", []) if isinstance(v, dict)]
-                if any("PerDay" in q for q in quota_ids):
-                    return QuotaExhausted(f"{where}: per-day quota exhausted ({', '.join(quota_ids)})",
-                                          resume_hint=daily_quota_hint(PROVIDER))
-                delay = next((parse_retry_after(d.get("retryDelay")) for d in details
-                              if d.get("@type", "").endswith("RetryInfo")), None)
-                if delay is None:
-                    delay = parse_retry_after(_header(e, "retry-after"))
-                return RateLimited(f"{where}: rate limited (429 {e.status}): {message}", retry_after=delay)
-            if status >= 500 or status == 408:
-                return TransientError(f"{where}: server error {status} {e.status}: {message}")
-            return FatalError(f"{where}: request rejected ({status} {e.status}): {message}")
-        # a 200 the SDK could not read (empty or truncated body)
-        return TransientError(f"{where}: unreadable response: {type(e).__name__}: {self._scrub(str(e))}")
+            quota_ids = [v.get("quotaId", "") for d in details if d.get("@type", "").endswith("QuotaFailure")
+                         for v in d.get("violations", []) if isinstance(v, dict)]
+            per_day = [q for q in quota_ids if "PerDay" in q]
+            delay = next((parse_retry_after(d.get("retryDelay")) for d in details
+                          if d.get("@type", "").endswith("RetryInfo")), None)
+            failure = Failure("status", message, status, quota=status == 429 and bool(per_day),
+                              quota_detail=", ".join(per_day),
+                              retry_after=delay if delay is not None else parse_retry_after(_header(e, "retry-after")))
+        else:   # a 200 the SDK could not read (empty or truncated body)
+            failure = Failure("unreadable", f"{type(e).__name__}: {self._scrub(str(e))}")
+        return classify_failure(f"{self.spec.name} ({self.spec.model})", failure, self.spec.timeout_s, PROVIDER)
 
     def _scrub(self, text: str) -> str:
         return scrub_secret(text, self._api_key)

@@ -14,8 +14,9 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from gt.oracles.base import Failure, classify_failure
 from gt.oracles.base import (Completion, FatalError, Option, OracleRequest, OracleSpec, ProviderInfo,
-                                 QuotaExhausted, RateLimited, TransientError, daily_quota_hint, parse_retry_after,
+                                 TransientError, parse_retry_after,
                                  sdk_error_message, scrub_secret)
 from gt.oracles.batch_openai import OpenAIBatches
 
@@ -126,25 +127,18 @@ class OpenAICompatOracle:
         import openai
 
         message = self._scrub(sdk_error_message(e))
-        where = f"{self.spec.name} ({self.spec.model})"
         if isinstance(e, openai.APITimeoutError):
-            return TransientError(f"{where}: timed out after {self.spec.timeout_s:g} s")
-        if isinstance(e, openai.APIConnectionError):
-            return TransientError(f"{where}: connection failed: {message}")
-        if isinstance(e, openai.APIStatusError):
-            status = e.status_code
-            code = str(getattr(e, "code", "") or "")
-            lowered = message.lower()
-            if status == 402 or code == "insufficient_quota" or (status == 429 and _is_daily(lowered)):
-                return QuotaExhausted(f"{where}: quota exhausted ({status}): {message}",
-                                      resume_hint=daily_quota_hint(PROVIDER, message[:200]))
-            if status == 429:
-                return RateLimited(f"{where}: rate limited (429): {message}", retry_after=_retry_after(e.response))
-            if status >= 500 or status in (408, 409):
-                return TransientError(f"{where}: server error {status}: {message}")
-            return FatalError(f"{where}: request rejected ({status}): {message}")
-        # a 200 whose body is not a chat completion (empty, truncated, not JSON)
-        return TransientError(f"{where}: unreadable response: {message}")
+            failure = Failure("timeout")
+        elif isinstance(e, openai.APIConnectionError):
+            failure = Failure("connection", message)
+        elif isinstance(e, openai.APIStatusError):
+            status, code = e.status_code, str(getattr(e, "code", "") or "")
+            quota = status == 402 or code == "insufficient_quota" or (status == 429 and _is_daily(message.lower()))
+            failure = Failure("status", message, status, quota=quota, quota_detail=message[:200],
+                              retry_after=_retry_after(e.response))
+        else:   # a 200 whose body is not a chat completion (empty, truncated, not JSON)
+            failure = Failure("unreadable", message)
+        return classify_failure(f"{self.spec.name} ({self.spec.model})", failure, self.spec.timeout_s, PROVIDER)
 
     def _scrub(self, text: str) -> str:
         return scrub_secret(text, self._api_key if self._api_key != NO_KEY else None)
