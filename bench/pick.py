@@ -37,7 +37,7 @@ from gt.labelling import picking  # noqa: E402
 from gt.core import store  # noqa: E402
 from gt.student.embeddings import Embedder, cached_embeddings, text_key  # noqa: E402
 from gt.core.filters import load_filter  # noqa: E402
-from gt.labelling.sync import eligible_article_ids  # noqa: E402
+from gt.labelling.planning import eligible_article_ids  # noqa: E402
 from gt.student.model import article_text  # noqa: E402
 
 

@@ -71,7 +71,7 @@ def draw_sample(conn: sqlite3.Connection, filt: Filter, size: int, seed: int,
     not too short, not caught by the filter's prefilter (the label stage would skip those); with
     `within`, only those articles (e.g. the ones a human gold set labelled). The order is the label
     stage's (sha256 of seed and id), so a larger sample contains a smaller one."""
-    from gt.labelling.sync import eligible_article_ids
+    from gt.labelling.planning import eligible_article_ids
 
     ordered = eligible_article_ids(conn, filt, seed=seed, random_sample=True)
     clusters = {r[0]: r[1] for r in conn.execute(
@@ -503,7 +503,7 @@ def stage_errors() -> Iterator[None]:
     except reg.MissingKey as e:
         raise errors.StageError(f"{e}; or compare only the labels already in gt.db with --no-label") from None
     except FatalError as e:
-        from gt.labelling.sync import scrub_secrets
+        from gt.labelling.ledger import scrub_secrets
         raise errors.StageError(f"an oracle refused the request: {scrub_secrets(str(e))} (check the key, model id "
                              f"and oracles.yaml)") from None
 

@@ -49,7 +49,7 @@ from gt.labelling.batch_jobs import (CLOSED_STATES, COLLECTED, RUNNING, SUBMITTE
 from gt.core.filters import Filter
 from gt.labelling.sync import label_articles
 from gt.labelling.leases import LabelKey, owner_id
-from gt.labelling.ledger import LabelOutcome, record_completion, recorded_spend, scrub_secrets, store_outcome
+from gt.labelling.ledger import LabelOutcome, Usage, record_completion, recorded_spend, scrub_secrets, store_outcome
 from gt.labelling.planning import existing_labels, worst_case_cost
 from gt.oracles.base import FatalError, OracleError, OracleSpec, QuotaExhausted, RateLimited, TransientError
 from gt.oracles import batch as batch_services
@@ -59,7 +59,7 @@ from gt.oracles.batch import (REMOTE_ENDED, BatchAdapter, BatchUnavailable, Item
 # ---- the run --------------------------------------------------------------------------------------
 
 @dataclass
-class BatchSummary:
+class BatchSummary(Usage):
     run_id: int | None = None
     jobs_submitted: int = 0        # sent to the provider by this process
     jobs_resumed: int = 0          # found open in gt.db (submitted earlier) and polled
@@ -71,10 +71,6 @@ class BatchSummary:
     retried_batch: int = 0
     retried_sync: int = 0
     prefiltered: int = 0
-    cost_usd: float = 0.0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
     polls: int = 0
     seconds: float = 0.0
     waiting: int = 0               # jobs left open (--batch-no-wait, or interrupted)
@@ -181,8 +177,7 @@ class BatchRun:
                 outcome = record_completion(self.conn, run_id=row["run_id"], filt=self.filt, spec=self.spec,
                                             article_id=aid, repeat=rep, completion=res.completion, batch=True,
                                             owner=owner)
-                self._count(outcome.status, outcome.cost_usd, outcome.input_tokens, outcome.output_tokens,
-                            outcome.cached_tokens)
+                self._count(outcome.status, outcome)
             else:
                 failures[res.failure or "errored"] += 1
                 self._store_error(row, aid, rep, f"batch item {res.failure}: {res.message}")
@@ -209,13 +204,11 @@ class BatchRun:
                                                        attempts=1), owner=job_owner(row["id"]))
         self._count("error")
 
-    def _count(self, status: str, cost: float = 0.0, tin: int = 0, tout: int = 0, cached: int = 0) -> None:
+    def _count(self, status: str, usage: Usage | None = None) -> None:
         s = self.summary
         setattr(s, status, getattr(s, status) + 1)
-        s.cost_usd += cost
-        s.input_tokens += tin
-        s.output_tokens += tout
-        s.cached_tokens += cached
+        if usage is not None:
+            s.add_usage(usage)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix_str(f"cost=${s.cost_usd:.4f} invalid={s.invalid} failed={s.error}", refresh=False)

@@ -23,10 +23,34 @@ from gt.oracles import registry
 from gt.oracles.base import Completion, OracleSpec
 
 
+# ---- what calls used and cost ---------------------------------------------------------------------
+
+@dataclass(kw_only=True)
+class Usage:
+    """The tokens and dollars of billed calls: one answer's (LabelOutcome), a sync run's
+    (LabelRunSummary) or a batch run's (BatchSummary). The one record of these counters."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add_usage(self, other: "Usage") -> None:
+        """Add another record's tokens and cost to this one."""
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_tokens += other.cached_tokens
+        self.cost_usd += other.cost_usd
+
+
+def usage_sum(*records: Usage) -> dict:
+    """The counters of several records added up, as keyword arguments of a Usage."""
+    return {f.name: sum(getattr(r, f.name) for r in records) for f in dataclasses.fields(Usage)}
+
+
 # ---- one label -----------------------------------------------------------------------------------
 
 @dataclass
-class LabelOutcome:
+class LabelOutcome(Usage):
     """Everything stored for one label. `calls` is how many billed responses it took (a corrective
     retry makes two); their cost, tokens and count go to the run's ledger with the label."""
     status: str
@@ -35,10 +59,6 @@ class LabelOutcome:
     evidence: dict | None = None
     raw_response: str | None = None
     error: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    cost_usd: float = 0.0
     latency_ms: float = 0.0
     attempts: int = 0
     calls: int = 0
@@ -89,12 +109,8 @@ def outcome_from_completion(filt: Filter, spec: OracleSpec, completion: Completi
 
 def merge_outcomes(first: LabelOutcome, second: LabelOutcome) -> LabelOutcome:
     """The outcome of a corrective retry, with the cost, tokens and calls of both."""
-    return dataclasses.replace(
-        second, input_tokens=first.input_tokens + second.input_tokens,
-        output_tokens=first.output_tokens + second.output_tokens,
-        cached_tokens=first.cached_tokens + second.cached_tokens, cost_usd=first.cost_usd + second.cost_usd,
-        latency_ms=first.latency_ms + second.latency_ms, attempts=first.attempts + second.attempts,
-        calls=first.calls + second.calls)
+    return dataclasses.replace(second, **usage_sum(first, second), latency_ms=first.latency_ms + second.latency_ms,
+                               attempts=first.attempts + second.attempts, calls=first.calls + second.calls)
 
 
 def off_grid(scores: dict | None, step: float = 0.5) -> bool:

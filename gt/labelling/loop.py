@@ -32,7 +32,9 @@ from gt.core import store
 from gt.core.errors import StageError, UsageError
 from gt.selection import bins, strategies
 from gt.core.filters import DEFAULT_FILTER, Filter, load_filter
-from gt.labelling.sync import LabelRunSummary, RetryPolicy, eligible_article_ids, label_articles
+from gt.labelling.calls import RetryPolicy
+from gt.labelling.planning import eligible_article_ids
+from gt.labelling.sync import LabelRunSummary, label_articles
 from gt.oracles.base import FatalError, OracleSpec
 from gt.oracles.replay import replay_priced
 

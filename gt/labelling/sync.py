@@ -38,26 +38,9 @@ from gt.oracles.base import (Completion, FatalError, NotAnswerable, Oracle, Orac
 from gt.oracles.ratelimit import RateLimiter
 from gt.labelling.planning import (PlanCounts, PlanItem, article_text, build_request, existing_labels,
                              expected_output_tokens, plan_items, replay_answers, worst_case_cost)
-# the names the label engines shared when they all lived in this module, still importable from it
-from gt.labelling.dbwriter import spill_file_name, spill_files
-from gt.labelling.leases import BATCH_LEASE_TTL_S, HEARTBEAT_S, lease_live, live_leases, owner_alive, run_state
-from gt.labelling.ledger import judge_answer, record_completion
-from gt.labelling.planning import (CHARS_PER_TOKEN, EVIDENCE_CHARS, RESERVE_BYTES_PER_TOKEN, eligible_article_ids,
-                             estimate_input_tokens, format_duration, worst_case_tokens)
+from gt.labelling.ledger import Usage
 
-__all__ = [
-    "label_articles", "LabelRunSummary", "RunOptions", "RetryPolicy", "DB_PATIENCE_S",
-    # re-exported from the nouns they moved to
-    "BATCH_LEASE_TTL_S", "CHARS_PER_TOKEN", "EVIDENCE_CHARS", "FINAL_STATUSES", "HEARTBEAT_S", "LEASE_TTL_S",
-    "RESERVE_BYTES_PER_TOKEN", "Breaker", "DbWriter", "LabelKey", "LabelOutcome", "PlanCounts", "PlanItem",
-    "Spilled", "TargetGate", "WriterStopped", "apply_spills", "article_text", "build_request", "claim_unit",
-    "completion_cost", "db_file", "eligible_article_ids", "estimate_input_tokens", "existing_labels",
-    "expected_output_tokens", "format_duration", "judge_answer", "lease_live", "live_leases", "mark_dead_runs",
-    "merge_outcomes", "off_grid", "outcome_from_completion", "owner_alive", "owner_id", "plan_items",
-    "record_completion", "recorded_spend", "release_owner", "release_unit", "renew", "replay_answers",
-    "run_state", "scrub_secrets", "spill_file_name", "spill_files", "spill_finish", "spill_outcome",
-    "store_outcome", "worst_case_cost", "worst_case_tokens",
-]
+__all__ = ["label_articles", "LabelRunSummary", "RunOptions", "DB_PATIENCE_S"]
 
 DB_PATIENCE_S = 300.0         # how long answers may wait for another process's write lock
 
@@ -65,17 +48,14 @@ DB_PATIENCE_S = 300.0         # how long answers may wait for another process's 
 # ---- results and knobs ---------------------------------------------------------------------------
 
 @dataclass
-class LabelRunSummary:
+class LabelRunSummary(Usage):
     run_id: int | None            # None when nothing needed labelling (no run was opened)
     requested: int = 0            # labels this run started (article x repeat)
     ok: int = 0
     invalid: int = 0
     error: int = 0
     skipped_existing: int = 0     # already labelled ok/invalid for this (filter, oracle, prompt, repeat)
-    cost_usd: float = 0.0         # everything this run was billed (the ledger), unstored answers included
-    input_tokens: int = 0
-    output_tokens: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0          # (its Usage: everything this run was billed, unstored answers included)
     stopped_reason: str | None = None   # None: finished; budget | total_budget | quota | interrupted | locked | breaker | fatal | db
     stopped_message: str = ""
     prefiltered: int = 0          # skipped by the filter's keyword prefilter
@@ -392,9 +372,7 @@ class _Run:
             s.spilled += 1
             s.spill_path = e.path
             label_id = -1
-        s.cost_usd += outcome.cost_usd
-        s.input_tokens += outcome.input_tokens
-        s.output_tokens += outcome.output_tokens
+        s.add_usage(outcome)
         s.billed_calls += outcome.calls
         if label_id is None:
             s.unstored += 1   # paid, but another process had labelled the unit first
