@@ -306,14 +306,15 @@ def test_a_malformed_registry_lists_every_problem_with_the_file(tmp_path):
         "oracles:\n"
         "  a:\n    provider: mistral\n    model: m\n"
         "  b:\n    provider: openai\n    model: m\n    input_per_m: -1\n    colour: blue\n"
-        "  c:\n    provider: gemini\n    model: gemini-x\n", encoding="utf-8")
+        "  c:\n    provider: gemini\n    model: gemini-x\n    api_key_env: null\n"
+        "  d:\n    provider: gemini\n    model: gemini-y\n", encoding="utf-8")
     with pytest.raises(registry.RegistryError) as info:
         registry.load_registry(path)
     lines = str(info.value).splitlines()
     assert len(lines) == 4 and all(line.startswith(str(path)) for line in lines)
     joined = "\n".join(lines)
     for expected in ("'a'", "provider must be one of", "input_per_m", "unknown field 'colour'", "'c'",
-                     "api_key_env is required"):
+                     "provider gemini needs a key"):
         assert expected in joined
 
 
@@ -359,7 +360,8 @@ ECHO_MODULES = {
 }
 ECHO_YAML = """
 oracles:
-  echo-1: {provider: echo, model: e1, api_key_env: [ECHO_API_KEY, ECHO_KEY], options: {loudness: 3}}
+  echo-1: {provider: echo, model: e1, options: {loudness: 3}}
+  echo-2: {provider: echo, model: e2, api_key_env: TEAM_ECHO_KEY}
   echo-offline: {provider: echo-local, model: e0}
 """
 # run in a fresh interpreter whose gt.oracles package also holds the two modules above
@@ -372,7 +374,7 @@ specs = r.load_registry(sys.argv[2])
 os.environ.update(ECHO_KEY="k-echo", ECHO_BASE_URL="http://127.0.0.1:7/echo")
 oracle = r.make_oracle(specs["echo-1"])
 problems = []
-for entry in ("{provider: echo, model: e}", "{provider: echo, model: e, api_key_env: K, options: {loud: 1}}",
+for entry in ("{provider: echo, model: e, api_key_env: null}", "{provider: echo, model: e, api_key_env: K, options: {loud: 1}}",
               "{provider: echo-local, model: e, options: {cache_min_tokens: 1}}"):
     with open(sys.argv[2], "w") as f:
         f.write("oracles:\\n  bad: " + entry + "\\n")
@@ -385,6 +387,7 @@ print(json.dumps({
     "base_url_env": r.BASE_URL_ENV, "offline": r.OFFLINE_PROVIDERS, "stand_in": r.STAND_IN_PROVIDERS,
     "batch": batch.BATCH_PROVIDERS, "turnaround": batch.TURNAROUND.get("echo"),
     "keys": sorted(r.key_variables(specs.values())), "oracle": [type(oracle).__name__, oracle.api_key, oracle.base_url],
+    "echo2_keys": r.api_key_env_names(specs["echo-2"]),
     "offline_oracle": type(r.make_oracle(specs["echo-offline"])).__name__, "problems": problems}))
 """
 
@@ -414,7 +417,9 @@ def test_a_provider_declared_in_a_new_module_joins_every_table(tmp_path):
     # the declaration's key_required, options and offline flag are what oracles.yaml is checked against
     bad = out["problems"]
     assert len(bad) == 3, bad
-    assert "api_key_env is required for provider echo" in bad[0]
+    assert "provider echo needs a key" in bad[0]
+    # an entry without api_key_env takes the provider's declared variables; one may name its own instead
+    assert out["echo2_keys"] == ["TEAM_ECHO_KEY"]
     assert "unknown option 'loud'" in bad[1] and "loudness" in bad[1] and "batch_max_requests" in bad[1]
     assert "unknown option 'cache_min_tokens'" in bad[2] and "knows: none" in bad[2]
 

@@ -32,7 +32,7 @@ class ProviderInfo:
     name: str                                 # the `provider:` value of oracles.yaml entries
     oracle_class: type                        # implements the Oracle protocol below
     key_envs: tuple[str, ...] = ()            # the variables its keys usually live in
-    key_required: bool = False                # every entry must name its api_key_env
+    key_required: bool = False                # an entry may not turn the key off (api_key_env: null)
     base_url_env: str | None = None           # redirects the entries without a base_url of their own
     offline: bool = False                     # needs no network and no key
     stand_in: bool = False                    # an offline stand-in, no substitute for a real LLM

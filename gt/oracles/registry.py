@@ -167,14 +167,18 @@ def _spec_from_entry(name: str, entry: Any, problems: list[str]) -> OracleSpec |
         options = {}
     elif info is not None:
         problems += _option_problems(where, provider, options)
-    key_env = entry.get("api_key_env")
+    if "api_key_env" in entry:     # the entry's own variables (null: this entry needs no key)
+        key_env = entry["api_key_env"]
+    else:                          # the provider's declared ones
+        key_env = list(info.key_envs) if info is not None and info.key_envs else None
     env_names = [key_env] if isinstance(key_env, str) else key_env
     if key_env is not None and not (isinstance(env_names, list) and env_names
                                     and all(isinstance(n, str) and n for n in env_names)):
         problems.append(f"{where}: api_key_env must be a variable name, a list of names, or null")
         env_names = None
     if info is not None and info.key_required and not env_names:
-        problems.append(f"{where}: api_key_env is required for provider {provider}")
+        problems.append(f"{where}: provider {provider} needs a key: remove api_key_env: null (the provider's "
+                        f"{' or '.join(info.key_envs) or 'variable'} is used) or name the variable")
     if env_names and len(env_names) > 1:
         options["api_key_env_alternatives"] = list(env_names[1:])
     if len(problems) > before:
