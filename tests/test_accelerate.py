@@ -59,5 +59,9 @@ def test_two_processes_train_one_model_that_process_zero_saves(tmp_path, uplifti
     scores = Student.load(out).predict([(r["title"], r["text"]) for r in rows])
     assert scores.shape == (4, len(uplifting.dimension_names))
     # the saved model is the one process 0 measured: the same test MAE from the reloaded folder
-    mae = float(np.mean(np.abs(scores - np.array([r["labels"] for r in rows]))))
+    truth = np.array([r["labels"] for r in rows])
+    mae = float(np.mean(np.abs(scores - truth)))
     assert abs(mae - metrics["test"]["mae"]) < 1e-4
+    for j, dim in enumerate(uplifting.dimension_names):   # and dimension by dimension, not only on average
+        assert abs(np.mean(np.abs(scores[:, j] - truth[:, j])) - metrics["test"]["per_dimension"][dim]["mae"]) < 1e-4
+    assert np.ptp(scores, axis=0).max() > 0 and ((scores >= 0) & (scores <= 10)).all()   # it tells articles apart

@@ -590,6 +590,7 @@ def test_local_embed_needs_the_article_in_the_request(uplifting):
     bare = OracleRequest(rubric="r", article="a", schema=uplifting.answer_schema())
     err = run(spec, [bare])[0]
     assert isinstance(err, FatalError)
+    assert "the request must carry the filter and the article's title/text" in str(err)
 
 
 def test_local_embed_evidence_is_words_or_empty_never_a_stray_fragment(uplifting):

@@ -1,7 +1,7 @@
 """Ingesting articles into gt.db, as a piece every stage that takes `--source` shares (ingest,
 label, calibrate, and the labelled-file import): read JSONL/CSV (globs, .gz), map fields,
 clean, de-duplicate, cluster near-duplicates, import carried labels. The ingest stage
-(stages/ingest.py) is its command line; what happens to each record is told there.
+(stages/ingest.py, with gt/intake/ingest.py) is its command; what happens to each record is told in gt/intake/ingest.py.
 """
 from __future__ import annotations
 

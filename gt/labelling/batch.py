@@ -435,7 +435,7 @@ def live_status_lines(conn: sqlite3.Connection) -> list[str]:
     return out
 
 
-# ---- command line (called by stages.label) --------------------------------------------------------
+# ---- for the label step (gt/labelling/label.py) --------------------------------------------------------
 
 
 def run_batch_command(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str],

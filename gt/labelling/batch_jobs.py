@@ -5,7 +5,7 @@ units claimed for it (lease owner `job:<id>`) in one transaction, before anythin
 'submitted' with the provider's remote id, 'running', and at last 'collected' (or the remote end
 state). Its tag (`gt-<job id>-<hash>`) is the name it carries at the provider, so a job sent by a
 process that died before recording the remote id is found again instead of being sent twice.
-Units are planned by the sync engine's planner (`planning.plan_items`) and split by the provider's
+Units are planned by the planner both engines share (`planning.plan_items`) and split by the provider's
 limits (requests and bytes per job) and the budget.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def set_job(conn: sqlite3.Connection, job_id: int, **values: Any) -> None:
 def plan_units(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, article_ids: Sequence[str], *,
                repeats: int, target_valid: int | None, in_jobs: set[tuple[str, int]]) -> tuple[list[tuple[str, int]], int]:
     """The (article, repeat) units to send now, in sample order, and how many articles the
-    prefilter skipped. The sync engine's planner (labelling.plan_items): a unit with an ok or
+    prefilter skipped. The planner both engines share (planning.plan_items): a unit with an ok or
     invalid label is never sent again, an 'error' label is retried, a unit another live process
     holds is left to it; with `target_valid`, articles are taken until those with a valid label
     plus those in flight (in open jobs, or leased) reach the target."""

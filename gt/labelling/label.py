@@ -1,5 +1,7 @@
-"""Label stage: score a seeded random sample of articles with an LLM oracle and store every answer
-in gt.db (step 2 of the workflow: `make label LLM=gemini-pro TARGET=20000 SEED=42`).
+"""The label step: buy labels of articles from an LLM oracle and store every answer in gt.db (step 2
+of the workflow: `make label LLM=gemini-pro TARGET=20000 SEED=42`). Which articles: a seeded random
+sample (`--pick random`, the default), the ones a scorer says fill the coverage gaps (`gaps`), where
+its ensemble disagrees most (`uncertain`), or a listed set (`ids`): gt.labelling.picking.
 
 Concurrency is asyncio; one rate limiter (requests and tokens per minute from oracles.yaml) is
 shared by every request. Every unit is claimed in gt.db before it is sent (so two processes on one
@@ -11,13 +13,12 @@ of (filter, oracle, prompt hash) across every process: articles already labelled
 never paid for twice; 'error' labels are retried. A circuit breaker stops a run whose recent
 answers are mostly invalid or failing.
 
-The sync engine (`labelling.label_articles`, which calibrate and the loop also run), the batch
-engine (gt/labelling/batch.py) and what both share live outside this file: the plan and the request
-(planning), the judgement and the ledger (ledger), leases (leases), the writer (dbwriter), the
-circuit breaker (breaker), retries (calls) and the dry run's estimate (estimate). This is the
-stage's command line: `main` parses the flags into `LabelOptions`, `run_label` does the work and
-returns the summary's lines (and the error, if any), `main` prints them and exits 0, 1 or 2 (130
-after Ctrl-C).
+The sync engine (`gt.labelling.sync.label_articles`, which calibrate and the loop also run), the
+batch engine (gt/labelling/batch.py) and what both share live beside this file: the plan and the
+request (planning), the judgement and the ledger (ledger), leases (leases), the writer (dbwriter),
+the circuit breaker (breaker), retries (calls) and the dry run's estimate (estimate). Here:
+`LabelOptions`, and `run_label`, which does the work and returns the summary's lines (and the
+error, if any); the command (stages/label.py) prints them and exits 0, 1 or 2 (130 after Ctrl-C).
 """
 from __future__ import annotations
 

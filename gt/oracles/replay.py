@@ -8,7 +8,7 @@ It makes a labelling strategy testable offline on real labels (`label --pick gap
 leases, ledger, picks, breaker), so everything recorded is what a paid run would have recorded.
 
 The provider never touches gt.db: the label stage reads the source oracle's labels
-(`labelling.replay_answers`) and hands them over as {(article_id, repeat): answer}. An article the
+(`gt.labelling.planning.replay_answers`) and hands them over as {(article_id, repeat): answer}. An article the
 source never labelled is answered with `NotAnswerable` and stored as an `error` label ("not in the
 replayed set"); nothing is billed for it. Token counts are the source label's own where it has
 them (a real LLM run), else estimated the way `--dry-run` does (characters / 4).

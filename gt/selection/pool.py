@@ -1,7 +1,7 @@
 """The labelled pool as the selection program sees it: valid labels of one label set joined with
 their articles (duplicates and too-short texts excluded), and the program's input built from it
 (score bins, tiers, sources, near-duplicate clusters, active-learning weights). Shared by the select
-stage and the learning curves (stages/curve.py), so both select from the same pool the same way.
+stage and the learning curves (gt/student/curve.py), so both select from the same pool the same way.
 Also what can narrow a pool: a student's predictions (from a JSONL or a model in gt.db) and its
 error per article, and the disagreement between the labels of one article (the difficulty filter).
 """

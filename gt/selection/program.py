@@ -21,9 +21,10 @@ Solved in four steps, each one cheap because of the first:
    as the hint (reduced-cost fixing), which shrinks the CP-SAT model to the few groups that matter.
 Group counts are mapped back to concrete articles deterministically (seeded order, then priority).
 
-The strategies (quotas, cell values, article weights, tier bounds: STRATEGIES), the score bins and
-build_program live here too, so the select stage and the learning curves (stages/curve.py) build
-the same program; choose() runs one selection start to end.
+The strategies (quotas, cell values, article weights, tier bounds) and build_program live in
+gt/selection/strategies.py, the score bins in bins.py, the splits in splits.py; the select step, the
+learning curves and aimed labelling build the same program from them. choose() runs one selection
+start to end.
 """
 from __future__ import annotations
 

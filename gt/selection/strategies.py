@@ -20,7 +20,7 @@ from gt.selection.program import Pool, Program
 # A bin is "extreme" (outer) when its midpoint lies in an outer band of gt/core/bands.py (below
 # MIDDLE_LOW or at least MIDDLE_HIGH: scores 0-3 and 8-10 with the default integer bins): the one
 # definition of the outer bins, used by the strategies here, the learning curves' tail MAE
-# (stages/curve.py) and aimed labelling.
+# (gt/student/curve.py) and aimed labelling.
 
 EXTREME_LOW = bands.MIDDLE_LOW      # kept for callers that name the edges (curve, bench)
 EXTREME_HIGH = bands.MIDDLE_HIGH

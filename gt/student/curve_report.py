@@ -1,4 +1,4 @@
-"""The learning curves' summary and report: from the runs that stages/curve.py measured to the
+"""The learning curves' summary and report: from the runs that gt/student/curve.py measured to the
 summary rows (mean and 95% Student t interval over seeds per strategy and budget, the comparison
 with random), the verdict line, curve.md, the curve_*.png plots and the console table (a noun: it
 imports no stage).
