@@ -9,8 +9,8 @@ code and line shape:
 | error                                   | exit | line on stderr                             |
 |-----------------------------------------|------|--------------------------------------------|
 | UsageError (bad flags), a bad flag      | 2    | error: <what, where, what to do>           |
-| FilterError (a broken filter package)   | 2    | error: <package>: <problem> (one per problem) |
-| FilterMismatch, an unknown oracle, a broken oracles.yaml | 2 | error: <what>                      |
+| FileProblems (a broken filter package or oracles.yaml) | 2 | error: <file>: <problem> (one per problem) |
+| FilterMismatch, an unknown oracle       | 2    | error: <what>                              |
 | MissingKey (an API key not set)         | 1    | error: <which variable to set>             |
 | StoreError, sqlite3.Error (gt.db)       | 1    | error: <database line: missing, locked...> |
 | StageError (the work could not be done) | 1    | error: <what>                              |
@@ -25,8 +25,7 @@ import sys
 from typing import Any, Callable, Sequence, TypeVar
 
 from gt.core import store
-from gt.core.errors import StageError, one_line
-from gt.core.filters import FilterError
+from gt.core.errors import FileProblems, StageError, one_line
 from gt.oracles import registry
 
 O = TypeVar("O")
@@ -125,7 +124,7 @@ def exit_code(error: StageError) -> int:
 
 def report(error: BaseException, db: str | None) -> int:
     """Print one error the house's way (the table above) and return its exit code."""
-    if isinstance(error, FilterError):
+    if isinstance(error, FileProblems):   # a broken filter package or oracles.yaml: every problem
         for problem in error.problems:
             fail(f"{error.path}: {problem}")
         return 2
@@ -142,7 +141,7 @@ def report(error: BaseException, db: str | None) -> int:
     raise error
 
 
-HANDLED = (StageError, FilterError, store.StoreError, sqlite3.Error, registry.OracleConfigError)
+HANDLED = (StageError, FileProblems, store.StoreError, sqlite3.Error, registry.OracleConfigError)
 
 
 def run(parse: Callable[[], O], work: Callable[[O], int], *, interrupted: str = INTERRUPTED) -> int:

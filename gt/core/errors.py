@@ -17,6 +17,17 @@ class UsageError(StageError):
     exit_code = 2
 
 
+class FileProblems(Exception):
+    """A file the user wrote is malformed (a filter package, oracles.yaml): `problems` holds one line
+    per problem, all of them, so one run shows everything to fix; a command prints each as
+    `error: <path>: <problem>` and exits 2."""
+
+    def __init__(self, path: object, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
+
+
 def one_line(message: str) -> str:
     """A message as one line, whatever a provider or library put in it."""
     return " ".join(str(message).split())

@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from gt.core.bands import SCORE_MAX, SCORE_MIN
+from gt.core.errors import FileProblems
 from gt.core.text import head_tail_truncate, sha256_text
 
 DEFAULT_FILTER = "filters/uplifting/v1"   # the filter package every command takes unless --filter names another
@@ -42,13 +43,8 @@ _FILL = re.compile(r"\{(title|text)\}")
 _GRID_TOLERANCE = 1e-9  # relative: 0.3 / 0.1 is 2.9999999999999996 in floating point
 
 
-class FilterError(Exception):
+class FilterError(FileProblems):
     """A filter package is malformed. `problems` holds one line per problem."""
-
-    def __init__(self, path: Path | str, problems: list[str]):
-        self.path = str(path)
-        self.problems = problems
-        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
 
 
 class AnswerError(ValueError):

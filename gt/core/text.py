@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import re
 import unicodedata
 import zlib
-from typing import TYPE_CHECKING, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
 
 import ftfy
 import numpy as np
@@ -231,3 +232,19 @@ class NearDuplicateIndex:
     def similar(self, sig: LeanMinHash) -> list[str]:
         found = [k for k in self._lsh.query(sig) if sig.jaccard(self._signatures[k]) >= self.threshold]
         return sorted(found)
+
+
+# ---- JSON lines ---------------------------------------------------------------------------------
+
+def jsonl_records(path, bad_line) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a JSONL file; a line that is not JSON
+    raises `bad_line(message)`, the message saying 'invalid JSON, <file>:<line> (<why>)'."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise bad_line(f"invalid JSON, {path}:{n} ({e.msg})") from None
+

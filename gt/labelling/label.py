@@ -219,15 +219,11 @@ def _filter_and_oracle(o: LabelOptions) -> tuple[Filter, OracleSpec]:
     """The filter package and the oracle's spec (its key checked unless this is a dry run)."""
     from gt.oracles import registry as reg
     filt = load_filter(o.filter)   # a broken package: FilterError, one line per problem (stages/kit.py)
-    try:
-        oracles = reg.load_registry(o.oracles_file) if o.oracles_file else reg.load_registry()
-        spec = reg.resolve(o.llm, oracles)
-        if not o.dry_run:
-            reg.check_credentials(spec)
-    except reg.MissingKey as e:
-        raise errors.StageError(str(e)) from None
-    except reg.OracleConfigError as e:
-        raise errors.UsageError(str(e).splitlines()[0]) from None
+    # a broken oracles.yaml, an unknown oracle, a missing key: the registry's errors (stages/kit.py)
+    oracles = reg.load_registry(o.oracles_file) if o.oracles_file else reg.load_registry()
+    spec = reg.resolve(o.llm, oracles)
+    if not o.dry_run:
+        reg.check_credentials(spec)
     if o.timeout is not None:
         spec = dataclasses.replace(spec, timeout_s=o.timeout)
     if o.replay_price is not None:

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from gt import PROJECT_ROOT
+from gt.core.errors import FileProblems
 from gt.oracles.base import Option, Oracle, OracleSpec, ProviderInfo
 from gt.oracles.batch import BATCH_OPTIONS, CACHE_OPTIONS
 
@@ -80,13 +81,8 @@ class OracleConfigError(Exception):
     message is one line: what is wrong, where, and what to do."""
 
 
-class RegistryError(OracleConfigError):
+class RegistryError(FileProblems, OracleConfigError):
     """oracles.yaml is malformed; `problems` holds one line per problem."""
-
-    def __init__(self, path: Path | str, problems: list[str]):
-        self.path = str(path)
-        self.problems = problems
-        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
 
 
 class UnknownOracle(OracleConfigError):

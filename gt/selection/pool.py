@@ -7,7 +7,6 @@ error per article, and the disagreement between the labels of one article (the d
 """
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 from pathlib import Path
@@ -18,6 +17,7 @@ import pandas as pd
 from gt.selection import bins, program as solver, strategies
 from gt.core import store
 from gt.core.errors import StageError
+from gt.core.text import jsonl_records
 
 
 class PoolError(StageError):
@@ -72,34 +72,27 @@ def load_predictions(conn: sqlite3.Connection, spec: str, dimension_names: list[
     path = Path(spec)
     if path.is_file():
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PoolError(f"--model-predictions: invalid JSON, {path}:{n} ({e.msg})") from None
-                aid = obj.get("id", obj.get("article_id")) if isinstance(obj, dict) else None
-                values = (obj.get("predictions", obj.get("scores")) if isinstance(obj, dict) else None)
-                if aid is None or values is None:
-                    raise PoolError(f"--model-predictions: a line needs 'id' (or 'article_id') and 'predictions' "
-                                      f"(or 'scores'), {path}:{n}")
-                if isinstance(values, list):
-                    if len(values) != len(dimension_names):
-                        raise PoolError(f"--model-predictions: {len(values)} predictions for "
-                                          f"{len(dimension_names)} dimensions, {path}:{n} (a list follows the "
-                                          f"filter's dimension order)")
-                    values = dict(zip(dimension_names, values))
-                if not isinstance(values, dict):
-                    raise PoolError(f"--model-predictions: predictions must be an object or a list, {path}:{n}")
-                missing = [d for d in dimension_names if d not in values]
-                if missing:
-                    raise PoolError(f"--model-predictions: no prediction for {', '.join(missing)}, {path}:{n}")
-                try:
-                    rows.append({"article_id": str(aid), **{d: float(values[d]) for d in dimension_names}})
-                except (TypeError, ValueError):
-                    raise PoolError(f"--model-predictions: a prediction is not a number, {path}:{n}") from None
+        for n, obj in jsonl_records(path, lambda message: PoolError(f"--model-predictions: {message}")):
+            aid = obj.get("id", obj.get("article_id")) if isinstance(obj, dict) else None
+            values = (obj.get("predictions", obj.get("scores")) if isinstance(obj, dict) else None)
+            if aid is None or values is None:
+                raise PoolError(f"--model-predictions: a line needs 'id' (or 'article_id') and 'predictions' "
+                                  f"(or 'scores'), {path}:{n}")
+            if isinstance(values, list):
+                if len(values) != len(dimension_names):
+                    raise PoolError(f"--model-predictions: {len(values)} predictions for "
+                                      f"{len(dimension_names)} dimensions, {path}:{n} (a list follows the "
+                                      f"filter's dimension order)")
+                values = dict(zip(dimension_names, values))
+            if not isinstance(values, dict):
+                raise PoolError(f"--model-predictions: predictions must be an object or a list, {path}:{n}")
+            missing = [d for d in dimension_names if d not in values]
+            if missing:
+                raise PoolError(f"--model-predictions: no prediction for {', '.join(missing)}, {path}:{n}")
+            try:
+                rows.append({"article_id": str(aid), **{d: float(values[d]) for d in dimension_names}})
+            except (TypeError, ValueError):
+                raise PoolError(f"--model-predictions: a prediction is not a number, {path}:{n}") from None
         frame = pd.DataFrame(rows, columns=["article_id", *dimension_names])
         where = str(path)
     else:

