@@ -21,6 +21,10 @@ def build_parser() -> kit.Parser:
     return p
 
 
+def parse_options(argv: Sequence[str] | None = None) -> BrowseOptions:
+    return kit.options(build_parser(), BrowseOptions, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def work(opts: BrowseOptions) -> int:
         text = prepare(opts)
@@ -32,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return kit.fail(f"Datasette exited with code {rc}, {db} (is port {port} free? try --port)")
         print(f"Stopped serving {db}.")
         return 0
-    return kit.run(lambda: kit.options(build_parser(), BrowseOptions, argv), work)
+    return kit.run(lambda: parse_options(argv), work)
 
 
 if __name__ == "__main__":

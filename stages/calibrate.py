@@ -64,11 +64,15 @@ def print_summary(opts: CalibrateOptions, done: CalibrationRun) -> None:
 
 
 
+def parse_options(argv: Sequence[str] | None = None) -> CalibrateOptions:
+    return kit.options(build_parser(), CalibrateOptions, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def work(opts: CalibrateOptions) -> int:
         print_summary(opts, run(opts))
         return 0
-    return kit.run(lambda: kit.options(build_parser(), CalibrateOptions, argv), work,
+    return kit.run(lambda: parse_options(argv), work,
                    interrupted="interrupted: labels stored so far are kept; run the same command to continue")
 
 

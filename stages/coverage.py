@@ -36,6 +36,10 @@ def build_parser() -> kit.Parser:
     return p
 
 
+def parse_options(argv: Sequence[str] | None = None) -> CoverageOptions:
+    return kit.options(build_parser(), CoverageOptions, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
@@ -54,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"report to {w.report}" + (f" and plots to {w.report_dir}/" if w.images else "")
               + f" in {time.perf_counter() - started:.1f} s.")
         return 0
-    return kit.run(lambda: kit.options(build_parser(), CoverageOptions, argv), work)
+    return kit.run(lambda: parse_options(argv), work)
 
 
 if __name__ == "__main__":

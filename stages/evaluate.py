@@ -51,6 +51,10 @@ def summary_line(result: Evaluation, db: str) -> str:
             f"{db} (predictions, model_id '{result.model_id}'){skipped}, all in {result.jsonl}.")
 
 
+def parse_options(argv: Sequence[str] | None = None) -> EvaluateOptions:
+    return kit.options(build_parser(), EvaluateOptions, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def work(o: EvaluateOptions) -> int:
         check_inputs(o)
@@ -62,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print()
         print(summary_line(result, o.db))
         return 0
-    return kit.run(lambda: kit.options(build_parser(), EvaluateOptions, argv), work)
+    return kit.run(lambda: parse_options(argv), work)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,10 @@ def print_summary(result: IngestResult, db: str, split_name: str | None = None) 
           f"({result.unique:,} unique).")
 
 
+def parse_options(argv: Sequence[str] | None = None) -> IngestOptions:
+    return kit.options(build_parser(), IngestOptions, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def work(opts: IngestOptions) -> int:
         try:
@@ -120,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print_summary(result, opts.db, opts.split_name if opts.split_column else None)
         return 1 if result.summary.problems else 0
-    return kit.run(lambda: kit.options(build_parser(), IngestOptions, argv), work)
+    return kit.run(lambda: parse_options(argv), work)
 
 
 if __name__ == "__main__":

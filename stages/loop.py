@@ -37,6 +37,10 @@ def build_parser() -> kit.Parser:
     return p
 
 
+def parse_options(argv: Sequence[str] | None = None) -> LoopOptions:
+    return kit.options(build_parser(), LoopOptions, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def work(opts: LoopOptions) -> int:
         result = loop(opts)
@@ -48,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(result.stopped)
         print(f"report: {result.report}")
         return result.code
-    return kit.run(lambda: kit.options(build_parser(), LoopOptions, argv), work)
+    return kit.run(lambda: parse_options(argv), work)
 
 
 if __name__ == "__main__":

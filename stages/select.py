@@ -66,11 +66,15 @@ def build_parser() -> kit.Parser:
     return p
 
 
+def parse_options(argv: Sequence[str] | None = None) -> SelectOptions:
+    return kit.options(build_parser(), SelectOptions, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def work(o: SelectOptions) -> int:
         print(summary_line(select(o), o.db, o.format))
         return 0
-    return kit.run(lambda: kit.options(build_parser(), SelectOptions, argv), work)
+    return kit.run(lambda: parse_options(argv), work)
 
 
 def summary_line(r: Result, db: str, fmt: str) -> str:

@@ -275,7 +275,7 @@ def test_the_offline_stand_ins_are_named_in_the_verdict_and_the_report(uplifting
     (["--sample-size", "0"], 2, "error: --sample-size must be at least 1, got 0"),
     (["--max-cost", "0"], 2, "error: --max-cost must be positive, got 0.0"),
     (["--min-tier-agreement", "1.5"], 2, "error: --min-tier-agreement must be between 0 and 1, got 1.5"),
-    (["--filter", "filters/no-such/v1"], 2, "error: not a directory"),
+    (["--filter", "filters/no-such/v1"], 2, "error: filters/no-such/v1: not a directory"),
     (["--models", "fake-pro"], 2, "error: calibration compares models: pass at least two to --models"),
     (["--strongest", "fake-mini"], 2, "error: --strongest fake-mini is not one of --models"),
     (["--db", "{tmp}/missing.db"], 1, "error: no database at"),
@@ -334,5 +334,5 @@ def test_the_makefile_calibrate_lines_still_parse(tmp_path):
     assert len(lines) >= 4
     for line in lines:
         argv = shlex.split(line.split("-m stages.calibrate ", 1)[1])
-        opts = calibrate.CalibrateOptions.from_argv(argv)
+        opts = calibrate_command.parse_options(argv)
         assert len(opts.models) >= 2 and opts.sample_size >= 1, line
