@@ -18,11 +18,10 @@ from typing import Any, Mapping
 
 import jsonschema
 import numpy as np
-import yaml
 
 from gt.core.bands import SCORE_MAX, SCORE_MIN
 from gt.core.errors import FileProblems
-from gt.core.text import head_tail_truncate, sha256_text
+from gt.core.text import head_tail_truncate, sha256_text, yaml_document
 
 DEFAULT_FILTER = "filters/uplifting/v1"   # the filter package every command takes unless --filter names another
 ANSWER_KEYS = ("scores", "content_type", "evidence")
@@ -488,12 +487,7 @@ def _read_package(root: Path) -> tuple[dict, str]:
     missing = [f"{p.name} is missing" for p in (cfg_path, prompt_path) if not p.is_file()]
     if missing:
         raise FilterError(root, missing)
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise FilterError(cfg_path, [f"YAML syntax error{line}: {getattr(e, 'problem', e)}"]) from None
+    cfg = yaml_document(cfg_path, FilterError)
     if not isinstance(cfg, dict):
         raise FilterError(cfg_path, ["config must be a YAML mapping"])
     return cfg, prompt_path.read_text(encoding="utf-8")

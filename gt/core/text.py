@@ -12,6 +12,7 @@ import json
 import re
 import unicodedata
 import zlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar
 
 import ftfy
@@ -247,4 +248,19 @@ def jsonl_records(path, bad_line) -> Iterator[tuple[int, Any]]:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise bad_line(f"invalid JSON, {path}:{n} ({e.msg})") from None
+
+
+# ---- YAML files the user writes ----------------------------------------------------------------
+
+def yaml_document(path, bad_file) -> Any:
+    """The parsed YAML document at `path`; a syntax error raises `bad_file(path, [one line with the
+    line number])` (a FileProblems class: a filter's config.yaml, oracles.yaml)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise bad_file(path, [f"YAML syntax error{line}: {getattr(e, 'problem', e)}"]) from None
 

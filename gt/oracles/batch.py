@@ -90,6 +90,16 @@ class BatchAdapter(Protocol):
     async def aclose(self) -> None: ...
 
 
+class SdkBatches:
+    """What the three SDK adapters share: each is built on its provider's sync oracle (the spec, the
+    oracle's SDK client, its request builder and response parser), so batch requests are the sync
+    requests."""
+
+    def __init__(self, spec: OracleSpec, oracle: Any):
+        self.spec, self.oracle = spec, oracle
+        self._client = oracle._client
+
+
 def check_batch_support(spec: OracleSpec) -> None:
     from gt.oracles.registry import BATCH_ADAPTERS
     if spec.provider not in BATCH_ADAPTERS:

@@ -12,26 +12,21 @@ Batches carry no name or metadata: see `find`.
 from __future__ import annotations
 
 from datetime import timezone
-from typing import Any
 
-from gt.oracles.base import OracleRequest, OracleSpec
-from gt.oracles.batch import ItemResult, RemoteState, provider_error
+from gt.oracles.base import OracleRequest
+from gt.oracles.batch import SdkBatches, ItemResult, RemoteState, provider_error
 
 MAX_REQUESTS = 100_000
 MAX_BYTES = 256_000_000
 ADOPT_WINDOW_S = 60.0   # a batch created this long after our attempt may be the one we sent
 
 
-class AnthropicBatches:
+class AnthropicBatches(SdkBatches):   # on an AnthropicOracle: client, request_params, parser
     provider = "anthropic"
     # the documented turnaround, for --dry-run and the summary
     turnaround = "most batches within 1 h, at most 24 h (Anthropic Message Batches)"
     max_requests = MAX_REQUESTS
     max_bytes = MAX_BYTES
-
-    def __init__(self, spec: OracleSpec, oracle: Any):
-        self.spec, self.oracle = spec, oracle   # an AnthropicOracle: client, request_params, parser
-        self._client = oracle._client
 
     def item(self, custom_id: str, request: OracleRequest) -> dict:
         return {"custom_id": custom_id, "params": self.oracle.request_params(request)}

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gt.oracles.base import OracleRequest, OracleSpec, TransientError
-from gt.oracles.batch import ItemResult, RemoteState, provider_error
+from gt.oracles.base import OracleRequest, TransientError
+from gt.oracles.batch import SdkBatches, ItemResult, RemoteState, provider_error
 
 INLINE_MAX_BYTES = 20_000_000 - 200_000   # the documented 20 MB, less room for the request envelope
 
@@ -26,16 +26,12 @@ _STATES = {
 }
 
 
-class GeminiBatches:
+class GeminiBatches(SdkBatches):   # on a GeminiOracle: its client, request builder and parser
     provider = "gemini"
     # the documented turnaround, for --dry-run and the summary
     turnaround = "target 24 h, usually much sooner (Gemini batch mode)"
     max_requests = None
     max_bytes = INLINE_MAX_BYTES
-
-    def __init__(self, spec: OracleSpec, oracle: Any):
-        self.spec, self.oracle = spec, oracle   # a GeminiOracle: its client, request builder and parser
-        self._client = oracle._client
 
     def item(self, custom_id: str, request: OracleRequest) -> dict:
         contents, config = self.oracle.request_parts(request)

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
 
-from gt.oracles.base import OracleRequest, OracleSpec, TransientError
-from gt.oracles.batch import ItemResult, RemoteState, provider_error
+from gt.oracles.base import OracleRequest, TransientError
+from gt.oracles.batch import SdkBatches, ItemResult, RemoteState, provider_error
 
 MAX_REQUESTS = 50_000
 MAX_BYTES = 200_000_000
@@ -27,16 +26,12 @@ _STATES = {"validating": "submitted", "in_progress": "running", "finalizing": "r
            "completed": "ended", "failed": "failed", "expired": "expired", "cancelled": "cancelled"}
 
 
-class OpenAIBatches:
+class OpenAIBatches(SdkBatches):   # on an OpenAICompatOracle: client, request_params, parser
     provider = "openai"
     # the documented turnaround, for --dry-run and the summary
     turnaround = "within the 24 h completion window, often sooner (OpenAI Batch API)"
     max_requests = MAX_REQUESTS
     max_bytes = MAX_BYTES
-
-    def __init__(self, spec: OracleSpec, oracle: Any):
-        self.spec, self.oracle = spec, oracle   # an OpenAICompatOracle: client, request_params, parser
-        self._client = oracle._client
 
     def item(self, custom_id: str, request: OracleRequest) -> dict:
         return {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": self.oracle.request_params(request)}

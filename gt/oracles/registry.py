@@ -19,10 +19,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
 
 from gt import PROJECT_ROOT
 from gt.core.errors import FileProblems
+from gt.core.text import yaml_document
 from gt.oracles.base import Option, Oracle, OracleSpec, ProviderInfo
 from gt.oracles.batch import BATCH_OPTIONS, CACHE_OPTIONS
 
@@ -98,12 +98,7 @@ def load_registry(path: str | Path = DEFAULT_PATH) -> dict[str, OracleSpec]:
     path = Path(path)
     if not path.is_file():
         raise RegistryError(path, ["file not found (copy oracles.yaml from the project root)"])
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise RegistryError(path, [f"YAML syntax error{line}: {getattr(e, 'problem', e)}"]) from None
+    doc = yaml_document(path, RegistryError)
     entries = doc.get("oracles") if isinstance(doc, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise RegistryError(path, ["expected a top-level 'oracles:' mapping of name -> entry"])
