@@ -10,3 +10,4 @@ splits), student (the model, its training, evaluation and learning curves).
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]   # oracles.yaml, sql/, datasette/, data/ live here
+DEFAULT_SEED = 42                                   # every random choice takes --seed; this unless told

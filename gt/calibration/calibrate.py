@@ -31,6 +31,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from gt import DEFAULT_SEED
+from gt.labelling.sync import DEFAULT_CONCURRENCY
 from gt.calibration import report as calibration_report
 from gt.core.report import REPORTS_DIR
 from gt.core import errors, stats, store
@@ -206,8 +208,8 @@ def run_throughput(conn: sqlite3.Connection, run_ids: Sequence[int]) -> float | 
 
 
 def label_sample(conn: sqlite3.Connection, filt: Filter, specs: dict[str, OracleSpec | None],
-                 sample: Sequence[str], *, repeats: int = 1, concurrency: int = 16, max_cost: float | None = None,
-                 seed: int = 42, timeout: float | None = None, progress: bool = True,
+                 sample: Sequence[str], *, repeats: int = 1, concurrency: int = DEFAULT_CONCURRENCY, max_cost: float | None = None,
+                 seed: int = DEFAULT_SEED, timeout: float | None = None, progress: bool = True,
                  log=None) -> dict[str, Any]:
     """Label what is missing for every model with a spec (purpose 'calibrate'); returns
     name -> LabelRunSummary. `max_cost` is the budget for all models together."""
@@ -240,7 +242,7 @@ def label_sample(conn: sqlite3.Connection, filt: Filter, specs: dict[str, Oracle
 # ---- the comparison --------------------------------------------------------------------------
 
 def compare(filt: Filter, raters: list[Rater], *, reference: str | None, sample_info: dict, titles: dict[str, str],
-            thresholds: Thresholds, n_boot: int = stats.DEFAULT_BOOT, seed: int = 42, concurrency: int = 16,
+            thresholds: Thresholds, n_boot: int = stats.DEFAULT_BOOT, seed: int = DEFAULT_SEED, concurrency: int = DEFAULT_CONCURRENCY,
             repeats: int = 1) -> dict[str, Any]:
     """Every figure of the calibration report (calibration_report.figures), with the thresholds, the
     reference and the recommendation, as plain data (Stat objects and frames inside)."""
@@ -379,7 +381,7 @@ def choose_reference(raters: list[Rater], requested: str | None) -> tuple[str, s
 # ---- the whole stage as a function -------------------------------------------------------------
 
 def calibrate(conn: sqlite3.Connection, filt: Filter, models: Sequence[str], *, sample_size: int = 200,
-              seed: int = 42, repeats: int = 1, concurrency: int = 16, max_cost: float | None = None,
+              seed: int = DEFAULT_SEED, repeats: int = 1, concurrency: int = DEFAULT_CONCURRENCY, max_cost: float | None = None,
               strongest: str | None = None, thresholds: Thresholds = Thresholds(), n_boot: int = stats.DEFAULT_BOOT,
               registry: dict[str, OracleSpec] | None = None, label: bool = True, timeout: float | None = None,
               progress: bool = True, log=None) -> tuple[dict[str, Any], list[Rater]]:
@@ -433,10 +435,10 @@ class CalibrateOptions:
     filter: str = DEFAULT_FILTER
     source: list[str] = field(default_factory=list)
     sample_size: int = 200
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     output: str | None = None
     repeats: int = 1
-    concurrency: int = 16
+    concurrency: int = DEFAULT_CONCURRENCY
     max_cost: float | None = None
     strongest: str | None = None
     oracles_file: str | None = None

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from gt import DEFAULT_SEED
+from gt.labelling.sync import DEFAULT_CONCURRENCY
 from gt.core import stats
 from gt.core.filters import Filter
 from gt.intake.human_labels import is_human
@@ -219,7 +221,7 @@ def consensus_figures(filt: Filter, raters: list[Rater], titles: dict[str, str],
 
 
 def figures(filt: Filter, raters: list[Rater], *, sample_info: dict, titles: dict[str, str],
-            n_boot: int = stats.DEFAULT_BOOT, seed: int = 42, concurrency: int = 16, repeats: int = 1) -> dict[str, Any]:
+            n_boot: int = stats.DEFAULT_BOOT, seed: int = DEFAULT_SEED, concurrency: int = DEFAULT_CONCURRENCY, repeats: int = 1) -> dict[str, Any]:
     """Every model's own figures, every pair's agreement and, with three or more models, the
     consensus and every model against it."""
     dims = filt.dimension_names

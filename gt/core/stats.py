@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from gt import DEFAULT_SEED
 from gt.core import bands
 
 MIN_PAIRED = 3          # fewer paired articles than this: every agreement statistic is undefined
@@ -275,7 +276,7 @@ REPLICATES = {
 }
 
 
-def bootstrap_cis(x: np.ndarray, y: np.ndarray, *, n_boot: int = DEFAULT_BOOT, seed: int = 42,
+def bootstrap_cis(x: np.ndarray, y: np.ndarray, *, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED,
                   chunk: int = 250) -> dict[str, tuple[tuple[float, float] | None, str | None]]:
     """Percentile bootstrap intervals over items (paired complete arrays), one per statistic in
     REPLICATES: name -> (interval or None, note). Resamples where a statistic is undefined (e.g.
@@ -311,7 +312,7 @@ def bootstrap_cis(x: np.ndarray, y: np.ndarray, *, n_boot: int = DEFAULT_BOOT, s
 # ---- a pair of raters on one dimension ------------------------------------------------------------
 
 def agreement(x: Any, y: Any, *, names: tuple[str, str] = ("a", "b"), n_boot: int = DEFAULT_BOOT,
-              seed: int = 42) -> dict[str, Stat]:
+              seed: int = DEFAULT_SEED) -> dict[str, Stat]:
     """Everything two raters' scores of the same items say about their agreement: spearman,
     pearson, mae, bias (mean of y - x), alpha (Krippendorff, interval), icc (ICC(A,1)), each with
     a bootstrap interval; missing answers are dropped pairwise."""
@@ -426,7 +427,7 @@ def icc_oneway(matrix: Any) -> Stat:
     return stat
 
 
-def inter_rater(matrix: Any, *, n_boot: int = DEFAULT_BOOT, seed: int = 42) -> dict[str, Any]:
+def inter_rater(matrix: Any, *, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED) -> dict[str, Any]:
     """Agreement among several ratings of the same items (items x rating slots, NaN = none):
     Krippendorff's alpha (interval; the `krippendorff` package, every rating of every item rated at
     least twice), ICC(1,1) (pingouin) and the MAE of each rating against the mean of the item's

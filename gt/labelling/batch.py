@@ -47,7 +47,7 @@ from gt.labelling.batch_jobs import (CLOSED_STATES, COLLECTED, RUNNING, SUBMITTE
                                job_owner, job_tag, job_units, now_iso, open_jobs, plan_units, request_for, set_job,
                                split_jobs)
 from gt.core.filters import Filter
-from gt.labelling.sync import label_articles
+from gt.labelling.sync import DEFAULT_CONCURRENCY, label_articles
 from gt.labelling.leases import LabelKey, owner_id
 from gt.labelling.ledger import LabelOutcome, Usage, record_completion, recorded_spend, scrub_secrets, store_outcome
 from gt.labelling.planning import existing_labels, worst_case_cost
@@ -91,7 +91,7 @@ class BatchOptions:
     seed: int | None = None
     params: dict | None = None
     progress: bool = True
-    concurrency: int = 16          # for --batch-retry sync
+    concurrency: int = DEFAULT_CONCURRENCY          # for --batch-retry sync
     max_cost: float | None = None  # USD: never submit jobs whose worst-case cost could pass it
     max_total_cost: float | None = None  # USD: nor take all spend recorded for (filter, oracle) past it
 

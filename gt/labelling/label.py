@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from gt import DEFAULT_SEED
+from gt.labelling.sync import DEFAULT_CONCURRENCY
 from gt.core import errors, store
 from gt.labelling import batch as label_batch, picking
 from gt.labelling.batch import BatchOptions
@@ -114,8 +116,8 @@ class LabelOptions:
     oracles_file: str | None = None
     target_count: int | None = None
     random_sample: bool = False
-    seed: int = 42
-    concurrency: int = 16
+    seed: int = DEFAULT_SEED
+    concurrency: int = DEFAULT_CONCURRENCY
     max_cost: float | None = None
     max_total_cost: float | None = None
     dry_run: bool = False

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gt import DEFAULT_SEED
+from gt.labelling.sync import DEFAULT_CONCURRENCY
 from gt.labelling import picking
 from gt.core.report import REPORTS_DIR
 from gt.core import store
@@ -53,8 +55,8 @@ class LoopOptions:
     pick: str = "gaps"
     explore_share: float | None = None
     name: str | None = None
-    seed: int = 42
-    concurrency: int = 16
+    seed: int = DEFAULT_SEED
+    concurrency: int = DEFAULT_CONCURRENCY
     max_cost: float | None = None
     replay_price: str | None = None
     embed_cache: str | None = None

@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from gt import DEFAULT_SEED
 from gt.core import store
 from gt.core.filters import Filter
 from gt.labelling.leases import FINAL_STATUSES
@@ -26,7 +27,7 @@ EVIDENCE_CHARS = 120           # a typical evidence sentence, for the expected a
 
 # ---- the sample and its plan ---------------------------------------------------------------------
 
-def eligible_article_ids(conn: sqlite3.Connection, filt: Filter, *, seed: int = 42,
+def eligible_article_ids(conn: sqlite3.Connection, filt: Filter, *, seed: int = DEFAULT_SEED,
                          random_sample: bool = True) -> list[str]:
     """Articles a label run may pick, in the order it picks them: not duplicates, not too short.
     With `random_sample` the order is sha256(seed:id), a seeded shuffle that is stable (an

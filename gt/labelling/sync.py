@@ -42,6 +42,7 @@ from gt.labelling.ledger import Usage
 
 __all__ = ["label_articles", "LabelRunSummary", "RunOptions", "DB_PATIENCE_S"]
 
+DEFAULT_CONCURRENCY = 16      # requests in flight at once (label, calibrate, loop)
 DB_PATIENCE_S = 300.0         # how long answers may wait for another process's write lock
 
 
@@ -77,7 +78,7 @@ class RunOptions:
     """One sync run's settings."""
     purpose: str = "label"
     repeats: int = 1
-    concurrency: int = 16
+    concurrency: int = DEFAULT_CONCURRENCY
     max_cost: float | None = None          # USD, this invocation
     max_total_cost: float | None = None    # USD, all spend gt.db records for this filter and oracle
     target_valid: int | None = None

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from gt import DEFAULT_SEED
+
 
 
 class SelectionError(Exception):
@@ -454,7 +456,7 @@ def improve_by_swaps(groups: Groups, program: Program, counts: np.ndarray, secon
 
 # ---- the solve --------------------------------------------------------------------------------
 
-def solve(groups: Groups, program: Program, *, time_limit: float = 60.0, seed: int = 42,
+def solve(groups: Groups, program: Program, *, time_limit: float = 60.0, seed: int = DEFAULT_SEED,
           workers: int = 1, polish: str = "auto") -> Solution:
     """LP bound and start, rounding, then CP-SAT with a complete hint where the bound is not reached.
     polish: 'auto' (CP-SAT only when needed), 'always' (CP-SAT even when the LP bound already proves

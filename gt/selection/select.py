@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gt import DEFAULT_SEED
 from gt.core import errors, store
 from gt.selection import bins, program as solver, splits
 from gt.core.filters import DEFAULT_FILTER, load_filter
@@ -75,7 +76,7 @@ class SelectOptions:
     holdout_split: str | None = None
     format: str = "jsonl"
     extend: str | None = None
-    seed: int = 42
+    seed: int = DEFAULT_SEED
 
 
 

@@ -55,6 +55,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from gt import DEFAULT_SEED
 from gt.core.report import REPORTS_DIR
 from gt.core import bands, errors, stats
 from gt.student import curve_report
@@ -116,7 +117,7 @@ class CurveOptions:
     budgets: list[int] = field(default_factory=lambda: parse_ints(DEFAULT_BUDGETS))   # ascending
     strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))   # STRATEGY_NAMES order, random among them
     seeds: int = DEFAULT_SEEDS            # runs per (strategy, budget): seeds seed, seed+1, ...
-    seed: int = 42                        # the first seed; also the held-out test share's
+    seed: int = DEFAULT_SEED                        # the first seed; also the held-out test share's
     split_name: str | None = None
     test_share: float | None = None
     bins: str = bins.DEFAULT_BINS          # the selection bins' lower edges

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gt import DEFAULT_SEED
 from gt.core import errors, store
 from gt.core.report import current_umask
 from gt.core.filters import DEFAULT_FILTER, load_filter
@@ -70,7 +71,7 @@ class TrainOptions:
     lora_targets: list[str] | None = None
     precision: str = "auto"
     gradient_checkpointing: str = "auto"
-    seed: int = 42
+    seed: int = DEFAULT_SEED
 
     @classmethod
     def from_flags(cls, flags: dict) -> "TrainOptions":
