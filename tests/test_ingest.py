@@ -164,7 +164,7 @@ def test_cli_malformed_filter_fails_before_any_work(tmp_path, capsys, sample_rec
     src = write_jsonl(tmp_path / "a.jsonl", [article(sample_records[0])])
     rc = ingest_command.main(["--db", str(tmp_path / "gt.db"), "--source", src, "--filter", str(pkg)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and len(err) >= 3 and all(line.startswith(f"error: {pkg}: ") for line in err)
+    assert rc == 2 and len(err) >= 3 and all(line.startswith(f"error: {pkg}: ") for line in err)   # as in every command
     assert not (tmp_path / "gt.db").exists()
 
 

@@ -218,10 +218,10 @@ def fit_scorer(conn: sqlite3.Connection, filt: Filter, key: LabelKey, ids: Seque
 
 # ---- the picks -------------------------------------------------------------------------------------
 
-def cell_counts(bins: np.ndarray, n_bins: int) -> np.ndarray:
+def cell_counts(cells: np.ndarray, n_bins: int) -> np.ndarray:
     """(D, B) labels per (dimension, bin)."""
-    d = bins.shape[1] if bins.ndim == 2 else 0
-    return np.stack([np.bincount(bins[:, j], minlength=n_bins) for j in range(d)]) if len(bins) else \
+    d = cells.shape[1] if cells.ndim == 2 else 0
+    return np.stack([np.bincount(cells[:, j], minlength=n_bins) for j in range(d)]) if len(cells) else \
         np.zeros((d, n_bins), dtype=np.int64)
 
 

@@ -59,7 +59,8 @@ from gt import DEFAULT_SEED
 from gt.core.report import REPORTS_DIR
 from gt.core import bands, errors, stats
 from gt.student import curve_report
-from gt.selection import bins, program as solver, splits, strategies
+from gt.selection import bins, program as solver, splits
+from gt.selection.strategies import STRATEGIES, build_program
 from gt.core import store
 from gt.student.curve_report import RANDOM
 from gt.student.embeddings import DEFAULT_CACHE, Embedder, cached_embeddings
@@ -68,7 +69,7 @@ from gt.selection.pool import load_pool, program_pool, student_error
 from gt.student.probe import RIDGE_ALPHAS, RidgeHead
 from gt.student.model import article_text
 
-STRATEGY_NAMES = (RANDOM, *strategies.STRATEGIES)
+STRATEGY_NAMES = (RANDOM, *STRATEGIES)
 DEFAULT_BUDGETS = "250,500,1000,2000"
 DEFAULT_SEEDS = 5
 DEFAULT_TEST_SHARE = 0.2
@@ -220,10 +221,10 @@ def held_out_test(frame: pd.DataFrame, dims: list[str], edges: np.ndarray, share
     """Mask of a seeded held-out share of `frame`: iterative stratification over the (dimension,
     bin) cells (selection.assign_splits), near-duplicate clusters kept whole."""
     n = len(frame)
-    bins = bins.to_bins(frame[dims].to_numpy(dtype=float), edges)
+    cells = bins.to_bins(frame[dims].to_numpy(dtype=float), edges)
     cluster = pd.factorize(frame["near_dup_cluster"])[0]
     unit = np.where(cluster >= 0, cluster + n, np.arange(n))
-    split = splits.assign_splits(bins, unit, (1.0 - share, 0.0, share), seed)
+    split = splits.assign_splits(cells, unit, (1.0 - share, 0.0, share), seed)
     return split == 2
 
 
@@ -384,7 +385,7 @@ def run_grid(setup: Setup, student, *, strategies: Sequence[str], budgets: Seque
                         pool, _ = program_pool(setup.pool, dims, setup.edges, filt.tier_names,
                                                student_error(setup.pool, predictions, dims))
                     explore = min(budget - 1, int(round(exploration_share * budget)))
-                    program = strategies.build_program(strategies.STRATEGIES[name], setup.edges, budget - explore, filt.tier_names,
+                    program = build_program(STRATEGIES[name], setup.edges, budget - explore, filt.tier_names,
                                                 pool, tier_shares=None, max_per_source=None)
                     try:
                         chosen, _, solution = solver.choose(pool, program, seed=seed, time_limit=time_limit)
