@@ -1,6 +1,6 @@
-"""`python -m stages.ingest`: articles (JSONL, CSV, Parquet-free: globs, .gz) into gt.db, cleaned,
-de-duplicated, clustered; labels carried by the records and human label columns imported too. The
-work is gt.intake.ingest's; this file parses, prints and maps errors to exit codes (stages/kit.py).
+"""`python -m stages.ingest`: articles (JSONL or CSV, globs, .gz) into gt.db, cleaned, de-duplicated,
+clustered; labels carried by the records and human label columns imported too. The work is
+gt.intake.ingest's; this file parses, prints and maps errors to exit codes (stages/kit.py).
 """
 from __future__ import annotations
 
