@@ -25,7 +25,8 @@ import sys
 from typing import Any, Callable, Sequence, TypeVar
 
 from gt.core import store
-from gt.core.errors import FileProblems, StageError, one_line
+from gt.core.errors import (NONNEGATIVE, POSITIVE, SHARE, WHOLE_NONNEGATIVE, WHOLE_POSITIVE, FileProblems,  # noqa: F401
+                            Range, StageError, UsageError, one_line)
 from gt.oracles import registry
 
 O = TypeVar("O")
@@ -34,11 +35,11 @@ INTERRUPTED = "interrupted: what was stored is kept; run the same command to con
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the house's error shape: one line `error: ...` and exit 2 (no usage block)."""
+    """argparse with the house's error shape: a bad flag is a UsageError, so run() prints it as one
+    line `error: ...` and the command returns 2 (no usage block)."""
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
-        fail(f"{message} (see {self.prog} --help)", 2)
-        sys.exit(2)
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def parser(verb: str, description: str, *, epilog: str | None = None, common: Sequence[str] = ()) -> Parser:
@@ -48,12 +49,29 @@ def parser(verb: str, description: str, *, epilog: str | None = None, common: Se
     return p
 
 
+def number(rng: Range) -> Callable[[str], Any]:
+    """The argparse type of a numeric flag: a whole number or a finite float inside `rng`, else one
+    line `error: argument --flag: must be <range>, got <text>` and exit 2. Every numeric flag of every
+    command takes one (kit.options refuses a bare type=int or type=float)."""
+    def parse(text: str) -> Any:
+        try:
+            value = int(text) if rng.whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rng.words()}, got {text!r}") from None
+        if not rng.admits(value):
+            raise argparse.ArgumentTypeError(f"must be {rng.words()}, got {text}")
+        return value
+    parse.range = rng  # type: ignore[attr-defined]
+    parse.__name__ = "number"
+    return parse
+
+
 # The flags several commands share: declared once. Each command names the ones it takes; its options
 # class holds the defaults (db's default is $GT_DB, else gt.db: store.default_db_path).
 COMMON_FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "db": (("--db",), dict(help="gt.db path (default: $GT_DB, else gt.db)")),
     "filter": (("--filter",), dict(help="filter package directory (default: %(default)s)")),
-    "seed": (("--seed",), dict(type=int, help="seed of every random choice (default: %(default)s)")),
+    "seed": (("--seed",), dict(type=number(WHOLE_NONNEGATIVE), help="seed of every random choice (default: %(default)s)")),
     "source": (("--source",), dict(action="append", metavar="GLOB",
                                    help="JSONL/CSV file(s) or quoted glob(s) to ingest into gt.db first (repeatable); "
                                         "without it, work on the articles gt.db already holds")),
@@ -92,6 +110,9 @@ def options(p: argparse.ArgumentParser, cls: type[O], argv: Sequence[str] | None
     (when cls has one) converts and checks the flags, raising UsageError."""
     defaults = field_defaults(cls)
     for action in p._actions:
+        if action.type in (int, float):
+            raise TypeError(f"{p.prog}: {'/'.join(action.option_strings)} takes type={action.type.__name__}; give it "
+                            f"kit.number(<range>) so that NaN, infinity and out-of-range values are refused")
         if getattr(p, "_defaults_from", None) is cls:
             break   # this parser already took cls's defaults
         if action.dest in defaults and action.default not in (None, False, argparse.SUPPRESS):

@@ -20,15 +20,15 @@ def build_parser() -> kit.Parser:
                            "Writes reports/loop_<filter>_<oracle>.md/.json.", common=("db", "filter"))
     p.add_argument("--llm", help="oracle name from oracles.yaml (default: %(default)s)")
     kit.add_common(p, "oracles_file")
-    p.add_argument("--rounds", type=int, help="rounds (default: %(default)s)")
-    p.add_argument("--per-round", type=int, help="articles picked per round (default: %(default)s)")
+    p.add_argument("--rounds", type=kit.number(kit.WHOLE_POSITIVE), help="rounds (default: %(default)s)")
+    p.add_argument("--per-round", type=kit.number(kit.WHOLE_POSITIVE), help="articles picked per round (default: %(default)s)")
     p.add_argument("--pick", choices=AIMED, help="how each round picks (label --pick; default: %(default)s)")
-    p.add_argument("--explore-share", type=float, metavar="S",
+    p.add_argument("--explore-share", type=kit.number(kit.SHARE), metavar="S",
                    help=f"random share of each aimed round (default {picking.DEFAULT_EXPLORE_SHARE:g})")
     p.add_argument("--name", help="the loop's name in gt.db (default: <pick>-<per round>x<rounds>-seed<seed>)")
     kit.add_common(p, "seed")
-    p.add_argument("--concurrency", type=int, help="requests in flight (default: %(default)s)")
-    p.add_argument("--max-cost", type=float, metavar="USD", help="this invocation's budget, all rounds")
+    p.add_argument("--concurrency", type=kit.number(kit.WHOLE_POSITIVE), help="requests in flight (default: %(default)s)")
+    p.add_argument("--max-cost", type=kit.number(kit.POSITIVE), metavar="USD", help="this invocation's budget, all rounds")
     p.add_argument("--replay-price", metavar="IN,OUT",
                    help="with --llm replay/<oracle>: USD per 1M input and output tokens")
     p.add_argument("--embed-cache", metavar="PATH", help="embedding cache (default data/cache/embeddings.db)")

@@ -126,7 +126,8 @@ def test_stops_on_terminate_and_errors_are_one_line(served, tmp_path):
 
 def test_a_port_out_of_range_is_one_line_and_exit_2(tmp_path, capsys):
     assert browse_command.main(["--db", str(tmp_path / "gt.db"), "--port", "70000"]) == 2
-    assert capsys.readouterr().err == "error: --port must be between 1 and 65535 (got 70000)\n"
+    assert capsys.readouterr().err == ("error: argument --port: must be a whole number >= 1 and <= 65535, got 70000 "
+                                       "(see python -m stages.browse --help)\n")
     assert not (tmp_path / "gt.db").exists()
 
 

@@ -272,9 +272,10 @@ def test_the_offline_stand_ins_are_named_in_the_verdict_and_the_report(uplifting
 
 
 @pytest.mark.parametrize("extra, code, words", [
-    (["--sample-size", "0"], 2, "error: --sample-size must be at least 1, got 0"),
-    (["--max-cost", "0"], 2, "error: --max-cost must be positive, got 0.0"),
-    (["--min-tier-agreement", "1.5"], 2, "error: --min-tier-agreement must be between 0 and 1, got 1.5"),
+    (["--sample-size", "0"], 2, "error: argument --sample-size: must be a whole number >= 1, got 0"),
+    (["--max-cost", "0"], 2, "error: argument --max-cost: must be a finite number > 0, got 0"),
+    (["--max-cost", "nan"], 2, "error: argument --max-cost: must be a finite number > 0, got nan"),
+    (["--min-tier-agreement", "1.5"], 2, "error: argument --min-tier-agreement: must be a finite number >= 0 and <= 1, got 1.5"),
     (["--filter", "filters/no-such/v1"], 2, "error: filters/no-such/v1: not a directory"),
     (["--models", "fake-pro"], 2, "error: calibration compares models: pass at least two to --models"),
     (["--strongest", "fake-mini"], 2, "error: --strongest fake-mini is not one of --models"),

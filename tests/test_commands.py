@@ -73,21 +73,20 @@ def test_a_default_written_in_the_parser_too_is_refused():
         size: int = 3
 
     parser = kit.parser("demo", "a parser that restates a default")
-    parser.add_argument("--size", type=int, default=3)
+    parser.add_argument("--size", type=kit.number(kit.WHOLE_POSITIVE), default=3)
     with pytest.raises(TypeError, match="--size writes a default of its own"):
         kit.options(parser, Opts, [])
     fine = kit.parser("demo", "the default from the options class")
-    fine.add_argument("--size", type=int, help="(default: %(default)s)")
+    fine.add_argument("--size", type=kit.number(kit.WHOLE_POSITIVE), help="(default: %(default)s)")
     assert kit.options(fine, Opts, []).size == 3 and kit.options(fine, Opts, ["--size", "5"]).size == 5
 
 
 def test_a_bad_flag_is_one_line_and_exit_2(capsys):
     parser = kit.parser("demo", "x")
-    parser.add_argument("--n", type=int)
-    with pytest.raises(SystemExit) as done:
-        parser.parse_args(["--n", "many"])
+    parser.add_argument("--n", type=kit.number(kit.WHOLE_POSITIVE))
+    assert kit.run(lambda: parser.parse_args(["--n", "many"]), lambda o: 0) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert done.value.code == 2 and len(err) == 1 and err[0].startswith("error: argument --n")
+    assert len(err) == 1 and err[0].startswith("error: argument --n: must be a whole number >= 1, got 'many'")
 
 
 def test_the_error_table_maps_each_kind_once(capsys):
@@ -101,3 +100,50 @@ def test_the_error_table_maps_each_kind_once(capsys):
         assert kit.run(lambda: argparse.Namespace(db="gt.db"), lambda o, e=error: (_ for _ in ()).throw(e)) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert all(line.startswith("error: ") for line in err) and err[-2:] == ["error: f/v1: a", "error: f/v1: b"]
+
+
+def numeric_flags():
+    for verb in COMMANDS:
+        for action in importlib.import_module(f"stages.{verb}").build_parser()._actions:
+            if getattr(action.type, "range", None) is not None:
+                yield verb, action.option_strings[0], action.type.range
+
+
+def test_every_numeric_flag_has_a_range():
+    found = list(numeric_flags())
+    assert len(found) >= 50 and {v for v, _, _ in found} == set(COMMANDS)
+    bare = [(v, a.option_strings) for v in COMMANDS for a in importlib.import_module(f"stages.{v}").build_parser()._actions
+            if a.type in (int, float)]
+    assert bare == []
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+@pytest.mark.parametrize("verb, flag, rng", list(numeric_flags()))
+def test_every_numeric_flag_refuses_what_its_range_does_not_admit(verb, flag, rng, value, capsys):
+    """NaN, infinity, a negative number and zero to every numeric flag of every command: exit 2 with one
+    line naming the flag and the range, unless the range admits the value (then it parses as given)."""
+    module = importlib.import_module(f"stages.{verb}")
+    argv = [*NEEDS.get(verb, []), flag, value]
+    if rng.admits(float(value)):
+        try:
+            opts = module.parse_options(argv)
+        except Exception as e:   # an admitted value may still break a rule between flags: a usage error
+            assert getattr(e, "exit_code", None) == 2, (verb, flag, value, e)
+        else:
+            assert float(value) in [v for v in vars(opts).values() if isinstance(v, (int, float))]
+        return
+    assert module.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, (verb, flag, value, err)
+    assert err[0].startswith(f"error: argument {flag}") and f"must be {rng.words()}" in err[0]
+
+
+def test_a_bare_numeric_flag_is_refused():
+    @dataclasses.dataclass
+    class Opts:
+        size: int = 3
+
+    parser = kit.parser("demo", "a numeric flag without a range")
+    parser.add_argument("--size", type=int)
+    with pytest.raises(TypeError, match="kit.number"):
+        kit.options(parser, Opts, [])

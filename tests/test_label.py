@@ -418,4 +418,5 @@ def test_run_label_returns_its_lines_and_error_and_prints_nothing(sample_db, tmp
     from stages.label import main
     assert main(["--db", str(sample_db), "--concurrency", "0"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err == "error: --concurrency must be at least 1, got 0 (pass a positive number)\n"
+    assert out == "" and err == ("error: argument --concurrency: must be a whole number >= 1, got 0 "
+                                 "(see python -m stages.label --help)\n")

@@ -618,3 +618,23 @@ def test_local_embed_evidence_is_words_or_empty_never_a_stray_fragment(uplifting
             assert e == "" or len(words.findall(e)) >= 3, e
             seen += bool(e)
     assert seen >= len(articles) * len(uplifting.dimension_names) * 0.9
+
+
+@pytest.mark.parametrize("field, value", [("input_per_m", ".nan"), ("output_per_m", ".inf"), ("batch_input_per_m", ".nan"),
+                                          ("rpm", "0"), ("timeout_s", "-.inf"), ("max_output_tokens", "2.5")])
+def test_a_price_or_limit_that_cannot_be_stored_or_kept_is_refused_before_any_call(tmp_path, field, value):
+    """A price of NaN or infinity would make every paid call unstorable (the ledger's cost column); it is
+    refused with the rest of oracles.yaml's problems, before anything is sent."""
+    path = tmp_path / "oracles.yaml"
+    path.write_text(f"oracles:\n  g:\n    provider: gemini\n    model: m\n    {field}: {value}\n", encoding="utf-8")
+    with pytest.raises(registry.RegistryError) as info:
+        registry.load_registry(path)
+    assert len(info.value.problems) == 1 and f"{field} must be a " in info.value.problems[0]
+
+
+@pytest.mark.parametrize("price", ["nan,nan", "inf,1", "-1,2", "1"])
+def test_a_replay_price_that_is_not_a_finite_pair_is_refused(price):
+    from gt.oracles.replay import replay_priced
+    spec = registry.resolve("replay/human-mean", registry.load_registry())
+    with pytest.raises(ValueError, match="pass USD per 1M input and output tokens"):
+        replay_priced(spec, price)

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 
 
 from gt import PROJECT_ROOT
-from gt.core.errors import FileProblems
+from gt.core.errors import NONNEGATIVE, POSITIVE, WHOLE_POSITIVE, FileProblems
 from gt.core.text import yaml_document
 from gt.oracles.base import Option, Oracle, OracleSpec, ProviderInfo
 from gt.oracles.batch import BATCH_OPTIONS, CACHE_OPTIONS
@@ -137,18 +137,19 @@ def _spec_from_entry(name: str, entry: Any, problems: list[str]) -> OracleSpec |
         v = entry[key]
         if v is None and key in _OPTIONAL:
             values[key] = None
-        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            problems.append(f"{where}: {key} must be a non-negative number{' or null' if key in _OPTIONAL else ''}")
         else:
-            values[key] = float(v)
-    if "timeout_s" in values and not values["timeout_s"]:
-        problems.append(f"{where}: timeout_s must be positive")
+            rng = POSITIVE if key in ("timeout_s", "rpm", "tpm") else NONNEGATIVE   # a price may be 0, a limit not
+            problem = rng.problem(key, v)
+            if problem:   # NaN or infinity too: a price that cannot be stored would leave paid calls unrecorded
+                problems.append(f"{where}: {problem}{' (or null)' if key in _OPTIONAL else ''}")
+            else:
+                values[key] = float(v)
     if "max_output_tokens" in entry:
-        v = entry["max_output_tokens"]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            problems.append(f"{where}: max_output_tokens must be a positive integer")
+        problem = WHOLE_POSITIVE.problem("max_output_tokens", entry["max_output_tokens"])
+        if problem:
+            problems.append(f"{where}: {problem}")
         else:
-            values["max_output_tokens"] = v
+            values["max_output_tokens"] = entry["max_output_tokens"]
     base_url = entry.get("base_url")
     if base_url is not None and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
         problems.append(f"{where}: base_url must start with http:// or https://")

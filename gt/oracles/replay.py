@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from gt.core.errors import NONNEGATIVE
 from gt.oracles.base import Completion, FatalError, NotAnswerable, OracleRequest, OracleSpec, ProviderInfo
 
 CHARS_PER_TOKEN = 4.0
@@ -58,7 +59,7 @@ def replay_priced(spec: OracleSpec, text: str) -> OracleSpec:
         raise ValueError(f"--replay-price is for replay/<oracle> oracles; {spec.name} is priced in oracles.yaml")
     try:
         pin, pout = (float(x) for x in text.split(","))
-        if pin < 0 or pout < 0:
+        if not (NONNEGATIVE.admits(pin) and NONNEGATIVE.admits(pout)):   # NaN or infinity: unstorable cost
             raise ValueError
     except ValueError:
         raise ValueError(f"--replay-price '{text}': pass USD per 1M input and output tokens, e.g. 0.30,2.50") from None
