@@ -308,3 +308,23 @@ def test_a_dimension_no_better_than_the_mean_predictor_is_flagged_and_a_winning_
     assert "**worse than mean** (" not in md and "beats the mean predictor on every dimension" in md
     good_result = evaluate.Evaluation("m", good, None, baseline, 60, 60, 0, Path("p.jsonl"), Path("e.md"), "t")
     assert "WORSE" not in evaluate_command.summary_line(good_result, "gt.db")
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: (d / "training_config.json").write_text("{not json", encoding="utf-8"), "training_config.json is not JSON"),
+    (lambda d: (d / "training_config.json").write_text('{"base_model": "x"}', encoding="utf-8"), "lacks max_length"),
+    (lambda d: (d / "dimensions.json").unlink(), "dimensions.json is missing"),
+    (lambda d: (d / "dimensions.json").write_text('{"a": 1}', encoding="utf-8"), "must hold the list of dimension names"),
+])
+def test_a_damaged_model_folder_is_one_line_before_any_model_loads(evaluated, tmp_path, capsys, damage, words):
+    import shutil
+
+    from stages import evaluate as evaluate_command
+
+    model_dir = tmp_path / "damaged"
+    shutil.copytree(evaluated["model_dir"], model_dir)
+    damage(model_dir)
+    capsys.readouterr()
+    assert evaluate_command.main(["--db", str(evaluated["db"]), "--model-dir", str(model_dir), "--all"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and words in err and "Traceback" not in err

@@ -335,3 +335,17 @@ def test_an_llm_is_calibrated_on_the_gold_articles_only(db_with_articles, fake_e
     assert "drawn among the 12 articles labelled by human-gold" in out.read_text()
 
 
+
+
+def test_a_csv_header_that_repeats_a_column_is_refused_not_read_wrong(tmp_path, vad, capsys):
+    """id,V,V,A,D,text: DictReader would silently keep the second V; the file is refused with one line."""
+    src = tmp_path / "dup.csv"
+    src.write_text("id,V,V,A,D,text\nx1,1,5,3,3,A sentence that is long enough to be kept.\n", encoding="utf-8")
+    db = tmp_path / "gt.db"
+    assert run_ingest(db, "--source", str(src), "--labels", LABELS, "--label-scale", "1-5", "--oracle", "human-mean") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == (f"{src}:1: the header names column 'v' 2 times: which one holds the data is ambiguous "
+                      f"(rename or drop one; nothing of this file was read)")
+    conn = store.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 0
+    conn.close()

@@ -254,3 +254,11 @@ def test_the_loop_resumes_after_a_stop_and_reports_each_round(base, tmp_path, ca
     # a finished loop run again buys nothing
     assert loop_stage.main(args) == 0
     assert ledger(db)[2] == START + 30
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00b\x00i\x00n", "caf\xe9-1\n".encode("latin-1"), b"a-1\n\x80\x81\n"])
+def test_an_ids_file_that_is_not_utf8_is_one_line_naming_the_line(tmp_path, content):
+    path = tmp_path / "ids.txt"
+    path.write_bytes(content)
+    with pytest.raises(picking.PickError, match=r"--ids-file .* line \d+: not UTF-8 text"):
+        picking.read_ids_file(str(path))

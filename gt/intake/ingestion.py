@@ -168,6 +168,17 @@ def _read_items(path: str, fmt: str) -> Iterator[tuple[str, int, Any]]:
         # surrogateescape keeps undecodable bytes visible, so the bad row (not the file) is rejected
         text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
         reader = csv.DictReader(text, delimiter="\t" if fmt == "tsv" else ",")
+        try:
+            names = [str(n).strip().lower() for n in (reader.fieldnames or [])]
+        except csv.Error as e:
+            yield path, 1, _Problem(path, 1, f"unreadable CSV header: {e} (fix the first line)")
+            return
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:   # DictReader would keep the last such column's values: the wrong data, silently
+            yield path, 1, _Problem(path, 1, f"the header names column {repeated[0]!r} {names.count(repeated[0])} "
+                                             f"times: which one holds the data is ambiguous (rename or drop one; "
+                                             f"nothing of this file was read)")
+            return
         start = 2
         try:
             for row in reader:

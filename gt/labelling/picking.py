@@ -371,8 +371,16 @@ def read_ids_file(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise PickError(f"--ids-file {path}: no such file (one article id per line)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line_no = p.read_bytes()[:e.start].count(b"\n") + 1
+        raise PickError(f"--ids-file {path} line {line_no}: not UTF-8 text (save the file as UTF-8, one article id "
+                        f"per line)") from None
+    except OSError as e:
+        raise PickError(f"--ids-file {path}: cannot be read ({e.strerror or e})") from None
     out: list[str] = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from gt.core.report import REPORTS_DIR
-from gt.core import bands, errors, store
+from gt.core import bands, store
 from gt.core.errors import UsageError
-from gt.student.model import CONFIG_FILE, Student, StudentError, dimension_metrics, read_split
+from gt.student.model import Student, StudentError, dimension_metrics, read_model_folder, read_split
 
 HIGH_TAIL = f"truth >= {bands.MIDDLE_HIGH:g}"    # the tails of gt/core/bands.py, in the report's words
 LOW_TAIL = f"truth < {bands.MIDDLE_LOW:g}"
@@ -494,8 +494,6 @@ def truth_label_set(conn: sqlite3.Connection, filter_id: str, selection: sqlite3
 
 def check_inputs(o: EvaluateOptions) -> None:
     """A trained student in --model-dir and a readable gt.db, before the model is loaded."""
-    if not Path(o.model_dir, CONFIG_FILE).exists():
-        raise errors.StageError(f"no trained student in {o.model_dir} ({CONFIG_FILE} missing: run `make train` first, "
-                             f"or pass --model-dir)")
+    read_model_folder(Path(o.model_dir))   # a missing or damaged folder: one line, before any model loads
     store.connect(o.db, create=False).close()  # a missing, locked or corrupt gt.db fails now
 

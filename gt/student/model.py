@@ -53,6 +53,34 @@ class StudentError(errors.StageError):
     """A problem the user can fix (missing model, bad LoRA config, bad data): exit 1."""
 
 
+MODEL_KEYS = ("base_model", "max_length", "target_mean", "target_std")   # what loading a student reads
+
+
+def read_model_folder(model_dir: Path) -> tuple[dict, list[str]]:
+    """A trained student's training_config.json and dimensions.json, checked: a missing or broken
+    file is one StudentError line naming it (never a traceback), before any model is loaded."""
+    config_path, dims_path = Path(model_dir) / CONFIG_FILE, Path(model_dir) / DIMENSIONS_FILE
+    if not config_path.is_file():
+        raise StudentError(f"{model_dir} holds no trained student ({CONFIG_FILE} missing: run `make train` first, "
+                           f"or pass --model-dir)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StudentError(f"{config_path} is not JSON ({e}): the model folder is damaged; train it again") from None
+    missing = [k for k in MODEL_KEYS if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise StudentError(f"{config_path} lacks {', '.join(missing)}: not a model folder written by `make train`")
+    if not dims_path.is_file():
+        raise StudentError(f"{dims_path} is missing: the model folder is damaged; train it again")
+    try:
+        dims = json.loads(dims_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StudentError(f"{dims_path} is not JSON ({e}): the model folder is damaged; train it again") from None
+    if not (isinstance(dims, list) and dims and all(isinstance(d, str) for d in dims)):
+        raise StudentError(f"{dims_path} must hold the list of dimension names: the model folder is damaged")
+    return config, dims
+
+
 @dataclass
 class TargetScaler:
     """Per-dimension standardisation of oracle scores: what the head learns, and back."""
@@ -503,10 +531,7 @@ class Student:
         from peft import PeftModel
 
         model_dir = Path(model_dir)
-        if not (model_dir / CONFIG_FILE).exists():
-            raise StudentError(f"{model_dir} holds no trained student ({CONFIG_FILE} missing: run `make train` first)")
-        config = json.loads((model_dir / CONFIG_FILE).read_text())
-        dims = json.loads((model_dir / DIMENSIONS_FILE).read_text())
+        config, dims = read_model_folder(model_dir)
         tokenizer = load_tokenizer(str(model_dir))
         import torch
 
