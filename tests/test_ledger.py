@@ -470,3 +470,13 @@ def test_a_read_only_database_gives_a_dry_run_and_one_line_for_a_real_run(db, tm
         assert fake.requests == 0
     finally:
         db.chmod(0o644)
+
+
+def test_the_breaker_groups_reasons_by_their_numbers_but_keeps_names_intact():
+    from gt.labelling.breaker import Breaker
+    b = Breaker(window=4)
+    for status in (429, 503, 429):
+        b.record(False, f"gpt-4o-mini (gpt-4o-mini): rate limited ({status}): slow down, gemini-2.5-flash too")
+    message = b.message()
+    assert "gpt-4o-mini (gpt-4o-mini): rate limited (N): slow down, gemini-2.5-flash too" in message
+    assert "3x " in message and "gptNo" not in message and "gemini-N" not in message

@@ -7,7 +7,9 @@ import re
 
 from gt.labelling.ledger import clip
 
-_NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
+# numbers standing alone ("429", "12.5", "-3") vary from answer to answer; digits inside a name
+# (gpt-4o-mini, gemini-2.5-flash, claude-haiku-4-5) do not and stay as they are
+_NUMBERS = re.compile(r"(?<![\w.-])-?\d+(?:\.\d+)?(?![\w.])")
 
 
 class Breaker:
