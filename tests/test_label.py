@@ -420,3 +420,19 @@ def test_run_label_returns_its_lines_and_error_and_prints_nothing(sample_db, tmp
     out, err = capsys.readouterr()
     assert out == "" and err == ("error: argument --concurrency: must be a whole number >= 1, got 0 "
                                  "(see python -m stages.label --help)\n")
+
+
+def test_an_export_that_cannot_be_written_and_a_missing_database_fail_before_any_call(sample_db, tmp_path, cli_env,
+                                                                                      fake_env):
+    oracles = write_oracles(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    res = cli(["--db", sample_db, "--oracles-file", oracles, "--llm", "fake-gpt", "--target-count", 3,
+               "--output-dir", blocker], cli_env)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: --output-dir {blocker}")
+    assert "nothing was sent" in lines[0] and fake_env.requests == 0
+    missing = tmp_path / "no-such-folder" / "gt.db"
+    res = cli(["--db", missing, "--oracles-file", oracles, "--llm", "fake-gpt", "--target-count", 3], cli_env)
+    assert res.returncode == 1 and res.stderr.startswith(f"error: no database at {missing}")
+    assert not missing.parent.exists() and fake_env.requests == 0

@@ -121,6 +121,7 @@ def test_picks_are_recorded_with_their_reason_and_a_dry_run_records_nothing(base
                      "--embed-cache", str(base["cache"])) == 0
     out = capsys.readouterr().out
     assert "dry run, not recorded: picked 30 article(s) by --pick gaps" in out and "predicted coverage" in out
+    assert f"{START} articles already have a valid label" in out   # the pool's, not the picks' (which have none)
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT COUNT(*) FROM label_picks").fetchone()[0] == 0
     assert run_label(db, "--pick", "gaps", "--pick-count", "30", "--seed", "3", "--explore-share", "0.2",

@@ -65,13 +65,15 @@ def estimate_run(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, artic
 
 
 def dry_run_lines(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: Sequence[str], *, repeats: int,
-                  target: int | None, db: str) -> list[str]:
-    """What `--dry-run` says: the requests, tokens, cost by mode and time a run would take."""
+                  target: int | None, db: str, pool_valid: int | None = None) -> list[str]:
+    """What `--dry-run` says: the requests, tokens, cost by mode and time a run would take. `ids` are
+    the articles the run would send; `pool_valid`, where they are picks, the valid labels the whole
+    eligible pool already has (the picks themselves have none)."""
     est = estimate_run(conn, filt, spec, ids, repeats=repeats, target_valid=target)
     limits = ", ".join(x for x in (f"{spec.rpm:g} RPM" if spec.rpm else "", f"{spec.tpm:g} TPM" if spec.tpm else "") if x)
     batch = f"; batch mode ${est.cost_batch:.2f}" if est.cost_batch is not None else "; no batch prices for it"
     out = [f"dry run, nothing was called: {spec.name} ({spec.provider} {spec.model}) on {filt.id}, "
-           f"{est.already_valid} articles already have a valid label",
+           f"{est.already_valid if pool_valid is None else pool_valid} articles already have a valid label",
            f"  would send {est.requests} requests ({est.articles} new articles x {repeats} repeat(s), "
            f"assuming every answer is valid)",
            f"  expected tokens: {est.input_tokens:,} input (prompt characters / {CHARS_PER_TOKEN:g}) + "

@@ -23,6 +23,7 @@ error, if any); the command (stages/label.py) prints them and exits 0, 1 or 2 (1
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import sqlite3
 import sys
@@ -187,7 +188,8 @@ def _label(o: LabelOptions, resume: str, out: list[str]) -> None:
     if o.dry_run:
         _dry_run_command(o, filt, spec, out)
         return
-    conn = store.connect(o.db)
+    export_path(o.output_dir, filt)   # an export that cannot be written fails now, before anything is paid
+    conn = store.connect(o.db, create=bool(o.source))   # only ingesting --source may create gt.db
     notes = _prepare(conn, o, filt)
     ids = _eligible(conn, filt, o)
     if o.pick != "random":
@@ -423,10 +425,26 @@ def _batch(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[s
             raise errors.StageError(problem)
 
 
+def export_path(output_dir: str | None, filt: Filter) -> Path | None:
+    """Where --output-dir's export goes (DIR/<filter name>/labeled_articles.jsonl), its folder made
+    and checked writable; a path that cannot hold it is a UsageError before the first request."""
+    if not output_dir:
+        return None
+    path = Path(output_dir) / filt.name / "labeled_articles.jsonl"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise errors.UsageError(f"--output-dir {output_dir}: cannot make {path.parent} ({e.strerror or e}): pass a "
+                                f"folder for the export; nothing was sent") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise errors.UsageError(f"--output-dir {output_dir}: {path} cannot be written: pass a writable folder for "
+                                f"the export; nothing was sent")
+    return path
+
+
 def export(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, output_dir: str) -> str:
     from gt.intake.labeled_file import export_labeled_file
-    path = Path(output_dir) / filt.name / "labeled_articles.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = export_path(output_dir, filt)
     n = export_labeled_file(conn, filt, path, oracle=spec.name, prompt_sha256=filt.prompt_sha256)
     return f"exported {n} valid labels to {path}"
 
@@ -479,10 +497,14 @@ def _dry_run_command(o: LabelOptions, filt: Filter, spec: OracleSpec, out: list[
     if note:
         out.append(note)
     ids = _eligible(conn, filt, o)
+    pool_valid = None
     if o.pick != "random":
+        existing = existing_labels(conn, filt, spec.name)
+        pool_valid = sum(1 for a in ids if existing.get((a, 0)) == "ok")   # the picks have none; the pool may
         picked = _apply_picks(conn, filt, spec, ids, o, out, record=False)
         if picked is None:
             return
         ids, o = picked
-    out += dry_run_lines(conn, filt, spec, ids, repeats=o.repeats, target=o.target_count, db=o.db)
+    out += dry_run_lines(conn, filt, spec, ids, repeats=o.repeats, target=o.target_count, db=o.db,
+                         pool_valid=pool_valid)
 
