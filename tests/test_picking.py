@@ -188,6 +188,27 @@ def test_ids_labels_exactly_the_listed_articles(base, tmp_path, capsys):
     assert "1 id(s) not in gt.db" in err and "no-such-article" in err and len(err.strip().splitlines()) == 1
 
 
+def test_ids_refuses_what_the_pool_excludes_before_anything_is_paid(base, tmp_path, capsys):
+    """An exact duplicate (its kept article would be labelled again through it) and a text flagged too
+    short: refused with the reason, nothing bought."""
+    from stages import ingest
+    db = copy_db(base, tmp_path)
+    before = set(bought(db))
+    fresh = [a for a in sorted(base["truth"]) if a not in before][0]
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"id": "copy-1", "text": base["truth"][fresh]["text"]}) + "\n"
+                     + json.dumps({"id": "tiny-1", "text": "Too short."}) + "\n", encoding="utf-8")
+    assert ingest.main(["--db", str(db), "--filter", str(VAD), "--source", str(extra), "--min-chars", "20"]) == 0
+    for listed, words in (("copy-1", f"'copy-1' is an exact duplicate of '{fresh}'"), ("tiny-1", "'tiny-1' is too short")):
+        ids = tmp_path / "ids.txt"
+        ids.write_text(f"{fresh}\n{listed}\n")
+        capsys.readouterr()
+        assert run_label(db, "--pick", "ids", "--ids-file", str(ids)) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and words in err and "nothing was sent" in err
+    assert set(bought(db)) == before
+
+
 def test_replay_answers_equal_the_source_and_unknown_articles_become_errors(base, tmp_path):
     from stages import ingest
     db = copy_db(base, tmp_path)

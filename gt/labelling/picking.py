@@ -297,7 +297,7 @@ def plan_picks(conn: sqlite3.Connection, filt: Filter, key: LabelKey, method: st
                progress: bool = False) -> Picks:
     """The next `n` articles to label by `method` (not recorded; see record_round)."""
     if method == "ids":
-        return _listed(conn, key, eligible, ids_file)
+        return _listed(conn, filt, key, eligible, ids_file)
     pool = candidates(conn, filt, key, eligible)
     if not pool:
         return Picks(method, [], [], [], explore_share=explore_share)
@@ -396,16 +396,35 @@ def read_ids_file(path: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _listed(conn: sqlite3.Connection, key: LabelKey, eligible: Sequence[str], ids_file: str | None) -> Picks:
+def _listed(conn: sqlite3.Connection, filt: Filter, key: LabelKey, eligible: Sequence[str],
+            ids_file: str | None) -> Picks:
+    """Exactly the listed articles, under the pool's rules: an id gt.db lacks, an exact duplicate (its
+    kept article is the one to list), a text under the filter's min_chars or one the keyword prefilter
+    skips is refused, one line each, before anything is paid."""
     if not ids_file:
         raise PickError("--pick ids needs --ids-file FILE (one article id per line)")
     listed = read_ids_file(ids_file)
-    known = {r[0] for r in conn.execute("SELECT value FROM json_each(?) WHERE value IN (SELECT id FROM articles)",
-                                        (json.dumps(listed),))}
-    unknown = [a for a in listed if a not in known]
+    rows = {r["id"]: r for r in conn.execute(
+        "SELECT id, dup_of, too_short, chars FROM articles WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(listed),))}
+    unknown = [a for a in listed if a not in rows]
     if unknown:
         raise PickError(f"--ids-file {ids_file}: {len(unknown)} id(s) not in gt.db, e.g. '{unknown[0]}' "
                         f"(ingest them first, or remove them from the file)")
+    pool, texts = set(eligible), store.article_texts(conn, listed)
+    refused = []
+    for a in listed:
+        r = rows[a]
+        if r["dup_of"] is not None:
+            refused.append(f"'{a}' is an exact duplicate of '{r['dup_of']}' (list that one)")
+        elif a not in pool:
+            refused.append(f"'{a}' is too short to label (under min_chars: flagged too_short)")
+        elif filt.prefilter_reason(*texts[a]):
+            refused.append(f"'{a}' is skipped by the filter's prefilter ({filt.prefilter_reason(*texts[a])})")
+    if refused:
+        raise PickError(f"--ids-file {ids_file}: {len(refused)} listed article(s) cannot be labelled: "
+                        f"{'; '.join(refused[:5])}{' ...' if len(refused) > 5 else ''} (remove them from the file; "
+                        f"nothing was sent)")
     done = finally_labelled(conn, key)
     todo = [a for a in listed if a not in done]
     return Picks("ids", todo, ["listed"] * len(todo), [None] * len(todo), candidates=len(listed),
