@@ -284,3 +284,16 @@ def test_an_ids_file_that_is_not_utf8_is_one_line_naming_the_line(tmp_path, cont
     path.write_bytes(content)
     with pytest.raises(picking.PickError, match=r"--ids-file .* line \d+: not UTF-8 text"):
         picking.read_ids_file(str(path))
+
+
+def test_a_prefiltered_article_is_never_a_candidate(conn, uplifting):
+    """A label run never sends what the prefilter skips; picked, it would come back every round."""
+    from tests.conftest import add_articles, sample_articles
+    articles = sample_articles(3)
+    articles[1] = dict(articles[1], id="finance-1",
+                       text="The quarterly earnings beat forecasts and the share buyback goes on. " + articles[1]["text"])
+    add_articles(conn, articles)
+    key = picking.LabelKey(uplifting.id, "any-oracle", uplifting.prompt_sha256)
+    ids = [a["id"] for a in articles]
+    assert uplifting.prefilter_reason(articles[1]["title"], articles[1]["text"]) == "corporate finance"
+    assert picking.candidates(conn, uplifting, key, ids) == [ids[0], ids[2]]

@@ -114,9 +114,15 @@ def finally_labelled(conn: sqlite3.Connection, key: LabelKey) -> set[str]:
 
 
 def candidates(conn: sqlite3.Connection, filt: Filter, key: LabelKey, eligible: Sequence[str]) -> list[str]:
-    """Eligible articles (in sample order) with no final (ok or invalid) repeat-0 label of this key."""
+    """Eligible articles (in sample order) with no final (ok or invalid) repeat-0 label of this key,
+    and none the filter's keyword prefilter skips (a label run would never send those: picked, they
+    would come back every round unlabelled)."""
     done = finally_labelled(conn, key)
-    return [a for a in eligible if a not in done]
+    todo = [a for a in eligible if a not in done]
+    if not filt.prefilter:
+        return todo
+    texts = store.article_texts(conn, todo)
+    return [a for a in todo if not filt.prefilter_reason(*texts[a])]
 
 
 def has_pick_tables(conn: sqlite3.Connection) -> bool:
