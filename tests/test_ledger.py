@@ -480,3 +480,24 @@ def test_the_breaker_groups_reasons_by_their_numbers_but_keeps_names_intact():
     message = b.message()
     assert "gpt-4o-mini (gpt-4o-mini): rate limited (N): slow down, gemini-2.5-flash too" in message
     assert "3x " in message and "gptNo" not in message and "gemini-N" not in message
+
+
+def test_a_lock_held_before_the_run_starts_is_waited_for_as_long_as_the_patience_says(tmp_path, env, fake):
+    """Not the connection's 30 s busy timeout: --db-patience 1 against a lock held for 20 s stops in seconds,
+    one line, nothing sent (a first run on this gt.db: the filter is registered before anything else)."""
+    db = tmp_path / "gt.db"
+    c = store.connect(db)
+    add_articles(c, sample_articles(10))
+    c.close()
+    slow = dict(env, GT_DB_BUSY_TIMEOUT="30")
+    holder = hold_lock(db, 20)
+    try:
+        started = time.monotonic()
+        res = run(label_args(db, tmp_path, "--target-count", 5, "--db-patience", 1), slow, timeout=60)
+        took = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 1 and len(errors) == 1 and "locked" in errors[0], res.stderr
+    assert took < 12 and fake.answered() == 0

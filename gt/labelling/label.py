@@ -189,8 +189,11 @@ def _label(o: LabelOptions, resume: str, out: list[str]) -> None:
         _dry_run_command(o, filt, spec, out)
         return
     export_path(o.output_dir, filt)   # an export that cannot be written fails now, before anything is paid
-    conn = store.connect(o.db, create=bool(o.source))   # only ingesting --source may create gt.db
+    # only ingesting --source may create gt.db; a lock held before the run starts is waited for as long as
+    # --db-patience says (the run's own writes keep to it too), then the usual busy timeout
+    conn = store.connect(o.db, create=bool(o.source), busy_timeout=o.db_patience)
     notes = _prepare(conn, o, filt)
+    conn.execute(f"PRAGMA busy_timeout = {int(store.busy_timeout_s() * 1000)}")
     ids = _eligible(conn, filt, o)
     if o.pick != "random":
         out += notes
