@@ -43,6 +43,9 @@ def build_parser() -> kit.Parser:
     p.add_argument("--timeout", type=kit.number(kit.POSITIVE), help="seconds to wait for one answer (default: the oracle's timeout_s in oracles.yaml)")
     p.add_argument("--max-attempts", type=kit.number(kit.WHOLE_POSITIVE), help="attempts per request on 5xx, timeouts and dropped connections, with exponential "
                         "backoff and jitter, before the label is stored as 'error' (default: %(default)s)")
+    p.add_argument("--max-wait", type=kit.number(kit.POSITIVE), metavar="SECONDS",
+                   help="stop the run when no call has been answered for this long (a 429 storm, a provider down); "
+                        "the same command resumes (default: %(default)s)")
     p.add_argument("--breaker-window", type=kit.number(kit.WHOLE_NONNEGATIVE), metavar="N",
                    help="circuit breaker: stop when more than half of the last N answers are invalid or failed "
                         "(default: %(default)s; 0 turns it off)")

@@ -436,3 +436,20 @@ def test_an_export_that_cannot_be_written_and_a_missing_database_fail_before_any
     res = cli(["--db", missing, "--oracles-file", oracles, "--llm", "fake-gpt", "--target-count", 3], cli_env)
     assert res.returncode == 1 and res.stderr.startswith(f"error: no database at {missing}")
     assert not missing.parent.exists() and fake_env.requests == 0
+
+
+def test_a_storm_of_429s_stops_the_run_after_max_wait_with_the_reason(conn, uplifting, fake_env):
+    """Every request rate-limited: the breaker never trips (rate limits are waits, not bad answers), so
+    --max-wait stops the run, with the reason, instead of waiting on; nothing is stored as paid."""
+    arts = sample_articles(6)
+    add_articles(conn, arts)
+    fake_env.inject("rate_limit", 10_000)
+    retry = dataclasses.replace(FAST_RETRY, rate_limit_attempts=10_000, max_wait_s=1.5)
+    started = time.monotonic()
+    summary = label_articles(conn, uplifting, unlimited("gpt-4o-mini"), [a["id"] for a in arts], concurrency=2,
+                             progress=False, retry=retry)
+    assert time.monotonic() - started < 30
+    assert summary.stopped_reason == "quota" and "no call was answered for" in summary.stopped_message
+    assert "--max-wait 1.5" in summary.stopped_message and summary.ok == 0
+    assert conn.execute("SELECT COUNT(*) FROM labels WHERE status = 'ok'").fetchone()[0] == 0
+    fake_env.reset()

@@ -14,7 +14,7 @@ from typing import Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from gt.oracles.base import Completion, Oracle, OracleRequest, RateLimited, TransientError
+from gt.oracles.base import Completion, Oracle, OracleRequest, QuotaExhausted, RateLimited, TransientError
 from gt.oracles.ratelimit import RateLimiter
 from gt.labelling.planning import estimate_input_tokens
 
@@ -28,10 +28,16 @@ class RetryPolicy:
     initial_s: float = 1.0
     max_s: float = 60.0
     jitter_s: float = 1.0
+    max_wait_s: float = 600.0     # no answer at all for this long (a 429 storm, a provider down): stop the run
 
 
 class Abort(Exception):
     """The run is stopping: a call not yet answered is not sent again."""
+
+
+class Starved(QuotaExhausted):
+    """No call of the run has been answered for RetryPolicy.max_wait_s: the run stops cleanly (as for a
+    spent quota: nothing is lost, the same command resumes) and says why, instead of waiting on."""
 
 
 class Caller:
@@ -48,6 +54,7 @@ class Caller:
         self.output_tokens = output_tokens
         self.stopping, self.count_answer = stopping, count_answer
         self.calls = 0
+        self.last_answer = time.monotonic()   # the run's start, then its latest answered call
 
     def backoff(self, attempt: int) -> float:
         r = self.retry
@@ -89,6 +96,13 @@ class Caller:
                 return completion, counts["calls"]
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
+    def _starving(self, e: Exception) -> None:
+        waited = time.monotonic() - self.last_answer
+        if waited >= self.retry.max_wait_s:
+            raise Starved(f"no call was answered for {waited:.0f} s (--max-wait {self.retry.max_wait_s:g}): the "
+                          f"provider keeps refusing ({e})",
+                          resume_hint="re-run the same command when the provider answers again") from None
+
     async def _attempt(self, request: OracleRequest, rate_limited: int) -> Completion:
         t0 = time.perf_counter()
         try:
@@ -98,11 +112,14 @@ class Caller:
             self.count_answer(False, f"transient error: no answer within {self.timeout_s:g}s")
             raise TransientError(f"no answer within {self.timeout_s:g}s") from None
         except RateLimited as e:
+            self._starving(e)
             self.limiter.pause(e.retry_after if e.retry_after is not None else self.backoff(rate_limited + 1))
             raise
         except TransientError as e:
             self.count_answer(False, f"transient error: {e}")
+            self._starving(e)
             raise
+        self.last_answer = time.monotonic()
         if not completion.latency_ms:
             completion.latency_ms = (time.perf_counter() - t0) * 1000.0
         return completion

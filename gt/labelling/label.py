@@ -126,6 +126,7 @@ class LabelOptions:
     mode: str = "sync"
     timeout: float | None = None
     max_attempts: int = RetryPolicy.attempts
+    max_wait: float = RetryPolicy.max_wait_s
     breaker_window: int = 20
     db_patience: float = DB_PATIENCE_S
     pick: str = "random"
@@ -350,7 +351,7 @@ def _sync(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[st
     options = RunOptions(purpose="label", repeats=o.repeats, concurrency=o.concurrency, max_cost=o.max_cost,
                          max_total_cost=o.max_total_cost, target_valid=o.target_count, seed=o.seed,
                          params=o.params(), progress=True, timeout=o.timeout,
-                         retry=RetryPolicy(attempts=o.max_attempts), breaker_window=o.breaker_window,
+                         retry=RetryPolicy(attempts=o.max_attempts, max_wait_s=o.max_wait), breaker_window=o.breaker_window,
                          db_patience_s=o.db_patience)
     try:
         summary = label_articles(conn, filt, spec, ids, options)
