@@ -502,3 +502,30 @@ def test_a_lock_held_before_the_run_starts_is_waited_for_as_long_as_the_patience
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.returncode == 1 and len(errors) == 1 and "locked" in errors[0], res.stderr
     assert took < 12 and fake.answered() == 0
+
+
+def test_a_spill_file_with_a_torn_last_line_keeps_every_complete_answer(db, uplifting):
+    """A process killed while writing its spill file leaves a torn last line: the complete lines are paid
+    answers and are stored; the torn one is reported (it was never complete), not the whole file skipped."""
+    import json as _json
+
+    from gt.labelling.dbwriter import apply_spills, spill_file_name, spill_outcome
+    from gt.labelling.ledger import LabelOutcome
+    conn = store.connect(db)
+    run_id = store.start_run(conn, purpose="label", filt=uplifting, oracle="fake-gpt", provider="openai", model="m",
+                             mode="sync", params={})
+    key = LabelKey.of(uplifting, "fake-gpt")
+    ids = [r[0] for r in conn.execute("SELECT id FROM articles ORDER BY id LIMIT 3")]
+    scores = {d: 5.0 for d in uplifting.dimension_names}
+    lines = [_json.dumps(spill_outcome(run_id, key, a, 0, LabelOutcome("ok", scores=scores, content_type=None,
+                                                                        evidence={}, raw_response="{}", cost_usd=0.01,
+                                                                        input_tokens=10, output_tokens=5, calls=1)))
+             for a in ids]
+    path = spill_file_name(str(db))
+    Path(path).write_text("\n".join(lines[:2]) + "\n" + lines[2][:40], encoding="utf-8")   # the third one torn
+    notes = apply_spills(conn, str(db), {uplifting.id: uplifting})
+    stored = {r[0] for r in conn.execute("SELECT article_id FROM labels WHERE status = 'ok'")}
+    assert stored == set(ids[:2]) and any("line 3 torn" in n for n in notes), notes
+    assert conn.execute("SELECT cost_usd FROM label_runs WHERE id = ?", (run_id,)).fetchone()[0] == pytest.approx(0.02)
+    assert not Path(path).exists()
+    conn.close()

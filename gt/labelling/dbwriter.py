@@ -325,10 +325,21 @@ def apply_spills(conn: sqlite3.Connection, db_path: str, filters: dict[str, Filt
     for path in spill_files(db_path):
         name = Path(path).name
         try:
-            records = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, json.JSONDecodeError) as e:
+            lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as e:
             notes.append(f"spill file {path} could not be read ({e}); left in place")
             continue
+        records, torn = [], []
+        for n, line in enumerate(lines, 1):   # every complete line is a paid answer: keep it; report a torn one
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                torn.append(n)
+        if torn:
+            notes.append(f"spill file {path}: line {', '.join(map(str, torn))} torn (the process was killed while "
+                         f"writing it); the {len(records)} complete record(s) are stored")
         needed = {r["filter_id"] for r in records if r.get("type") == "outcome"}
         if needed - set(filters):
             notes.append(f"spill file {path} holds labels of {', '.join(sorted(needed - set(filters)))}; "
