@@ -529,3 +529,19 @@ def test_a_spill_file_with_a_torn_last_line_keeps_every_complete_answer(db, upli
     assert conn.execute("SELECT cost_usd FROM label_runs WHERE id = ?", (run_id,)).fetchone()[0] == pytest.approx(0.02)
     assert not Path(path).exists()
     conn.close()
+
+
+def test_three_processes_under_one_max_total_cost_stay_within_it_together(db, tmp_path, env, fake):
+    """Each process used to check only its own reserve: three at once under --max-total-cost 0.01 ended at
+    about $0.021. The claim transaction now counts every live process's reserves: the bill stays within."""
+    fake.latency_s = 0.05
+    args = label_args(db, tmp_path, "--target-count", 80, "--concurrency", 4, "--max-total-cost", 0.01)
+    procs = [start(args, env) for _ in range(3)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "Traceback" not in err
+    billed = fake.bill(fake_spec(tmp_path))
+    assert billed <= 0.01 + 1e-9 and ledger(db) == pytest.approx(billed, rel=1e-9)
+    assert billed > 0.005                                        # and the budget was used, not refused outright
+    assert count(db, "SELECT COUNT(*) FROM label_leases") == 0   # every lease (and its reserve) released

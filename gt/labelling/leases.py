@@ -88,10 +88,23 @@ def lease_live(owner: str, expires_at: float, now: float, me: str | None = None)
 _LEASE_WHERE = 'filter_id = ? AND oracle = ? AND prompt_sha256 = ? AND article_id = ? AND "repeat" = ?'
 
 
+def reserved_elsewhere(conn: sqlite3.Connection, key: LabelKey, owner: str, now: float) -> float:
+    """Dollars the live leases of other processes hold for their calls in flight (filter and oracle,
+    every prompt version, as --max-total-cost counts spend)."""
+    rows = conn.execute("SELECT owner, expires_at, reserve_usd FROM label_leases WHERE filter_id = ? AND oracle = ? "
+                        "AND owner != ? AND reserve_usd > 0", (key.filter_id, key.oracle, owner)).fetchall()
+    return sum(r[2] for r in rows if lease_live(r[0], r[1], now))
+
+
 def claim_unit(conn: sqlite3.Connection, key: LabelKey, article_id: str, repeat: int, *, owner: str,
-               run_id: int | None, ttl_s: float = LEASE_TTL_S, now: float | None = None) -> str:
+               run_id: int | None, ttl_s: float = LEASE_TTL_S, now: float | None = None, reserve_usd: float = 0.0,
+               total_limit: float | None = None, own_reserved: float = 0.0) -> str:
     """Claim one unit before paying for it (call inside a write transaction). Returns 'claimed',
-    'done' (it has an ok/invalid label now) or 'taken' (another live process or batch job holds it)."""
+    'done' (it has an ok/invalid label now), 'taken' (another live process or batch job holds it) or,
+    with `total_limit` (--max-total-cost), 'over_budget': what gt.db records for the filter and oracle,
+    plus every other live process's reserves, plus this process's own (`own_reserved`) and this call's
+    worst case (`reserve_usd`) would pass the limit. Checked in the claim's transaction, so processes
+    sharing one gt.db stay within the limit together."""
     now = time.time() if now is None else now
     unit = (key.filter_id, key.oracle, key.prompt_sha256, article_id, repeat)
     row = conn.execute(
@@ -103,12 +116,19 @@ def claim_unit(conn: sqlite3.Connection, key: LabelKey, article_id: str, repeat:
     if lease is not None and lease_live(lease[0], lease[1], now, owner):
         if lease[0] != owner:
             return "taken"
+    if total_limit is not None:
+        recorded = conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM label_runs WHERE filter_id = ? AND oracle = ?",
+                                (key.filter_id, key.oracle)).fetchone()[0]
+        if recorded + reserved_elsewhere(conn, key, owner, now) + own_reserved + reserve_usd > total_limit + 1e-12:
+            return "over_budget"
     conn.execute(
-        """INSERT INTO label_leases (filter_id, oracle, prompt_sha256, article_id, "repeat", owner, run_id, expires_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        """INSERT INTO label_leases (filter_id, oracle, prompt_sha256, article_id, "repeat", owner, run_id, expires_at,
+                                    reserve_usd)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (filter_id, oracle, prompt_sha256, article_id, "repeat")
-           DO UPDATE SET owner = excluded.owner, run_id = excluded.run_id, expires_at = excluded.expires_at""",
-        (*unit, owner, run_id, now + ttl_s))
+           DO UPDATE SET owner = excluded.owner, run_id = excluded.run_id, expires_at = excluded.expires_at,
+                         reserve_usd = excluded.reserve_usd""",
+        (*unit, owner, run_id, now + ttl_s, reserve_usd))
     return "claimed"
 
 

@@ -226,13 +226,20 @@ class _Run:
             if primary:
                 self.in_flight_primary += 1
             try:
-                claim = await self._claim(unit, primary)
+                claim = await self._claim(unit, primary, reserve)
             except BaseException:
                 self._give_back(primary, reserve)
                 raise
             if claim == "claimed":
                 return unit, primary, request, reserve
             self._give_back(primary, reserve)
+            if claim == "over_budget":   # other processes' calls in flight hold the rest of --max-total-cost
+                if self.in_flight == 0:
+                    self._stop_budget("total_budget", reserve)
+                    return None
+                self.front.appendleft(candidate)
+                await self._wait_for_change()
+                continue
             if claim == "done":
                 self.summary.skipped_existing += 1
             elif claim == "taken":
@@ -251,16 +258,18 @@ class _Run:
             self.in_flight_primary -= 1
         self.changed.set()
 
-    async def _claim(self, unit: _Unit, primary: bool) -> str:
+    async def _claim(self, unit: _Unit, primary: bool, reserve: float) -> str:
         await self._open_run()
         gate, owner, run_id, key, ttl = self.gate, self.owner, self.run_id, self.key, self.o.lease_ttl_s
+        total_limit, own = self.o.max_total_cost, max(0.0, self.budget.reserved - reserve)   # in flight, not this one
 
         def op(conn: sqlite3.Connection) -> str:
             if primary and gate is not None:
                 state = gate.state(conn, owner)
                 if state != "open":
                     return state
-            return claim_unit(conn, key, unit.article_id, unit.repeat, owner=owner, run_id=run_id, ttl_s=ttl)
+            return claim_unit(conn, key, unit.article_id, unit.repeat, owner=owner, run_id=run_id, ttl_s=ttl,
+                              reserve_usd=reserve, total_limit=total_limit, own_reserved=own)
 
         return await self._write(op)
 
