@@ -377,3 +377,34 @@ def test_a_batch_run_whose_items_keep_failing_ends_short_and_exits_non_zero(tmp_
         labels_cost = conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM labels WHERE run_id = ?", (run_id,)).fetchone()[0]
         assert cost == pytest.approx(labels_cost) and cost > 0
     assert conn.execute("SELECT COUNT(*) FROM label_leases").fetchone()[0] == 0   # every job's leases released
+
+
+@pytest.mark.parametrize("oracle", ["gpt-4o-mini", "gemini-flash"])
+def test_a_provider_that_refuses_the_connection_leaves_the_job_resumable_in_one_line(tmp_path, uplifting, articles,
+                                                                                     fake, oracle):
+    """Batch mode against a port nobody listens on, twice: the second run looks for the job the first may
+    have sent (find) and meets the same refusal. Neither is a traceback; the job stays 'preparing' and the
+    run against the real server sends it once."""
+    import socket
+    db = tmp_path / "gt.db"
+    conn = store.connect(db)
+    store.register_filter(conn, uplifting)
+    add_articles(conn, articles[:3])
+    conn.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]                        # closed again: connections to it are refused
+    env = {**os.environ, **fake.env(), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    live = fake.url.rsplit(":", 1)[1]
+    refused = {**env, **{k: v.replace(f":{live}", f":{dead}") for k, v in fake.env().items() if k.endswith("_URL")}}
+    cli = [sys.executable, "-m", "stages.label", "--db", str(db), "--llm", oracle, "--mode", "batch",
+           "--batch-poll", "0.05", "--batch-max-poll", "0.1", "--batch-no-wait", "--timeout", "2"]
+    for _ in range(2):
+        res = subprocess.run(cli, cwd=ROOT, env=refused, capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in res.stderr, res.stderr
+    with sqlite3.connect(db) as c:
+        assert [r[0] for r in c.execute("SELECT state FROM batch_jobs")] == ["preparing"]
+    done = subprocess.run(cli[:-3], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    provider = "openai" if oracle == "gpt-4o-mini" else "gemini"
+    assert fake.batches.creates[provider] == 1

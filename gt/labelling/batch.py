@@ -127,20 +127,21 @@ class BatchRun:
         transiently (it stays 'preparing' and is tried again on the next poll)."""
         tag = job_tag(row)
         units = job_units(row)
-        if row["submitted_at"]:   # an earlier process may have sent it before dying: look first
-            known = {r[0] for r in self.conn.execute("SELECT remote_id FROM batch_jobs WHERE remote_id IS NOT NULL")}
-            found = await self.adapter.find(tag, request_count=len(units), attempted_at=epoch(row["submitted_at"]),
-                                            known=known)
-            if found:
-                set_job(self.conn, row["id"], remote_id=found, state=SUBMITTED)
-                self.summary.jobs_adopted += 1
-                self._note(f"job {row['id']}: found {found} at {self.spec.provider} (sent before a restart), not resent")
-                return True
-        items = [self.adapter.item(cid, request_for(self.conn, self.filt, aid, rep)) for cid, aid, rep in units]
-        set_job(self.conn, row["id"], submitted_at=now_iso())   # from here on a restart looks before resending
         try:
+            if row["submitted_at"]:   # an earlier process may have sent it before dying: look first
+                known = {r[0] for r in self.conn.execute("SELECT remote_id FROM batch_jobs WHERE remote_id IS NOT NULL")}
+                found = await self.adapter.find(tag, request_count=len(units), attempted_at=epoch(row["submitted_at"]),
+                                                known=known)
+                if found:
+                    set_job(self.conn, row["id"], remote_id=found, state=SUBMITTED)
+                    self.summary.jobs_adopted += 1
+                    self._note(f"job {row['id']}: found {found} at {self.spec.provider} (sent before a restart), not "
+                               f"resent")
+                    return True
+            items = [self.adapter.item(cid, request_for(self.conn, self.filt, aid, rep)) for cid, aid, rep in units]
+            set_job(self.conn, row["id"], submitted_at=now_iso())   # from here on a restart looks before resending
             remote_id = await self.adapter.submit(items, tag)
-        except (RateLimited, TransientError) as e:
+        except (RateLimited, TransientError) as e:   # looking or sending: the job stays 'preparing', resumable
             set_job(self.conn, row["id"], error=scrub_secrets(_short(str(e)), self.spec))
             self._note(f"job {row['id']}: not accepted yet ({_short(str(e), 160)}); will try again")
             return False
