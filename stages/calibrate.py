@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from gt.calibration.calibrate import CalibrateOptions, CalibrationRun, run
+from gt.calibration.calibrate import CalibrateOptions, CalibrationRun, dry_run, run
 from gt.calibration.report import OFFLINE_SENTENCE
 from stages import kit
 
@@ -45,6 +45,9 @@ def build_parser() -> kit.Parser:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (the report and JSON are complete "
                                                           "without them)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the sample and what labelling it would cost per model, and call nothing (needs no API "
+                        "key; writes nothing)")
     return p
 
 
@@ -70,6 +73,9 @@ def parse_options(argv: Sequence[str] | None = None) -> CalibrateOptions:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def work(opts: CalibrateOptions) -> int:
+        if opts.dry_run:
+            print("\n".join(dry_run(opts)))
+            return 0
         print_summary(opts, run(opts))
         return 0
     return kit.run(lambda: parse_options(argv), work,

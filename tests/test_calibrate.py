@@ -4,6 +4,7 @@ fake's `noise<N>` model ids), producing the report, the JSON and the plots."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +338,19 @@ def test_the_makefile_calibrate_lines_still_parse(tmp_path):
         argv = shlex.split(line.split("-m stages.calibrate ", 1)[1])
         opts = calibrate_command.parse_options(argv)
         assert len(opts.models) >= 2 and opts.sample_size >= 1, line
+
+
+def test_dry_run_prints_the_sample_s_cost_per_model_and_calls_nothing(db_with_articles, fake_env, tmp_path, capsys):
+    server, oracles = fake_env
+    before = sqlite3.connect(db_with_articles).execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+    argv = ["--db", str(db_with_articles), "--oracles-file", str(oracles), "--models", "fake-pro,fake-flash",
+            "--sample-size", "12", "--dry-run", "--output", str(tmp_path / "r.md")]
+    assert calibrate_command.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("dry run, nothing was called: a sample of 12 articles")
+    per_model = [line for line in out if line.startswith(("  fake-pro", "  fake-flash"))]
+    assert len(per_model) == 2 and all("12 requests" in line and "$" in line for line in per_model)
+    total = float(out[-1].split("$")[1].split()[0])
+    assert out[-1].startswith("expected cost of the calibration: $") and total > 0
+    assert server.requests == 0 and not (tmp_path / "r.md").exists()
+    assert sqlite3.connect(db_with_articles).execute("SELECT COUNT(*) FROM labels").fetchone()[0] == before

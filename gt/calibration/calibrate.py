@@ -452,6 +452,7 @@ class CalibrateOptions:
     min_articles: int = Thresholds.min_articles
     no_plots: bool = False
     quiet: bool = False
+    dry_run: bool = False
 
     @classmethod
     def from_flags(cls, flags: dict) -> "CalibrateOptions":
@@ -537,6 +538,44 @@ def run(opts: CalibrateOptions) -> CalibrationRun:
         raise errors.StageError(f"cannot write the report {output}: {e.strerror or e} (pass --output PATH in a "
                              f"writable folder; the labels are stored in gt.db, nothing is paid again)") from None
     return CalibrationRun(result, raters, md_path, json_path, pngs, notes, time.monotonic() - started)
+
+
+def dry_run(opts: CalibrateOptions) -> list[str]:
+    """`--dry-run`: the sample calibrate would draw and what labelling it would cost per model (the
+    label stage's estimate: the same planner, labels already in gt.db reused), calling nothing and
+    writing nothing (no key needed; --source is not ingested)."""
+    from gt.labelling.estimate import estimate_run
+    from gt.oracles.registry import load_registry
+
+    if len(opts.models) < 2:
+        raise CalibrationError("calibration compares models: pass at least two to --models (e.g. gemini-flash,gemini-pro)")
+    filt = load_filter(opts.filter)
+    registry = load_registry(opts.oracles_file) if opts.oracles_file else load_registry()
+    conn = store.connect(opts.db, readonly=True, create=False)
+    try:
+        store.check_filter(conn, filt)   # an edited prompt under the same version: refused here too
+        specs = resolve_models(conn, filt, opts.models, registry)
+        within, within_note = labelled_only_pool(conn, filt, specs)
+        sample, info = draw_sample(conn, filt, opts.sample_size, opts.seed, within, within_note)
+        lines = [f"dry run, nothing was called: a sample of {len(sample)} articles of {filt.id} from {opts.db} "
+                 f"(seed {opts.seed}), {opts.repeats} repeat(s) per model"
+                 + (" (--source is not ingested by a dry run)" if opts.source else "")]
+        total = 0.0
+        for name, spec in specs.items():
+            if spec is None or opts.no_label:
+                lines.append(f"  {name}: compared from the labels gt.db already holds, nothing to buy")
+                continue
+            est = estimate_run(conn, filt, spec, sample, repeats=opts.repeats)
+            batch = f", ${est.cost_batch:.4f} at batch prices" if est.cost_batch is not None else ""
+            lines.append(f"  {name} ({spec.provider} {spec.model}): {est.requests} requests ({est.already_valid} "
+                         f"articles already labelled), {est.input_tokens:,} input + {est.output_tokens:,} output "
+                         f"tokens: ${est.cost_sync:.4f}{batch}")
+            total += est.cost_sync
+    finally:
+        conn.close()
+    cap = f" (--max-cost ${opts.max_cost:g} stops it there)" if opts.max_cost is not None else ""
+    lines.append(f"expected cost of the calibration: ${total:.4f}{cap}")
+    return lines
 
 
 def ingest_sources(conn: sqlite3.Connection, sources: list[str], filt: Filter) -> str:
