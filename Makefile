@@ -86,7 +86,8 @@ PER_ROUND ?= 2000
 .PHONY: loop
 loop: $(STAMP)
 	$(PY) -m stages.loop --db $(DB) --filter $(FILTER) --llm $(LLM) --rounds $(ROUNDS) --per-round $(PER_ROUND) \
-		--pick $(if $(filter command line environment,$(origin PICK)),$(PICK),gaps) --seed $(SEED) --concurrency $(CONCURRENCY) $(ARGS)
+		--pick $(if $(filter command line environment,$(origin PICK)),$(PICK),gaps) --seed $(SEED) --concurrency $(CONCURRENCY) \
+		--mode $(MODE) $(ARGS)
 
 label-status: $(STAMP)
 	$(PY) -m stages.label --db $(DB) --status $(ARGS)

@@ -408,3 +408,59 @@ def test_a_provider_that_refuses_the_connection_leaves_the_job_resumable_in_one_
     assert done.returncode == 0, done.stderr
     provider = "openai" if oracle == "gpt-4o-mini" else "gemini"
     assert fake.batches.creates[provider] == 1
+
+
+def test_loop_in_batch_mode_buys_the_sync_picks_and_a_killed_round_resumes_without_resubmitting(tmp_path, uplifting,
+                                                                                                fake):
+    """`make loop MODE=batch`: two rounds (a random start, then gaps) through the batch engine pick the
+    same articles as the sync loop; a kill -9 while a round's job is in flight resumes by polling it (one
+    job per round at the provider), and the ledger equals what the provider billed at batch prices."""
+    from tests.conftest import UPLIFTING
+    arts = sample_articles(70)
+    dbs = {m: tmp_path / f"{m}.db" for m in ("sync", "batch")}
+    for db in dbs.values():
+        c = store.connect(db)
+        store.register_filter(c, uplifting)
+        add_articles(c, arts)
+        c.close()
+    env = {**os.environ, **fake.env(), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    base = [sys.executable, "-m", "stages.loop", "--filter", str(UPLIFTING), "--llm", "gemini-flash", "--rounds", "2",
+            "--per-round", "30", "--pick", "gaps", "--seed", "5", "--quiet", "--embed-cache", str(tmp_path / "emb.db"),
+            "--output-dir", str(tmp_path / "reports")]
+    sync = subprocess.run([*base, "--db", str(dbs["sync"])], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert sync.returncode == 0, sync.stderr
+    batch = [*base, "--db", str(dbs["batch"]), "--mode", "batch", "--batch-poll", "0.05", "--batch-max-poll", "0.1"]
+    fake.batches.configure(polls_to_finish=10_000)              # round 1's job stays in flight ...
+    proc = subprocess.Popen(batch, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with sqlite3.connect(dbs["batch"]) as c:
+                if c.execute("SELECT COUNT(*) FROM batch_jobs WHERE remote_id IS NOT NULL").fetchone()[0]:
+                    break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        else:
+            pytest.fail("the round's batch job was never recorded")
+    finally:
+        proc.send_signal(signal.SIGKILL)                         # ... when the loop is killed
+        proc.wait()
+    fake.batches.configure(polls_to_finish=1)
+    again = subprocess.run(batch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert fake.batches.creates["gemini"] == 2                  # one job per round: the killed one was polled again
+
+    def picks(db):
+        with sqlite3.connect(db) as c:
+            return [sorted(r[0] for r in c.execute("SELECT p.article_id FROM label_picks p JOIN pick_rounds r "
+                                                    "ON r.id = p.round_id WHERE r.id = ?", (rid,)))
+                    for (rid,) in c.execute("SELECT id FROM pick_rounds ORDER BY id")]
+    assert picks(dbs["batch"]) == picks(dbs["sync"]) and len(picks(dbs["sync"])) == 2
+    spec = registry.resolve("gemini-flash", registry.load_registry())
+    billed = sum(spec.cost(ex.input_tokens, ex.output_tokens, ex.cached_tokens, batch=True,
+                           cache_write_tokens=ex.cache_write_tokens) for ex in fake.log
+                 if ex.status == 200 and ex.path == "batch")
+    with sqlite3.connect(dbs["batch"]) as c:
+        assert c.execute("SELECT COUNT(*) FROM labels WHERE status = 'ok'").fetchone()[0] == 60
+        assert c.execute("SELECT SUM(cost_usd) FROM label_runs").fetchone()[0] == pytest.approx(billed, rel=1e-9)

@@ -36,6 +36,7 @@ from gt.selection import bins, strategies
 from gt.core.filters import DEFAULT_FILTER, Filter, load_filter
 from gt.labelling.calls import RetryPolicy
 from gt.labelling.planning import eligible_article_ids
+from gt.labelling.batch import BatchOptions, run_batch
 from gt.labelling.sync import LabelRunSummary, label_articles
 from gt.oracles.base import FatalError, OracleSpec
 from gt.oracles.replay import replay_priced
@@ -59,6 +60,9 @@ class LoopOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     max_cost: float | None = None
     replay_price: str | None = None
+    mode: str = "sync"                     # sync | batch: each round's picks through the provider's batch service
+    batch_poll: float = BatchOptions.poll_s
+    batch_max_poll: float = BatchOptions.max_poll_s
     embed_cache: str | None = None
     output_dir: str = REPORTS_DIR
     quiet: bool = False
@@ -68,6 +72,8 @@ class LoopOptions:
                             ("--concurrency", self.concurrency)):
             if value < 1:
                 raise UsageError(f"{flag} must be at least 1, got {value}")
+        if self.mode not in ("sync", "batch"):
+            raise UsageError(f"--mode must be sync or batch, got {self.mode!r}")
         if self.explore_share is not None and not 0 <= self.explore_share <= 1:
             raise UsageError(f"--explore-share must lie in 0-1, got {self.explore_share}")
 
@@ -192,15 +198,20 @@ def run_loop(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, args: Loo
             continue
         say(f"round {round_no}/{args.rounds}: " + picking.describe(picks))
         budget = None if args.max_cost is None else max(args.max_cost - spent, 0.0)
-        summary: LabelRunSummary = label_articles(
-            conn, filt, spec, picks.article_ids, purpose="label", concurrency=args.concurrency, max_cost=budget,
-            seed=args.seed, params={"loop": result.name, "round": round_no, "pick_round": picks.round_id},
-            progress=not args.quiet, retry=RetryPolicy())
-        spent += summary.cost_usd
-        if summary.stopped_reason:
-            result.stopped = (f"stopped in round {round_no}: {summary.stopped_message}; run the same command to "
-                              f"resume (the round's unasked picks are kept)")
-            result.code = 0 if summary.stopped_reason in ("budget", "total_budget") else 1
+        params = {"loop": result.name, "round": round_no, "pick_round": picks.round_id}
+        if args.mode == "batch":
+            cost, stopped, code = _batch_round(conn, filt, spec, picks.article_ids, args, budget, params)
+        else:
+            summary: LabelRunSummary = label_articles(
+                conn, filt, spec, picks.article_ids, purpose="label", concurrency=args.concurrency, max_cost=budget,
+                seed=args.seed, params=params, progress=not args.quiet, retry=RetryPolicy())
+            cost, stopped = summary.cost_usd, summary.stopped_message if summary.stopped_reason else None
+            code = 0 if summary.stopped_reason in ("budget", "total_budget") else 1
+        spent += cost
+        if stopped:
+            result.stopped = (f"stopped in round {round_no}: {stopped}; run the same command to resume (the round's "
+                              f"unasked picks are kept, its batch jobs are polled, never sent twice)")
+            result.code = code
             break
     result.rounds = round_figures(conn, filt, key, result.name)
     out = Path(args.output_dir)
@@ -212,6 +223,20 @@ def run_loop(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, args: Loo
                                                         "rounds": result.rounds}, indent=1))
     result.report = out / f"{stem}.md"
     return result
+
+
+def _batch_round(conn: sqlite3.Connection, filt: Filter, spec: OracleSpec, ids: list[str], args: LoopOptions,
+                 budget: float | None, params: dict) -> tuple[float, str | None, int]:
+    """One round's picks through the batch engine (the same ledger and leases; a killed round's jobs are
+    recorded in gt.db and polled again, never resent). (cost, why it stopped or None, exit code)."""
+    s = run_batch(conn, filt, spec, ids, BatchOptions(max_cost=budget, seed=args.seed, params=params,
+                                                        progress=not args.quiet, concurrency=args.concurrency,
+                                                        poll_s=args.batch_poll, max_poll_s=args.batch_max_poll))
+    if s.budget_left_out:
+        return s.cost_usd, f"--max-cost reached: {s.budget_left_out} label(s) not sent", 0
+    if s.waiting:
+        return s.cost_usd, f"{s.waiting} batch job(s) still open at the provider", 1
+    return s.cost_usd, None, 0
 
 
 def loop(opts: LoopOptions) -> LoopResult:

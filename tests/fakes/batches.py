@@ -445,7 +445,7 @@ def answer_like_sync(server: Any, provider: str, model: str, body: dict) -> tupl
     usage = {"input": srv._tokens(req.extra.get("all_text", req.user_text)), "output": srv._tokens(text),
              "cached": cached, "cache_write": cache_write}
     server._record(srv.Exchange(provider, model, "batch", 200, fault, srv.article_key(article), time.monotonic(),
-                                0.0, usage["input"], usage["output"]))
+                                0.0, usage["input"], usage["output"], cached, cache_write))
     return 200, dialect.ok(req, text, usage, fault)
 
 
