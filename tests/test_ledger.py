@@ -146,12 +146,15 @@ def test_a_unit_held_by_a_live_lease_is_not_paid_for_and_dead_or_expired_leases_
     far = time.time() + 3600
     with store.transaction(conn):
         # a live process on another machine holds ids[0]; a dead process here held ids[1]
-        conn.execute("INSERT INTO label_leases VALUES (?, ?, ?, ?, 0, 'elsewhere:1:1', NULL, ?)",
+        conn.execute("INSERT INTO label_leases (filter_id, oracle, prompt_sha256, article_id, \"repeat\", owner, "
+                     "run_id, expires_at) VALUES (?, ?, ?, ?, 0, 'elsewhere:1:1', NULL, ?)",
                      (key.filter_id, key.oracle, key.prompt_sha256, ids[0], far))
-        conn.execute("INSERT INTO label_leases VALUES (?, ?, ?, ?, 0, ?, NULL, ?)",
+        conn.execute("INSERT INTO label_leases (filter_id, oracle, prompt_sha256, article_id, \"repeat\", owner, "
+                     "run_id, expires_at) VALUES (?, ?, ?, ?, 0, ?, NULL, ?)",
                      (key.filter_id, key.oracle, key.prompt_sha256, ids[1], f"{os.uname().nodename}:999999:1", far))
         # and a process on another machine whose lease on ids[2] expired (it stopped renewing)
-        conn.execute("INSERT INTO label_leases VALUES (?, ?, ?, ?, 0, 'gone:7:7', NULL, ?)",
+        conn.execute("INSERT INTO label_leases (filter_id, oracle, prompt_sha256, article_id, \"repeat\", owner, "
+                     "run_id, expires_at) VALUES (?, ?, ?, ?, 0, 'gone:7:7', NULL, ?)",
                      (key.filter_id, key.oracle, key.prompt_sha256, ids[2], time.time() - 1))
     summary = label_articles(conn, uplifting, spec, ids, concurrency=2, progress=False)
     labelled = {r[0] for r in conn.execute("SELECT article_id FROM labels WHERE status = 'ok'")}
