@@ -297,3 +297,31 @@ def test_a_prefiltered_article_is_never_a_candidate(conn, uplifting):
     ids = [a["id"] for a in articles]
     assert uplifting.prefilter_reason(articles[1]["title"], articles[1]["text"]) == "corporate finance"
     assert picking.candidates(conn, uplifting, key, ids) == [ids[0], ids[2]]
+
+
+def test_a_round_that_bought_nothing_reports_the_running_coverage_not_zero(base, tmp_path):
+    from gt.labelling.loop import round_figures
+    db = copy_db(base, tmp_path)
+    args = ["--db", str(db), "--filter", str(VAD), "--llm", ORACLE, "--rounds", "1", "--per-round", "10",
+            "--seed", "2", "--embed-cache", str(base["cache"]), "--output-dir", str(tmp_path / "reports"), "--quiet"]
+    assert loop_stage.main(args) == 0
+    conn = sqlite3.connect(db)
+    (rid, name), = conn.execute("SELECT id, loop_key FROM pick_rounds").fetchall()
+    unlabelled = next(a for a in base["truth"] if not conn.execute(
+        "SELECT 1 FROM labels WHERE article_id = ? AND oracle = ?", (a, ORACLE)).fetchone())
+    with conn:   # a second round whose only pick was never labelled (as a prefiltered pick used to be)
+        conn.execute("""INSERT INTO pick_rounds (filter_id, oracle, prompt_sha256, method, loop_key, round_no, requested)
+                        SELECT filter_id, oracle, prompt_sha256, method, loop_key, 2, 1 FROM pick_rounds WHERE id = ?""",
+                     (rid,))
+        conn.execute("INSERT INTO label_picks (round_id, article_id, rank, reason) VALUES (?, ?, 0, 'gap')",
+                     (conn.execute("SELECT MAX(id) FROM pick_rounds").fetchone()[0], unlabelled))
+    filt = load_filter(VAD)
+    key = picking.LabelKey(filt.id, ORACLE, filt.prompt_sha256)
+    first, second = round_figures(store_conn(db), filt, key, name)
+    assert first["labels_total"] == START + 10 and second["labels"] == 0
+    assert second["labels_total"] == first["labels_total"] and second["fill"] == first["fill"] > 0
+
+
+def store_conn(db):
+    from gt.core import store
+    return store.connect(db)

@@ -138,6 +138,13 @@ def round_figures(conn: sqlite3.Connection, filt: Filter, key: picking.LabelKey,
     scores = np.array([[json.loads(r[1])[d] for d in dims] for r in all_labels], dtype=float).reshape(-1, len(dims))
     edges = bins.parse_bins(bins.DEFAULT_BINS)
     out, random_outer, random_n = [], 0, 0
+    # the running coverage starts from what was labelled before the loop's first pick was bought
+    first = conn.execute(
+        """SELECT MIN(l.id) FROM label_picks p JOIN labels l ON l.article_id = p.article_id AND l.filter_id = ?
+               AND l.oracle = ? AND l.prompt_sha256 = ? AND l."repeat" = 0
+           WHERE p.round_id IN (SELECT value FROM json_each(?))""",
+        (key.filter_id, key.oracle, key.prompt_sha256, json.dumps([r[0] for r in rounds]))).fetchone()[0]
+    last = (first - 1) if first is not None else (int(label_ids.max()) if len(label_ids) else 0)
     for rid, no, method in rounds:
         rows = conn.execute(
             """SELECT p.reason, l.id, l.status, l.cost_usd, (SELECT json_group_object(s.dimension, s.score)
@@ -151,7 +158,7 @@ def round_figures(conn: sqlite3.Connection, filt: Filter, key: picking.LabelKey,
         random_outer += sum(rand)
         random_n += len(rand)
         cost = float(sum(r[3] or 0.0 for r in rows if r[1] is not None))
-        last = max((r[1] for r in ok), default=0)
+        last = max([r[1] for r in ok] + [last])   # a round that bought nothing keeps the coverage so far
         upto = scores[label_ids <= last] if len(label_ids) else scores
         counts = picking.cell_counts(bins.to_bins(upto, edges), len(edges))
         quota = picking.even_quota(len(upto), len(edges))
