@@ -380,11 +380,12 @@ def test_a_batch_run_whose_items_keep_failing_ends_short_and_exits_non_zero(tmp_
 
 
 @pytest.mark.parametrize("oracle", ["gpt-4o-mini", "gemini-flash"])
-def test_a_provider_that_refuses_the_connection_leaves_the_job_resumable_in_one_line(tmp_path, uplifting, articles,
-                                                                                     fake, oracle):
-    """Batch mode against a port nobody listens on, twice: the second run looks for the job the first may
-    have sent (find) and meets the same refusal. Neither is a traceback; the job stays 'preparing' and the
-    run against the real server sends it once."""
+@pytest.mark.parametrize("trouble", ["refused", "timeout"])
+def test_a_provider_that_refuses_or_times_out_leaves_the_job_resumable_in_one_line(tmp_path, uplifting, articles,
+                                                                                   fake, oracle, trouble):
+    """Batch mode against a port nobody listens on (or a server slower than --timeout), twice: the second
+    run looks for the job the first may have sent (find) and meets the same trouble. Neither is a
+    traceback; the job stays 'preparing' and the run against a working server sends it once."""
     import socket
     db = tmp_path / "gt.db"
     conn = store.connect(db)
@@ -399,9 +400,13 @@ def test_a_provider_that_refuses_the_connection_leaves_the_job_resumable_in_one_
     refused = {**env, **{k: v.replace(f":{live}", f":{dead}") for k, v in fake.env().items() if k.endswith("_URL")}}
     cli = [sys.executable, "-m", "stages.label", "--db", str(db), "--llm", oracle, "--mode", "batch",
            "--batch-poll", "0.05", "--batch-max-poll", "0.1", "--batch-no-wait", "--timeout", "2"]
+    if trouble == "timeout":
+        fake.batches.configure(stall_s=4)
     for _ in range(2):
-        res = subprocess.run(cli, cwd=ROOT, env=refused, capture_output=True, text=True, timeout=120)
+        res = subprocess.run(cli, cwd=ROOT, env=refused if trouble == "refused" else env, capture_output=True,
+                             text=True, timeout=120)
         assert "Traceback" not in res.stderr, res.stderr
+    fake.batches.configure(stall_s=0)
     with sqlite3.connect(db) as c:
         assert [r[0] for r in c.execute("SELECT state FROM batch_jobs")] == ["preparing"]
     done = subprocess.run(cli[:-3], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -82,6 +82,7 @@ class FakeBatches:
         self.fail_every: int | None = None
         self.fail_always = False
         self.expire_next = 0
+        self.stall_s = 0.0              # every batch request waits this long before it is answered (timeouts)
         self.creates: Counter = Counter()
         self.polls: Counter = Counter()
         self.jobs: dict[str, Job] = {}
@@ -95,7 +96,8 @@ class FakeBatches:
         """Set polls_to_finish, finish_after_s, fail_every, fail_always, expire_next (also via POST /_fake/batches)."""
         with self._lock:
             for key, value in settings.items():
-                if key not in ("polls_to_finish", "finish_after_s", "fail_every", "fail_always", "expire_next"):
+                if key not in ("polls_to_finish", "finish_after_s", "fail_every", "fail_always", "expire_next",
+                               "stall_s"):
                     raise KeyError(key)
                 setattr(self, key, value)
 
@@ -103,6 +105,7 @@ class FakeBatches:
         with self._lock:
             self.fail_every, self.expire_next, self.fail_always = None, 0, False
             self.polls_to_finish, self.finish_after_s = 2, None
+            self.stall_s = 0.0
             self.creates.clear()
             self.polls.clear()
             self.jobs.clear()
@@ -143,6 +146,8 @@ class FakeBatches:
             m = pattern.match(path)
             if m and verb == method and applies:
                 def run(body: bytes, m=m, handler=handler) -> Reply:
+                    if self.stall_s and handler is not routes[0][2]:   # the control route never stalls
+                        time.sleep(self.stall_s)
                     with self._lock:
                         try:
                             return handler(m, body)
