@@ -493,7 +493,10 @@ def truth_label_set(conn: sqlite3.Connection, filter_id: str, selection: sqlite3
 
 
 def check_inputs(o: EvaluateOptions) -> None:
-    """A trained student in --model-dir and a readable gt.db, before the model is loaded."""
-    read_model_folder(Path(o.model_dir))   # a missing or damaged folder: one line, before any model loads
+    """A trained student in --model-dir and a readable gt.db, before the model is loaded: no model
+    folder first, then gt.db's trouble, then a damaged folder (each one line)."""
+    if not Path(o.model_dir, CONFIG_FILE).exists():
+        read_model_folder(Path(o.model_dir))   # raises: no trained student there
     store.connect(o.db, create=False).close()  # a missing, locked or corrupt gt.db fails now
+    read_model_folder(Path(o.model_dir))       # a damaged folder: one line, before any model loads
 
