@@ -40,7 +40,7 @@ import numpy as np
 from gt.core.report import REPORTS_DIR
 from gt.core import bands, store
 from gt.core.errors import UsageError
-from gt.student.model import Student, StudentError, dimension_metrics, read_model_folder, read_split
+from gt.student.model import CONFIG_FILE, Student, StudentError, dimension_metrics, read_model_folder, read_split
 
 HIGH_TAIL = f"truth >= {bands.MIDDLE_HIGH:g}"    # the tails of gt/core/bands.py, in the report's words
 LOW_TAIL = f"truth < {bands.MIDDLE_LOW:g}"
