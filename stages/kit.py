@@ -1,9 +1,10 @@
 """The command kit: what every command (`python -m stages.<verb>`) shares.
 
-A command builds its parser with `parser()` and the common flags with `common()` (each declared
-once here), turns the flags into the library's typed options with `options()` (the defaults are the
-options class's fields, written once: the parser takes them from there), calls the library inside
-`run()`, prints the summary and returns the exit code. `run()` is the one table from error to exit
+A command builds its parser with `parser(verb, ..., common=(...))` and `add_common()` (the common
+flags, each declared once here; every numeric flag takes `number(range)`), turns the flags into the
+library's typed options with `options()` (the defaults are the options class's fields, written once:
+the parser takes them from there), calls the library inside `run()`, prints the summary and returns
+the exit code. `run()` is the one table from error to exit
 code and line shape:
 
 | error                                   | exit | line on stderr                             |
