@@ -79,6 +79,12 @@ COMMON_FLAGS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "oracle": (("--oracle",), dict(help="whose labels: an oracle or human label set in gt.db (default: the one with "
                                         "the most valid labels of the filter)")),
     "oracles_file": (("--oracles-file",), dict(help="oracle registry (default: oracles.yaml of the project)")),
+    "batch_poll": (("--batch-poll",), dict(type=number(POSITIVE), metavar="SECONDS",
+                                           help="batch mode: the first status poll interval; it grows x1.5 per poll "
+                                                "up to --batch-max-poll (default: %(default)s)")),
+    "batch_max_poll": (("--batch-max-poll",), dict(type=number(POSITIVE), metavar="SECONDS",
+                                                   help="batch mode: the longest interval between status polls "
+                                                        "(default: %(default)s)")),
 }
 
 

@@ -84,10 +84,7 @@ def add_batch_arguments(p: kit.Parser) -> None:
     g.add_argument("--batch-retry", choices=("batch", "sync", "none"), help="what to do with items that failed or expired in a batch: send them in a new batch "
                         "(default: %(default)s), as sync requests, or leave them as 'error' labels for the next run")
     g.add_argument("--batch-rounds", type=kit.number(kit.WHOLE_POSITIVE), help="batch rounds at most, the first included, with --batch-retry batch (default: %(default)s)")
-    g.add_argument("--batch-poll", type=kit.number(kit.POSITIVE), metavar="SECONDS",
-                   help="first status poll interval; it grows x1.5 per poll up to --batch-max-poll (default: %(default)s)")
-    g.add_argument("--batch-max-poll", type=kit.number(kit.POSITIVE), metavar="SECONDS",
-                   help="longest interval between status polls (default: %(default)s)")
+    kit.add_common(g, "batch_poll", "batch_max_poll")
     g.add_argument("--batch-no-wait", action="store_true",
                    help="submit the jobs, record them in gt.db and exit; run the same command later to collect")
 

@@ -33,10 +33,7 @@ def build_parser() -> kit.Parser:
                    help="sync: requests as you go; batch: each round's picks through the provider's batch service "
                         "(half price, hours per round; a stopped round's jobs are polled again, never resent; "
                         "default: %(default)s)")
-    p.add_argument("--batch-poll", type=kit.number(kit.POSITIVE), metavar="SECONDS",
-                   help="with --mode batch: first status poll interval, growing x1.5 (default: %(default)s)")
-    p.add_argument("--batch-max-poll", type=kit.number(kit.POSITIVE), metavar="SECONDS",
-                   help="with --mode batch: longest interval between status polls (default: %(default)s)")
+    kit.add_common(p, "batch_poll", "batch_max_poll")
     p.add_argument("--replay-price", metavar="IN,OUT",
                    help="with --llm replay/<oracle>: USD per 1M input and output tokens")
     p.add_argument("--embed-cache", metavar="PATH", help="embedding cache (default data/cache/embeddings.db)")
