@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from gt.core.browse import BrowseOptions, database_name, prepare, serve
+from gt.core.errors import Range
 from stages import kit
 
 
@@ -15,7 +16,7 @@ def build_parser() -> kit.Parser:
     p = kit.parser("browse", "Serve gt.db read-only in Datasette on 127.0.0.1, with titled tables, column descriptions "
                              "and canned queries (coverage by dimension, most disagreeing articles, labels of one "
                              "article across oracles, cost per run). Stop with Ctrl-C.", common=("db",))
-    p.add_argument("--port", type=kit.number(kit.Range(low=1, high=65535, whole=True)), help="port on 127.0.0.1 (default: %(default)s)")
+    p.add_argument("--port", type=kit.number(Range(low=1, high=65535, whole=True)), help="port on 127.0.0.1 (default: %(default)s)")
     p.add_argument("--metadata-out", help="also write the generated metadata (JSON) to this file, e.g. to serve it "
                                           "with your own `datasette` command")
     return p

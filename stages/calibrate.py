@@ -8,6 +8,7 @@ from typing import Sequence
 
 from gt.calibration.calibrate import CalibrateOptions, CalibrationRun, dry_run, run
 from gt.calibration.report import OFFLINE_SENTENCE
+from gt.core.errors import POSITIVE, Range, SHARE, WHOLE_NONNEGATIVE, WHOLE_POSITIVE
 from stages import kit
 
 
@@ -22,26 +23,26 @@ def build_parser() -> kit.Parser:
     p.add_argument("--models", required=True,
                    help="comma-separated oracle names from oracles.yaml, e.g. gemini-flash,gemini-pro (an oracle "
                         "that is not in oracles.yaml but has labels in gt.db, e.g. imported, is compared as is)")
-    p.add_argument("--sample-size", type=kit.number(kit.WHOLE_POSITIVE), help="articles in the sample (default: %(default)s)")
+    p.add_argument("--sample-size", type=kit.number(WHOLE_POSITIVE), help="articles in the sample (default: %(default)s)")
     kit.add_common(p, "seed", help_seed="seed of the sample and the bootstrap (default: %(default)s)")
     p.add_argument("--output", help="markdown report path (default: reports/<filter>_v<N>_calibration.md); the JSON with every "
                         "figure and the PNG plots are written next to it")
-    p.add_argument("--repeats", type=kit.number(kit.WHOLE_POSITIVE), help="label each article this many times per model and report each model's self-consistency")
-    p.add_argument("--concurrency", type=kit.number(kit.WHOLE_POSITIVE), help="requests in flight per model (default: %(default)s)")
-    p.add_argument("--max-cost", type=kit.number(kit.POSITIVE), metavar="USD",
+    p.add_argument("--repeats", type=kit.number(WHOLE_POSITIVE), help="label each article this many times per model and report each model's self-consistency")
+    p.add_argument("--concurrency", type=kit.number(WHOLE_POSITIVE), help="requests in flight per model (default: %(default)s)")
+    p.add_argument("--max-cost", type=kit.number(POSITIVE), metavar="USD",
                    help="budget for the whole calibration, all models together; never exceeded")
     p.add_argument("--strongest", help="the reference the others are compared with: a model name or 'consensus' (default: the "
                         "consensus with three or more models, else the model with the highest price per article)")
     kit.add_common(p, "oracles_file")
     p.add_argument("--no-label", action="store_true",
                    help="label nothing: compare only the labels already in gt.db (needs no API key)")
-    p.add_argument("--timeout", type=kit.number(kit.POSITIVE), help="seconds to wait for one answer (default: oracles.yaml)")
-    p.add_argument("--bootstrap", type=kit.number(kit.WHOLE_NONNEGATIVE), help="bootstrap resamples for the confidence intervals (0: none; default: %(default)s)")
-    p.add_argument("--min-spearman", type=kit.number(kit.Range(low=-1, high=1)), help="a model qualifies with at least this mean Spearman vs the reference (default: %(default)s)")
-    p.add_argument("--max-mae", type=kit.number(kit.Range(low=0, high=10)), help="... at most this mean absolute difference in points (default: %(default)s)")
-    p.add_argument("--min-tier-agreement", type=kit.number(kit.SHARE), help="... at least this share of articles in the same tier (default: %(default)s)")
-    p.add_argument("--max-invalid-rate", type=kit.number(kit.SHARE), help="... at most this share of invalid answers (default: %(default)s)")
-    p.add_argument("--min-articles", type=kit.number(kit.WHOLE_POSITIVE), help="... with at least this many articles scored by both (default: %(default)s)")
+    p.add_argument("--timeout", type=kit.number(POSITIVE), help="seconds to wait for one answer (default: oracles.yaml)")
+    p.add_argument("--bootstrap", type=kit.number(WHOLE_NONNEGATIVE), help="bootstrap resamples for the confidence intervals (0: none; default: %(default)s)")
+    p.add_argument("--min-spearman", type=kit.number(Range(low=-1, high=1)), help="a model qualifies with at least this mean Spearman vs the reference (default: %(default)s)")
+    p.add_argument("--max-mae", type=kit.number(Range(low=0, high=10)), help="... at most this mean absolute difference in points (default: %(default)s)")
+    p.add_argument("--min-tier-agreement", type=kit.number(SHARE), help="... at least this share of articles in the same tier (default: %(default)s)")
+    p.add_argument("--max-invalid-rate", type=kit.number(SHARE), help="... at most this share of invalid answers (default: %(default)s)")
+    p.add_argument("--min-articles", type=kit.number(WHOLE_POSITIVE), help="... with at least this many articles scored by both (default: %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (the report and JSON are complete "
                                                           "without them)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

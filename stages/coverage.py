@@ -8,6 +8,7 @@ import time
 from typing import Sequence
 
 from gt.coverage.measure import PARALLEL_MIN_LABELS, CoverageOptions, run
+from gt.core.errors import Range, WHOLE_NONNEGATIVE, WHOLE_POSITIVE
 from stages import kit
 
 
@@ -21,8 +22,8 @@ def build_parser() -> kit.Parser:
     p.add_argument("--labeled-file", help="a labelled JSONL file (the spec's labeled_articles.jsonl shape) to "
                    "import into gt.db first; its labels are then the ones analysed unless --oracle says otherwise")
     kit.add_common(p, "oracle")
-    p.add_argument("--repeat", type=kit.number(kit.WHOLE_NONNEGATIVE), help="which repeat of repeated labelling to analyse (default: %(default)s)")
-    p.add_argument("--sparse-share", type=kit.number(kit.Range(low=0, high=1, high_open=True)),
+    p.add_argument("--repeat", type=kit.number(WHOLE_NONNEGATIVE), help="which repeat of repeated labelling to analyse (default: %(default)s)")
+    p.add_argument("--sparse-share", type=kit.number(Range(low=0, high=1, high_open=True)),
                    help="a non-empty bin holding under this share of the labels is reported as sparse "
                         "(default: %(default)s)")
     p.add_argument("--report-dir", help="where the markdown report and plots go (default: the "
@@ -31,7 +32,7 @@ def build_parser() -> kit.Parser:
     p.add_argument("--output", help="JSON file with every figure; the report and plots go beside it under the same "
                    "name (default: <report-dir>/<filter>_v<N>_coverage.json)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--workers", type=kit.number(kit.WHOLE_POSITIVE), help="read-only connections (threads) that gather a large "
+    p.add_argument("--workers", type=kit.number(WHOLE_POSITIVE), help="read-only connections (threads) that gather a large "
                    f"label set in parallel (default: %(default)s; sets under {PARALLEL_MIN_LABELS:,} labels use one)")
     return p
 

@@ -12,6 +12,7 @@ from gt.selection.bins import DEFAULT_BINS
 from gt.student import curve as library
 from gt.student import curve_report
 from gt.student.curve import DEFAULT_BUDGETS, DEFAULT_TEST_SHARE, STRATEGY_NAMES, CurveOptions, curve
+from gt.core.errors import POSITIVE, Range, WHOLE_POSITIVE
 from stages import kit
 
 
@@ -23,16 +24,16 @@ def build_parser() -> kit.Parser:
     p.add_argument("--dimensions", help="comma list of dimensions to select on and measure (default: all)")
     p.add_argument("--budgets", help=f"training-set sizes (default {DEFAULT_BUDGETS})")
     p.add_argument("--strategies", help=f"comma list of {', '.join(STRATEGY_NAMES)} (default all; random is always run)")
-    p.add_argument("--seeds", type=kit.number(kit.WHOLE_POSITIVE), help="runs per (strategy, budget): seeds --seed, --seed+1, ... "
+    p.add_argument("--seeds", type=kit.number(WHOLE_POSITIVE), help="runs per (strategy, budget): seeds --seed, --seed+1, ... "
                                              "(default: %(default)s)")
     kit.add_common(p, "seed", help_seed="first seed; also the held-out test share's seed (default: %(default)s)")
     p.add_argument("--split-name", help="test set = the 'test' articles of this split scheme in gt.db (default: "
                                         "'official' where gt.db has it, else a held-out share)")
-    p.add_argument("--test-share", type=kit.number(kit.Range(low=0, high=1, low_open=True, high_open=True)), help=f"test set = a seeded held-out share of the pool, clusters kept "
+    p.add_argument("--test-share", type=kit.number(Range(low=0, high=1, low_open=True, high_open=True)), help=f"test set = a seeded held-out share of the pool, clusters kept "
                                                     f"whole (default {DEFAULT_TEST_SHARE} when gt.db has no split)")
     p.add_argument("--bins", help=f"selection bins, lower edges (default {DEFAULT_BINS})")
-    p.add_argument("--time-limit", type=kit.number(kit.POSITIVE), help="seconds per selection solve (default: %(default)s; select's is 60)")
-    p.add_argument("--exploration-share", type=kit.number(kit.Range(low=0, high=1, high_open=True)),
+    p.add_argument("--time-limit", type=kit.number(POSITIVE), help="seconds per selection solve (default: %(default)s; select's is 60)")
+    p.add_argument("--exploration-share", type=kit.number(Range(low=0, high=1, high_open=True)),
                    help="share of each strategy's budget filled by a seeded uniform sample after the program "
                         "picks the rest (default %(default)s: exactly the select stage's selection; for studying the "
                         "tail/overall trade-off)")
@@ -43,10 +44,10 @@ def build_parser() -> kit.Parser:
     lora = p.add_argument_group("--student lora (defaults: train.py's for the device)")
     lora.add_argument("--model", help="base model (default: the MiniLM on a CPU, Qwen/Qwen2.5-7B-Instruct on a GPU)")
     lora.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    lora.add_argument("--epochs", type=kit.number(kit.POSITIVE))
-    lora.add_argument("--lr", type=kit.number(kit.POSITIVE))
-    lora.add_argument("--batch-size", type=kit.number(kit.WHOLE_POSITIVE))
-    lora.add_argument("--max-length", type=kit.number(kit.WHOLE_POSITIVE))
+    lora.add_argument("--epochs", type=kit.number(POSITIVE))
+    lora.add_argument("--lr", type=kit.number(POSITIVE))
+    lora.add_argument("--batch-size", type=kit.number(WHOLE_POSITIVE))
+    lora.add_argument("--max-length", type=kit.number(WHOLE_POSITIVE))
     p.add_argument("--output-dir", help="where curve.md/json/png go (default: reports/<filter>_v<N>_curve)")
     return p
 

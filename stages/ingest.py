@@ -9,6 +9,7 @@ from typing import Sequence
 
 from gt.intake.ingest import IngestOptions, IngestResult, NothingToIngest, ingest
 from gt.intake.ingestion import MAX_PRINTED_PROBLEMS
+from gt.core.errors import WHOLE_NONNEGATIVE, WHOLE_POSITIVE
 from stages import kit
 
 
@@ -27,13 +28,13 @@ def build_parser() -> kit.Parser:
                    help="input files or quoted globs (*.jsonl, *.csv, .gz too); repeat or list several")
     kit.add_common(p, "filter", help_filter="filter package whose min_chars flags short texts and whose "
                                             "'<name>_analysis' labels are imported (default: %(default)s)")
-    p.add_argument("--min-chars", type=kit.number(kit.WHOLE_NONNEGATIVE),
+    p.add_argument("--min-chars", type=kit.number(WHOLE_NONNEGATIVE),
                    help="flag texts shorter than this as too_short (default: the filter's min_chars, 300)")
-    p.add_argument("--max-chars", type=kit.number(kit.WHOLE_POSITIVE),
+    p.add_argument("--max-chars", type=kit.number(WHOLE_POSITIVE),
                    help="reject articles longer than this many characters after cleaning (default: %(default)s)")
-    p.add_argument("--workers", type=kit.number(kit.WHOLE_POSITIVE),
+    p.add_argument("--workers", type=kit.number(WHOLE_POSITIVE),
                    help="processes that parse, clean and hash records (default: CPU count, at most 4)")
-    p.add_argument("--batch-size", type=kit.number(kit.WHOLE_POSITIVE), help="records written per transaction (default: %(default)s)")
+    p.add_argument("--batch-size", type=kit.number(WHOLE_POSITIVE), help="records written per transaction (default: %(default)s)")
     lab = p.add_argument_group(
         "label columns (human labels, a gold set)",
         "Import columns of the rows as one oracle's labels of the filter, rescaled to 0-10. A row with a text is "

@@ -26,8 +26,7 @@ import sys
 from typing import Any, Callable, Sequence, TypeVar
 
 from gt.core import store
-from gt.core.errors import (NONNEGATIVE, POSITIVE, SHARE, WHOLE_NONNEGATIVE, WHOLE_POSITIVE, FileProblems,  # noqa: F401
-                            Range, StageError, UsageError, one_line)
+from gt.core.errors import POSITIVE, WHOLE_NONNEGATIVE, FileProblems, Range, StageError, UsageError, one_line
 from gt.oracles import registry
 
 O = TypeVar("O")
@@ -113,20 +112,22 @@ def field_defaults(cls: type) -> dict[str, Any]:
 
 def options(p: argparse.ArgumentParser, cls: type[O], argv: Sequence[str] | None) -> O:
     """Parse argv into cls: the parser's defaults come from cls's fields (a parser that writes a
-    default of its own for one of them is a programming error, refused here), and cls.from_flags
-    (when cls has one) converts and checks the flags, raising UsageError."""
-    defaults = field_defaults(cls)
+    default of its own for one of them, or a numeric flag without kit.number, is a programming
+    error, refused here); cls.from_flags (when cls has one) converts the flags, and the options'
+    check() (when they have one) raises UsageError for a bad value."""
     for action in p._actions:
         if action.type in (int, float):
             raise TypeError(f"{p.prog}: {'/'.join(action.option_strings)} takes type={action.type.__name__}; give it "
                             f"kit.number(<range>) so that NaN, infinity and out-of-range values are refused")
-        if getattr(p, "_defaults_from", None) is cls:
-            break   # this parser already took cls's defaults
-        if action.dest in defaults and action.default not in (None, False, argparse.SUPPRESS):
-            raise TypeError(f"{p.prog}: --{action.dest.replace('_', '-')} writes a default of its own; "
-                            f"{cls.__name__} holds it")
-    p.set_defaults(**{k: v for k, v in defaults.items() if any(a.dest == k for a in p._actions)})
-    p._defaults_from = cls  # type: ignore[attr-defined]
+    if getattr(p, "_defaults_from", None) is not cls:   # a parser takes cls's defaults once
+        defaults = field_defaults(cls)
+        for action in p._actions:
+            if action.dest in defaults and action.default not in (None, False, argparse.SUPPRESS):
+                raise TypeError(f"{p.prog}: --{action.dest.replace('_', '-')} writes a default of its own; "
+                                f"{cls.__name__} holds it")
+        dests = {a.dest for a in p._actions}
+        p.set_defaults(**{k: v for k, v in defaults.items() if k in dests})
+        p._defaults_from = cls  # type: ignore[attr-defined]
     ns = vars(p.parse_args(argv))
     from_flags = getattr(cls, "from_flags", None)
     if from_flags is not None:

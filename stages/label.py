@@ -10,6 +10,7 @@ from typing import Sequence
 
 from gt.labelling import picking
 from gt.labelling.label import Interrupted, LabelOptions, resume_command, run_label
+from gt.core.errors import POSITIVE, SHARE, WHOLE_NONNEGATIVE, WHOLE_POSITIVE
 from stages import kit
 
 
@@ -24,32 +25,32 @@ def build_parser() -> kit.Parser:
     p.add_argument("--llm", help="oracle name from oracles.yaml (gemini-flash, gemini-pro, claude-sonnet, claude-haiku, "
                         "gpt-4o-mini, deepseek, ollama/<model>, local-embed, local-llm; default: %(default)s)")
     kit.add_common(p, "oracles_file")
-    p.add_argument("--target-count", type=kit.number(kit.WHOLE_POSITIVE), help="label until this many articles have a valid label for (filter, oracle, prompt hash); "
+    p.add_argument("--target-count", type=kit.number(WHOLE_POSITIVE), help="label until this many articles have a valid label for (filter, oracle, prompt hash); "
                         "default: every eligible article")
     p.add_argument("--random-sample", action="store_true",
                    help="take articles in a seeded random order (sha256 of seed and id) instead of ingest order")
     kit.add_common(p, "seed", help_seed="seed of the random sample and of every pick (default: %(default)s)")
-    p.add_argument("--concurrency", type=kit.number(kit.WHOLE_POSITIVE), help="requests in flight at once (default: %(default)s)")
-    p.add_argument("--max-cost", type=kit.number(kit.POSITIVE), metavar="USD",
+    p.add_argument("--concurrency", type=kit.number(WHOLE_POSITIVE), help="requests in flight at once (default: %(default)s)")
+    p.add_argument("--max-cost", type=kit.number(POSITIVE), metavar="USD",
                    help="this invocation's budget: never start a request that could take this command's spend past "
                         "it (the next command has its own)")
-    p.add_argument("--max-total-cost", type=kit.number(kit.POSITIVE), metavar="USD",
+    p.add_argument("--max-total-cost", type=kit.number(POSITIVE), metavar="USD",
                    help="a cap on all spend gt.db records for this filter and oracle, every earlier run included")
     p.add_argument("--dry-run", action="store_true",
                    help="print the expected requests, tokens, cost and time at the rate limit, and call nothing "
                         "(needs no API key; writes nothing, --source is not ingested)")
-    p.add_argument("--repeats", type=kit.number(kit.WHOLE_POSITIVE), help="label each article this many times (self-consistency), stored as repeats 0..N-1")
+    p.add_argument("--repeats", type=kit.number(WHOLE_POSITIVE), help="label each article this many times (self-consistency), stored as repeats 0..N-1")
     p.add_argument("--mode", choices=("sync", "batch"), help="sync: requests as you go; batch: the provider's batch service (cheaper, hours)")
-    p.add_argument("--timeout", type=kit.number(kit.POSITIVE), help="seconds to wait for one answer (default: the oracle's timeout_s in oracles.yaml)")
-    p.add_argument("--max-attempts", type=kit.number(kit.WHOLE_POSITIVE), help="attempts per request on 5xx, timeouts and dropped connections, with exponential "
+    p.add_argument("--timeout", type=kit.number(POSITIVE), help="seconds to wait for one answer (default: the oracle's timeout_s in oracles.yaml)")
+    p.add_argument("--max-attempts", type=kit.number(WHOLE_POSITIVE), help="attempts per request on 5xx, timeouts and dropped connections, with exponential "
                         "backoff and jitter, before the label is stored as 'error' (default: %(default)s)")
-    p.add_argument("--max-wait", type=kit.number(kit.POSITIVE), metavar="SECONDS",
+    p.add_argument("--max-wait", type=kit.number(POSITIVE), metavar="SECONDS",
                    help="stop the run when no call has been answered for this long (a 429 storm, a provider down); "
                         "the same command resumes (default: %(default)s)")
-    p.add_argument("--breaker-window", type=kit.number(kit.WHOLE_NONNEGATIVE), metavar="N",
+    p.add_argument("--breaker-window", type=kit.number(WHOLE_NONNEGATIVE), metavar="N",
                    help="circuit breaker: stop when more than half of the last N answers are invalid or failed "
                         "(default: %(default)s; 0 turns it off)")
-    p.add_argument("--db-patience", type=kit.number(kit.POSITIVE), metavar="SECONDS",
+    p.add_argument("--db-patience", type=kit.number(POSITIVE), metavar="SECONDS",
                    help="how long answers wait in memory while another process holds gt.db's write lock before the "
                         "run stops (default: %(default)s)")
     p.add_argument("--pick", choices=picking.METHODS, help="which articles to buy: random (the seeded sample, default); gaps (a scorer fitted on this "
@@ -57,10 +58,10 @@ def build_parser() -> kit.Parser:
                         "score bin) cells the labels leave short, with --explore-share of them random); uncertain "
                         "(where the scorer's ensemble disagrees most); ids (exactly the articles in --ids-file). "
                         "Every pick is recorded in gt.db with why (tables pick_rounds, label_picks)")
-    p.add_argument("--pick-count", type=kit.number(kit.WHOLE_POSITIVE), metavar="N",
+    p.add_argument("--pick-count", type=kit.number(WHOLE_POSITIVE), metavar="N",
                    help="with --pick gaps|uncertain: how many articles to pick (default: --target-count minus the "
                         "valid labels this oracle already has)")
-    p.add_argument("--explore-share", type=kit.number(kit.SHARE), metavar="S",
+    p.add_argument("--explore-share", type=kit.number(SHARE), metavar="S",
                    help=f"share of a gaps/uncertain pick taken uniformly at random (default "
                         f"{picking.DEFAULT_EXPLORE_SHARE:g}): keeps a wrong scorer from starving a region, and "
                         f"measures what random buying finds")
@@ -83,7 +84,7 @@ def add_batch_arguments(p: kit.Parser) -> None:
     g = p.add_argument_group("batch mode (--mode batch)")
     g.add_argument("--batch-retry", choices=("batch", "sync", "none"), help="what to do with items that failed or expired in a batch: send them in a new batch "
                         "(default: %(default)s), as sync requests, or leave them as 'error' labels for the next run")
-    g.add_argument("--batch-rounds", type=kit.number(kit.WHOLE_POSITIVE), help="batch rounds at most, the first included, with --batch-retry batch (default: %(default)s)")
+    g.add_argument("--batch-rounds", type=kit.number(WHOLE_POSITIVE), help="batch rounds at most, the first included, with --batch-retry batch (default: %(default)s)")
     kit.add_common(g, "batch_poll", "batch_max_poll")
     g.add_argument("--batch-no-wait", action="store_true",
                    help="submit the jobs, record them in gt.db and exit; run the same command later to collect")

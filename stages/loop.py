@@ -8,6 +8,7 @@ from typing import Sequence
 
 from gt.labelling import picking
 from gt.labelling.loop import LoopOptions, loop
+from gt.core.errors import POSITIVE, SHARE, WHOLE_POSITIVE
 from stages import kit
 
 AIMED = tuple(m for m in picking.METHODS if m != "ids")   # a loop picks each round itself
@@ -20,15 +21,15 @@ def build_parser() -> kit.Parser:
                            "Writes reports/loop_<filter>_<oracle>.md/.json.", common=("db", "filter"))
     p.add_argument("--llm", help="oracle name from oracles.yaml (default: %(default)s)")
     kit.add_common(p, "oracles_file")
-    p.add_argument("--rounds", type=kit.number(kit.WHOLE_POSITIVE), help="rounds (default: %(default)s)")
-    p.add_argument("--per-round", type=kit.number(kit.WHOLE_POSITIVE), help="articles picked per round (default: %(default)s)")
+    p.add_argument("--rounds", type=kit.number(WHOLE_POSITIVE), help="rounds (default: %(default)s)")
+    p.add_argument("--per-round", type=kit.number(WHOLE_POSITIVE), help="articles picked per round (default: %(default)s)")
     p.add_argument("--pick", choices=AIMED, help="how each round picks (label --pick; default: %(default)s)")
-    p.add_argument("--explore-share", type=kit.number(kit.SHARE), metavar="S",
+    p.add_argument("--explore-share", type=kit.number(SHARE), metavar="S",
                    help=f"random share of each aimed round (default {picking.DEFAULT_EXPLORE_SHARE:g})")
     p.add_argument("--name", help="the loop's name in gt.db (default: <pick>-<per round>x<rounds>-seed<seed>)")
     kit.add_common(p, "seed")
-    p.add_argument("--concurrency", type=kit.number(kit.WHOLE_POSITIVE), help="requests in flight (default: %(default)s)")
-    p.add_argument("--max-cost", type=kit.number(kit.POSITIVE), metavar="USD", help="this invocation's budget, all rounds")
+    p.add_argument("--concurrency", type=kit.number(WHOLE_POSITIVE), help="requests in flight (default: %(default)s)")
+    p.add_argument("--max-cost", type=kit.number(POSITIVE), metavar="USD", help="this invocation's budget, all rounds")
     p.add_argument("--mode", choices=("sync", "batch"),
                    help="sync: requests as you go; batch: each round's picks through the provider's batch service "
                         "(half price, hours per round; a stopped round's jobs are polled again, never resent; "

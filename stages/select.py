@@ -10,6 +10,7 @@ from typing import Sequence
 from gt.selection.report import SPLIT_FORMATS
 from gt.selection.select import RANDOM_SUBSETS, Result, SelectOptions, select
 from gt.selection.strategies import STRATEGIES
+from gt.core.errors import POSITIVE, SHARE, WHOLE_POSITIVE
 from stages import kit
 
 
@@ -31,11 +32,11 @@ def build_parser() -> kit.Parser:
     p.add_argument("--labeled-file", help="import this labelled JSONL (the spec's labeled_articles.jsonl shape) "
                                            "into gt.db first, then select")
     p.add_argument("--output-dir", help="where train/val/test.jsonl and the reports go (default: %(default)s)")
-    p.add_argument("--target-size", type=kit.number(kit.WHOLE_POSITIVE), help="articles to select, exactly (default: %(default)s)")
+    p.add_argument("--target-size", type=kit.number(WHOLE_POSITIVE), help="articles to select, exactly (default: %(default)s)")
     p.add_argument("--strategy", choices=list(STRATEGIES), help="quotas, values and tier bounds of the program (see below; default: %(default)s)")
-    p.add_argument("--train-ratio", type=kit.number(kit.SHARE), help="share of the selection in train.jsonl (default: %(default)s)")
-    p.add_argument("--val-ratio", type=kit.number(kit.SHARE), help="share in val.jsonl (default: %(default)s)")
-    p.add_argument("--test-ratio", type=kit.number(kit.SHARE), help="share in test.jsonl (default: %(default)s); the three sum to 1")
+    p.add_argument("--train-ratio", type=kit.number(SHARE), help="share of the selection in train.jsonl (default: %(default)s)")
+    p.add_argument("--val-ratio", type=kit.number(SHARE), help="share in val.jsonl (default: %(default)s)")
+    p.add_argument("--test-ratio", type=kit.number(SHARE), help="share in test.jsonl (default: %(default)s); the three sum to 1")
     p.add_argument("--dimensions", help="comma list of the dimensions whose bins the selection covers (default: "
                                          "all); the JSONL labels always hold every dimension of the filter")
     p.add_argument("--filter-by-difficulty", choices=["hard", "easy"],
@@ -46,12 +47,12 @@ def build_parser() -> kit.Parser:
                                                 "active_learning and the difficulty filter")
     p.add_argument("--bins", help="lower bin edges of the score scale (default %(default)s: one bin per integer; "
                          "half points fall into the bin below)")
-    p.add_argument("--max-per-source", type=kit.number(kit.WHOLE_POSITIVE), help="at most this many articles from one source (default: no cap)")
+    p.add_argument("--max-per-source", type=kit.number(WHOLE_POSITIVE), help="at most this many articles from one source (default: no cap)")
     p.add_argument("--tier-shares", help="hard tier bounds replacing the strategy's, e.g. "
                                           "'impact=0.2:,not_uplifting=:0.5' (tier=min:max as shares of K)")
     p.add_argument("--name", help="the selection's name in gt.db (default: <strategy>-<size>-seed<seed>"
                                    "[-<difficulty>])")
-    p.add_argument("--time-limit", type=kit.number(kit.POSITIVE), help="seconds the solver may take to prove optimality (default: %(default)s); the best answer so "
+    p.add_argument("--time-limit", type=kit.number(POSITIVE), help="seconds the solver may take to prove optimality (default: %(default)s); the best answer so "
                          "far and its gap are reported when it runs out")
     p.add_argument("--holdout-split", metavar="NAME",
                     help="never select the 'test' articles of this split scheme stored in gt.db (ingest "

@@ -11,6 +11,7 @@ from gt.core import store
 from gt.student import train as library
 from gt.student.model import CPU_DEFAULTS, GPU_DEFAULTS, process_rank, world_size
 from gt.student.train import TrainOptions, TrainResult, train
+from gt.core.errors import POSITIVE, Range, WHOLE_POSITIVE
 from stages import kit
 
 
@@ -36,15 +37,15 @@ def build_parser() -> kit.Parser:
     p.add_argument("--name", help="the model's id in gt.db (default: the --output folder's name, else 'student')")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                     help="where to train (default %(default)s: cuda when a GPU is visible)")
-    p.add_argument("--epochs", type=kit.number(kit.POSITIVE), help=f"training epochs (default: {_by_device('epochs')})")
-    p.add_argument("--lr", type=kit.number(kit.POSITIVE), help=f"peak learning rate, linear decay (default: {_by_device('lr')})")
-    p.add_argument("--batch-size", type=kit.number(kit.WHOLE_POSITIVE), help=f"examples per device per step (default: {_by_device('batch_size')})")
-    p.add_argument("--grad-accum", type=kit.number(kit.WHOLE_POSITIVE), help="gradient accumulation steps (default 1)")
-    p.add_argument("--max-length", type=kit.number(kit.WHOLE_POSITIVE), help="tokens per article incl. special tokens, cut head+tail "
+    p.add_argument("--epochs", type=kit.number(POSITIVE), help=f"training epochs (default: {_by_device('epochs')})")
+    p.add_argument("--lr", type=kit.number(POSITIVE), help=f"peak learning rate, linear decay (default: {_by_device('lr')})")
+    p.add_argument("--batch-size", type=kit.number(WHOLE_POSITIVE), help=f"examples per device per step (default: {_by_device('batch_size')})")
+    p.add_argument("--grad-accum", type=kit.number(WHOLE_POSITIVE), help="gradient accumulation steps (default 1)")
+    p.add_argument("--max-length", type=kit.number(WHOLE_POSITIVE), help="tokens per article incl. special tokens, cut head+tail "
                                                    f"(default: {_by_device('max_length')})")
-    p.add_argument("--lora-r", type=kit.number(kit.WHOLE_POSITIVE), help=f"LoRA rank (default: {_by_device('lora_r')})")
-    p.add_argument("--lora-alpha", type=kit.number(kit.WHOLE_POSITIVE), help="LoRA alpha (default: 2 x r)")
-    p.add_argument("--lora-dropout", type=kit.number(kit.Range(low=0, high=1, high_open=True)), help=f"LoRA dropout (default: {_by_device('lora_dropout')})")
+    p.add_argument("--lora-r", type=kit.number(WHOLE_POSITIVE), help=f"LoRA rank (default: {_by_device('lora_r')})")
+    p.add_argument("--lora-alpha", type=kit.number(WHOLE_POSITIVE), help="LoRA alpha (default: 2 x r)")
+    p.add_argument("--lora-dropout", type=kit.number(Range(low=0, high=1, high_open=True)), help=f"LoRA dropout (default: {_by_device('lora_dropout')})")
     p.add_argument("--lora-targets", help="comma list of layer names to adapt (default: every attention and MLP "
                                            "projection of the architecture, e.g. q_proj,...,down_proj for Qwen)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],

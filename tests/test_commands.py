@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gt.core import store
+from gt.core.errors import WHOLE_POSITIVE
 from stages import kit
 from tests.conftest import ROOT
 
@@ -73,17 +74,17 @@ def test_a_default_written_in_the_parser_too_is_refused():
         size: int = 3
 
     parser = kit.parser("demo", "a parser that restates a default")
-    parser.add_argument("--size", type=kit.number(kit.WHOLE_POSITIVE), default=3)
+    parser.add_argument("--size", type=kit.number(WHOLE_POSITIVE), default=3)
     with pytest.raises(TypeError, match="--size writes a default of its own"):
         kit.options(parser, Opts, [])
     fine = kit.parser("demo", "the default from the options class")
-    fine.add_argument("--size", type=kit.number(kit.WHOLE_POSITIVE), help="(default: %(default)s)")
+    fine.add_argument("--size", type=kit.number(WHOLE_POSITIVE), help="(default: %(default)s)")
     assert kit.options(fine, Opts, []).size == 3 and kit.options(fine, Opts, ["--size", "5"]).size == 5
 
 
 def test_a_bad_flag_is_one_line_and_exit_2(capsys):
     parser = kit.parser("demo", "x")
-    parser.add_argument("--n", type=kit.number(kit.WHOLE_POSITIVE))
+    parser.add_argument("--n", type=kit.number(WHOLE_POSITIVE))
     assert kit.run(lambda: parser.parse_args(["--n", "many"]), lambda o: 0) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: argument --n: must be a whole number >= 1, got 'many'")
