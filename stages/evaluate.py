@@ -9,6 +9,7 @@ from typing import Sequence
 
 from gt.core import report
 from gt.student import evaluate as library
+from gt.student.engine import MAX_TOKENS_HELP
 from gt.student.evaluate import EvaluateOptions, Evaluation, check_inputs, evaluate, evaluation_table
 from gt.core.errors import WHOLE_POSITIVE
 from stages import kit
@@ -30,7 +31,8 @@ def build_parser() -> kit.Parser:
     p.add_argument("--calibration", help="calibration JSON written by `make calibrate` (default: the newest "
                                          "reports/*calibration*.json of the model's filter, else computed from gt.db)")
     p.add_argument("--output", help="predictions JSONL (default: <model-dir>/predictions.jsonl)")
-    p.add_argument("--batch-size", type=kit.number(WHOLE_POSITIVE), help="articles per forward pass (default: %(default)s)")
+    p.add_argument("--max-tokens", type=kit.number(WHOLE_POSITIVE),
+                   help=MAX_TOKENS_HELP)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="where to run the model (default %(default)s: cuda when a GPU is visible)")
     return p

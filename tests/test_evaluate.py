@@ -203,7 +203,7 @@ def test_nothing_to_do_and_missing_model_are_one_line_errors(tmp_path, capsys):
     (["--test-file", "t.jsonl", "--split", "official"], "not both"),
     (["--oracle", "oracle-a", "--all"], "--oracle goes with --split"),
     ([], "nothing to do"),
-    (["--all", "--batch-size", "0"], "argument --batch-size: must be a whole number >= 1, got 0"),
+    (["--all", "--max-tokens", "0"], "argument --max-tokens: must be a whole number >= 1, got 0"),
 ])
 def test_bad_flags_are_one_line_usage_errors(evaluated, capsys, flags, words):
     from stages import evaluate as evaluate_command

@@ -580,7 +580,8 @@ def dry_run(opts: CalibrateOptions) -> list[str]:
 
 def ingest_sources(conn: sqlite3.Connection, sources: list[str], filt: Filter) -> str:
     """--source: ingest first (idempotent: records already in gt.db are skipped); returns what it did."""
-    from gt.intake.ingestion import expand_sources, ingest_files
+    from gt.intake.ingestion import ingest_files
+    from gt.intake.reading import expand_sources
 
     files, problems = expand_sources(sources)
     if not files:

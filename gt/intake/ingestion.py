@@ -1,29 +1,23 @@
 """Ingesting articles into gt.db, as a piece every stage that takes `--source` shares (ingest,
-label, calibrate, and the labelled-file import): read JSONL/CSV (globs, .gz), map fields,
-clean, de-duplicate, cluster near-duplicates, import carried labels. The ingest stage
+label, calibrate, and the labelled-file import): read the files (gt/intake/reading.py: JSONL, CSV,
+Parquet, .gz, globs, standard input; field names; cleaning), de-duplicate, cluster near-duplicates, import carried labels. The ingest stage
 (stages/ingest.py, with gt/intake/ingest.py) is its command; what happens to each record is told in gt/intake/ingest.py.
 """
 from __future__ import annotations
 
-import csv
-import glob
-import gzip
-import io
-import json
-import os
 import sqlite3
 import sys
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from gt.core import store
 from gt.core.filters import Filter
 from gt.intake.human_labels import HumanImportCounts, HumanLabelImporter, HumanLabelSpec, read_values
 from gt.intake.labeled_file import ANALYSIS_SUFFIX, LabelImporter
-from gt.core.text import (NearDuplicateIndex, clean_text, content_hash_of_words, minhash_signature,
+from gt.intake.reading import (Problem, clean_article, decode_record, derived_id, expand_sources, file_items,
+                               map_fields)
+from gt.core.text import (NearDuplicateIndex, content_hash_of_words, minhash_signature,
                          signature_from_bytes, signature_to_bytes, words)
 
 DEFAULT_MIN_CHARS = 300
@@ -31,18 +25,6 @@ DEFAULT_MAX_CHARS = 200_000
 BATCH_SIZE = 2000
 CHUNK_SIZE = 250  # records per worker task
 MAX_PRINTED_PROBLEMS = 20
-
-# first present, non-empty field wins; keys are matched case-insensitively
-FIELD_NAMES = {
-    "id": ("id", "article_id", "guid", "uid", "doc_id"),
-    "title": ("title", "headline"),
-    "text": ("text", "content", "body", "article", "full_text", "article_text"),
-    "url": ("url", "link"),
-    "source": ("source", "publisher", "source_name", "domain"),
-    "published_at": ("published_date", "date", "published_at", "publish_date", "pubdate", "published"),
-    "language": ("language", "lang"),
-}
-_JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 
 
 @dataclass
@@ -109,126 +91,14 @@ class _LabelRow:
     human: Any
 
 
-@dataclass
-class _Problem:
-    origin: str
-    line: int | None
-    message: str
+# ---- preparing ----------------------------------------------------------------------------------
 
-    def __str__(self) -> str:
-        where = f"{self.origin}:{self.line}" if self.line is not None else self.origin
-        return f"{where}: {self.message}"
-
-
-# ---- reading ------------------------------------------------------------------------------------
-
-def expand_sources(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Files matched by the patterns (globs, `**` allowed), in a stable order, each once; and one
-    problem line per pattern that matched nothing."""
-    files: list[str] = []
-    problems: list[str] = []
-    seen: set[str] = set()
-    for pattern in patterns:
-        matched = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
-        if not matched:
-            problems.append(f"{pattern}: matches no file (check the path; quote globs so the shell passes them whole)")
-        for p in matched:
-            key = os.path.realpath(p)
-            if key not in seen:
-                seen.add(key)
-                files.append(p)
-    return files, problems
-
-
-def _file_format(path: str) -> str | None:
-    name = path[:-3] if path.endswith(".gz") else path
-    suffix = Path(name).suffix.lower()
-    if suffix in _JSONL_SUFFIXES:
-        return "jsonl"
-    if suffix in (".csv", ".tsv"):
-        return suffix[1:]
-    return None
-
-
-def _open_binary(path: str):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
-def _read_items(path: str, fmt: str) -> Iterator[tuple[str, int, Any]]:
-    """(origin, line, payload): payload is the raw bytes of a JSONL line, a CSV row as a dict, or a
-    _Problem. Lines are read one at a time, so a huge record never holds more than itself."""
-    if fmt == "jsonl":
-        with _open_binary(path) as f:
-            for lineno, raw in enumerate(f, 1):
-                if raw.strip():
-                    yield path, lineno, raw
-        return
-    csv.field_size_limit(2**31 - 1)  # long articles are checked against --max-chars, not by csv
-    with _open_binary(path) as fb:
-        # surrogateescape keeps undecodable bytes visible, so the bad row (not the file) is rejected
-        text = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.DictReader(text, delimiter="\t" if fmt == "tsv" else ",")
-        try:
-            names = [str(n).strip().lower() for n in (reader.fieldnames or [])]
-        except csv.Error as e:
-            yield path, 1, _Problem(path, 1, f"unreadable CSV header: {e} (fix the first line)")
-            return
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:   # DictReader would keep the last such column's values: the wrong data, silently
-            yield path, 1, _Problem(path, 1, f"the header names column {repeated[0]!r} {names.count(repeated[0])} "
-                                             f"times: which one holds the data is ambiguous (rename or drop one; "
-                                             f"nothing of this file was read)")
-            return
-        start = 2
-        try:
-            for row in reader:
-                yield path, start, row
-                start = reader.line_num + 1
-        except csv.Error as e:
-            yield path, reader.line_num, _Problem(path, reader.line_num, f"unreadable CSV: {e} (fix the quoting of this row; the rest of the file was not read)")
-
-
-def _pick(record: dict, names: tuple[str, ...]) -> Any:
-    for name in names:
-        value = record.get(name)
-        if value is not None and value != "":
-            return value
-    return None
-
-
-def map_fields(record: dict) -> dict[str, Any]:
-    """The article fields of a record, found under their common names."""
-    lowered = {str(k).strip().lower(): v for k, v in record.items()}
-    out = {key: _pick(lowered, names) for key, names in FIELD_NAMES.items()}
-    if isinstance(out["source"], dict):
-        out["source"] = out["source"].get("name") or out["source"].get("title")
-    if isinstance(out["text"], list) and all(isinstance(p, str) for p in out["text"]):
-        out["text"] = "\n\n".join(out["text"])
-    return out
-
-
-def _prepare(origin: str, line: int, payload: Any, opts: _Options) -> _Prepared | _Problem:
+def _prepare(origin: str, line: int, payload: Any, opts: _Options) -> _Prepared | Problem:
     """Decode, parse, map, clean, hash: everything about one record that needs no database."""
-    where = lambda message: _Problem(origin, line, message)  # noqa: E731
-    if isinstance(payload, _Problem):
-        return payload
-    if isinstance(payload, bytes):
-        try:
-            decoded = payload.decode("utf-8-sig" if line == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            return where(f"not valid UTF-8 (byte 0x{payload[e.start]:02x} at column {e.start + 1}) "
-                         "(re-encode the file as UTF-8, e.g. iconv -f cp1252 -t utf-8)")
-        try:
-            record = json.loads(decoded)
-        except json.JSONDecodeError as e:
-            return where(f"malformed JSON: {e.msg} at column {e.colno} (fix the line or delete it)")
-        if not isinstance(record, dict):
-            return where(f"a JSON {type(record).__name__} where an article object was expected (one object per line)")
-    else:
-        record = payload
-        bad = next((k for k, v in record.items() if isinstance(v, str) and _has_surrogates(v)), None)
-        if bad is not None:
-            return where(f"not valid UTF-8 in column '{bad}' (re-encode the file as UTF-8, e.g. iconv -f cp1252 -t utf-8)")
+    where = lambda message: Problem(origin, line, message)  # noqa: E731
+    record = decode_record(origin, line, payload)
+    if isinstance(record, Problem):
+        return record
     fields = map_fields(record)
     raw_text = fields["text"]
     if raw_text is None and opts.labels is not None:
@@ -236,20 +106,10 @@ def _prepare(origin: str, line: int, payload: Any, opts: _Options) -> _Prepared 
         if ident is None:
             return where("neither an article id nor a text (a label row names its article in an 'id' column)")
         return _LabelRow(origin, line, ident, read_values(record, opts.labels))
-    if raw_text is None:
-        return where("no article text (give the record a 'text', 'content', 'body' or 'article' field)")
-    if not isinstance(raw_text, str):
-        return where(f"article text is a {type(raw_text).__name__}, expected a string")
-    if len(raw_text) > 2 * opts.max_chars:  # too long even before cleaning: skip the costly cleaning
-        return where(f"article text is {len(raw_text):,} characters, above --max-chars {opts.max_chars:,} "
-                     "(split the article, or raise --max-chars)")
-    text = clean_text(raw_text)
-    if not text:
-        return where("article text is empty once markup is removed (check the text field)")
-    if len(text) > opts.max_chars:
-        return where(f"article text is {len(text):,} characters, above --max-chars {opts.max_chars:,} "
-                     "(split the article, or raise --max-chars)")
-    title = clean_text(str(fields["title"])) if fields["title"] is not None else ""
+    cleaned = clean_article(fields, opts.max_chars)
+    if isinstance(cleaned, str):
+        return where(cleaned)
+    title, text = cleaned
     ws = words(f"{title}\n{text}")  # shared by the exact-duplicate hash and the MinHash
     ident = fields["id"]
     ident = str(ident).strip() if ident is not None and str(ident).strip() else None
@@ -282,10 +142,6 @@ def _set_ids_in_db(ids: frozenset[str]) -> None:
     _ids_in_db = ids
 
 
-def _has_surrogates(s: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in s) if not s.isascii() else False
-
-
 def _str_or_none(v: Any) -> str | None:
     if v is None:
         return None
@@ -293,7 +149,7 @@ def _str_or_none(v: Any) -> str | None:
     return s or None
 
 
-def _prepare_chunk(chunk: list[tuple[str, int, Any]], opts: _Options) -> list[_Prepared | _Problem]:
+def _prepare_chunk(chunk: list[tuple[str, int, Any]], opts: _Options) -> list[_Prepared | Problem]:
     return [_prepare(origin, line, payload, opts) for origin, line, payload in chunk]
 
 
@@ -309,7 +165,7 @@ def _chunks(items: Iterator[tuple[str, int, Any]], size: int) -> Iterator[list[t
 
 
 def _prepared_stream(items: Iterator, opts: _Options, workers: int,
-                     ids_in_db: frozenset[str]) -> Iterator[_Prepared | _Problem]:
+                     ids_in_db: frozenset[str]) -> Iterator[_Prepared | Problem]:
     """Prepare records in input order, on `workers` processes; at most a few chunks are in
     flight, so memory stays flat whatever the input size."""
     _set_ids_in_db(ids_in_db)
@@ -381,15 +237,12 @@ class _Ingester:
         s = self.summary
         article_id = rec.id
         if article_id is None:
-            base = rec.content_hash[:16]
-            n = self.derived_seen.get(rec.content_hash, 0) + 1
-            self.derived_seen[rec.content_hash] = n
-            article_id = base if n == 1 else f"{base}-{n}"
+            article_id = derived_id(rec.content_hash, self.derived_seen)
         known_hash = self.hash_of_id.get(article_id)
         if known_hash is not None:
             if known_hash != rec.content_hash:
                 s.rejected += 1
-                s.problems.append(str(_Problem(rec.origin, rec.line,
+                s.problems.append(str(Problem(rec.origin, rec.line,
                     f"id '{article_id}' is already used by an article with different text "
                     "(give each record a unique id, or drop the id field so one is derived from the content)")))
                 return
@@ -573,20 +426,9 @@ def ingest_files(conn: sqlite3.Connection, sources: list[str], filt: Filter | No
 
     def items() -> Iterator[tuple[str, int, Any]]:
         for path in files:
-            fmt = _file_format(path)
-            if fmt is None:
-                summary.problems.append(f"{path}: unknown format (name the file .jsonl, .json, .ndjson, .csv or .tsv, "
-                                        "optionally .gz)")
-                continue
-            count = 0
-            try:
-                for item in _read_items(path, fmt):
-                    count += 1
-                    yield item
-            except (OSError, EOFError, zlib.error) as e:
-                summary.problems.append(f"{path}: unreadable after {count} records: {e} (check the file is complete)")
-            if count == 0 and os.path.exists(path):
-                summary.problems.append(f"{path}: empty file, no records (check the export that produced it)")
+            problems: list[Problem] = []
+            yield from file_items(path, problems)
+            summary.problems += [str(p) for p in problems]
 
     bar = None
     if progress:
@@ -597,7 +439,7 @@ def ingest_files(conn: sqlite3.Connection, sources: list[str], filt: Filter | No
             summary.records += 1
             if bar is not None:
                 bar.update(1)
-            if isinstance(result, _Problem):
+            if isinstance(result, Problem):
                 summary.rejected += 1
                 summary.problems.append(str(result))
                 continue

@@ -278,7 +278,8 @@ def _prepare(conn: sqlite3.Connection, o: LabelOptions, filt: Filter) -> list[st
 
 def _ingest(conn: sqlite3.Connection, sources: list[str], filt: Filter) -> str:
     """--source: ingest first (idempotent: records already in gt.db are skipped)."""
-    from gt.intake.ingestion import expand_sources, ingest_files
+    from gt.intake.ingestion import ingest_files
+    from gt.intake.reading import expand_sources
     files, problems = expand_sources(sources)
     if not files:
         raise FileNotFoundError(problems[0] if problems else f"--source {', '.join(sources)} matches no file")

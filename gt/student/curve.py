@@ -326,7 +326,8 @@ class LoraStudent:
                             f"train/val split of each selection (best epoch by val MAE)")
 
     def run(self, chosen: np.ndarray, seed: int, want_pool: bool) -> tuple[np.ndarray, np.ndarray | None, dict]:
-        from gt.student.model import fit_lora, predict_scores
+        from gt.student.engine import predict_scores
+        from gt.student.model import fit_lora
 
         idx = np.flatnonzero(chosen)
         split = splits.assign_splits(self.bins[idx], self.unit[idx], (1 - LORA_VAL_SHARE, LORA_VAL_SHARE, 0.0), seed)
@@ -343,7 +344,7 @@ class LoraStudent:
         def predict(rows):
             encoded = fitted.encoder.encode_many([(r["title"], r["text"]) for r in rows])
             return predict_scores(fitted.model, encoded, fitted.tokenizer.pad_token_id, fitted.scaler,
-                                  batch_size=2 * self.settings["batch_size"], device=model_device)
+                                  device=model_device)
 
         return (predict(self.rows_test), predict(self.rows_pool) if want_pool else None,
                 {"train": len(train_rows), "val": len(val_rows), "train_seconds": round(fitted.seconds, 1)})

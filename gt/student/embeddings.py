@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import sqlite3
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +28,6 @@ from gt.core.store import in_chunks
 from gt.student.model import MINILM_PACKAGE, StudentError, article_text, minilm_dir
 
 EMBED_MAX_LENGTH = 256            # MiniLM's window in sentence-transformers (max_seq_length)
-EMBED_BATCH = 64
 DEFAULT_CACHE = PROJECT_ROOT / "data" / "cache" / "embeddings.db"
 
 
@@ -79,27 +77,13 @@ class Embedder:
         return self._model
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        import torch
-
-        from gt.student.model import collate
+        """One vector per text, computed by the inference engine (token-budget batches, in input order)."""
+        from gt.student.engine import forward_batches, mean_pooled_l2
 
         model = self._load()
         ids = self._encoder.encode_many([("", t) for t in texts])
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: less padding
-        out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
-        starts = range(0, len(order), EMBED_BATCH)
-        if progress:
-            from tqdm import tqdm
-            starts = tqdm(starts, desc="embed", unit="batch", file=sys.stderr)
-        with torch.inference_mode():
-            for start in starts:
-                idx = order[start:start + EMBED_BATCH]
-                batch = collate([{"input_ids": ids[i]} for i in idx], self._tokenizer.pad_token_id)
-                hidden = model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out[idx] = torch.nn.functional.normalize(pooled, dim=1).numpy()
-        return out
+        return forward_batches(model, ids, self._tokenizer.pad_token_id, model.config.hidden_size, mean_pooled_l2,
+                               progress=progress).astype(np.float32)
 
 
 def text_key(text: str) -> str:

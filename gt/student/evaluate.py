@@ -58,7 +58,7 @@ class EvaluateOptions:
     all: bool = False
     calibration: str | None = None
     output: str | None = None
-    batch_size: int = 32
+    max_tokens: int | None = None   # padded tokens per batch (None: gt.student.engine's default for the device)
     device: str = "auto"
 
 
@@ -342,8 +342,6 @@ def check_options(o: EvaluateOptions) -> str:
     if not o.test_file and not o.split and not o.all:
         raise UsageError("nothing to do: pass --test-file or --split (metrics) and/or --all (predictions for every "
                          "article)")
-    if o.batch_size <= 0:
-        raise UsageError("--batch-size must be positive")
     if o.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda but no CUDA GPU is visible (use --device cpu)")
     return "cuda" if o.device == "auto" and torch.cuda.is_available() else ("cpu" if o.device == "auto" else o.device)
@@ -381,7 +379,7 @@ def evaluate(o: EvaluateOptions, *, progress: bool = True) -> Evaluation:
         blocks: list[np.ndarray] = []
         metrics = floor = baseline = None
         if test:
-            pred = student.predict([(r.get("title", ""), r["text"]) for r in test], batch_size=o.batch_size,
+            pred = student.predict([(r.get("title", ""), r["text"]) for r in test], max_tokens=o.max_tokens,
                                    progress=progress)
             true = np.array([r["labels"] for r in test], dtype=float)
             metrics = dimension_metrics(true, pred, dims)
@@ -392,7 +390,7 @@ def evaluate(o: EvaluateOptions, *, progress: bool = True) -> Evaluation:
         if o.all:
             rest = all_articles(conn, set(ids))
             if rest:
-                blocks.append(student.predict([(t, x) for _, t, x in rest], batch_size=o.batch_size, progress=progress))
+                blocks.append(student.predict([(t, x) for _, t, x in rest], max_tokens=o.max_tokens, progress=progress))
                 ids += [a for a, _, _ in rest]
         scores = np.vstack(blocks) if blocks else np.zeros((0, len(dims)))
         stored, not_in_db = store_predictions(conn, model_id, ids, scores, dims)

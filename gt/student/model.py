@@ -255,12 +255,14 @@ def build_lora_model(model, *, target_modules: Sequence[str], r: int, alpha: int
     return peft_model, check_trainable_parameters(peft_model, expected)
 
 
-def load_base_model(path: str, *, num_labels: int, pad_token_id: int | None, dtype=None):
+def load_base_model(path: str, *, num_labels: int, pad_token_id: int | None, dtype=None, device: str | None = None):
     """AutoModelForSequenceClassification with a regression head of num_labels outputs. Returns
     (model, names of modules not in the checkpoint, which must be trained and saved in full)."""
     from transformers import AutoModelForSequenceClassification
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
+    if device and device != "cpu":
+        kwargs["device_map"] = {"": device}   # built on the device, no CPU copy first
     model, info = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=num_labels, problem_type="regression", output_loading_info=True, **kwargs)
     if pad_token_id is not None:
@@ -344,34 +346,6 @@ def collate(batch: list[dict], pad_token_id: int):
     if "labels" in batch[0]:
         out["labels"] = torch.tensor([b["labels"] for b in batch], dtype=torch.float32)
     return out
-
-
-def predict_scores(model, encoded: list[list[int]], pad_token_id: int, scaler: TargetScaler, *, batch_size: int = 32,
-                   device: str = "cpu", progress: bool = False) -> np.ndarray:
-    """Scores on the 0-10 scale, one row per input, one column per dimension."""
-    import torch
-
-    device_type = torch.device(device).type
-    # autocast to the dtype the base weights are in (bf16/fp16 training), off for fp32
-    weights = next(p.dtype for p in model.parameters() if p.is_floating_point())
-    amp = weights in (torch.bfloat16, torch.float16) and (device_type == "cuda" or weights == torch.bfloat16)
-    model.eval()
-    # longest first: fewer pad tokens per batch; the original order is restored below
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    out = np.zeros((len(encoded), model.config.num_labels), dtype=np.float64)
-    starts = range(0, len(order), batch_size)
-    if progress:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc="predict", unit="batch")
-    with torch.inference_mode():
-        for start in starts:
-            idx = order[start:start + batch_size]
-            batch = collate([{"input_ids": encoded[i]} for i in idx], pad_token_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device_type=device_type, dtype=weights if amp else torch.bfloat16, enabled=amp):
-                logits = model(**batch).logits
-            out[idx] = logits.float().cpu().numpy()
-    return scaler.to_scores(out)
 
 
 # ---- training settings and the LoRA fit --------------------------------------------------------
@@ -527,32 +501,42 @@ class Student:
     scaler: TargetScaler
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "cpu") -> "Student":
+    def load(cls, model_dir: str | Path, device: str = "cpu", *, merge: bool = True) -> "Student":
+        """A trained student ready to predict: the base model built on `device` in the inference dtype
+        (gt.student.engine.load_dtype), the LoRA adapter loaded and, with `merge`, merged into the
+        base weights once (a forward pass is then the plain base model's)."""
         from peft import PeftModel
+
+        from gt.student.engine import load_dtype
 
         model_dir = Path(model_dir)
         config, dims = read_model_folder(model_dir)
         tokenizer = load_tokenizer(str(model_dir))
-        import torch
-
         base_path = config.get("base_model_path")
         if not base_path or not Path(base_path).is_dir():
             base_path = resolve_base_model(config["base_model"])
-        on_gpu = torch.device(device).type == "cuda"
-        precision = config.get("precision", "fp32")
-        # the dtype it was trained in; fp16 has no CPU kernels for everything, so fp32 there
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16 if on_gpu else torch.float32}.get(precision, torch.float32)
-        base, _ = load_base_model(base_path, num_labels=len(dims), pad_token_id=tokenizer.pad_token_id, dtype=dtype)
-        model = PeftModel.from_pretrained(base, str(model_dir)).to(device)
-        model.eval()
+        dtype = load_dtype(device, config.get("precision", "fp32"))
+        base, _ = load_base_model(base_path, num_labels=len(dims), pad_token_id=tokenizer.pad_token_id, dtype=dtype,
+                                  device=device)
+        model = PeftModel.from_pretrained(base, str(model_dir))
+        if merge:
+            model = model.merge_and_unload()
+        model.to(device).eval()
         encoder = Encoder(tokenizer, config["max_length"], config.get("max_article_chars"))
         scaler = TargetScaler(config["target_mean"], config["target_std"])
         return cls(model, tokenizer, encoder, dims, config, device, scaler)
 
-    def predict(self, items: Sequence[tuple[str, str]], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        encoded = self.encoder.encode_many(items)
-        return predict_scores(self.model, encoded, self.tokenizer.pad_token_id, self.scaler, batch_size=batch_size,
-                              device=self.device, progress=progress)
+    def predict(self, items: Sequence[tuple[str, str]], *, max_tokens: int | None = None,
+                progress: bool = False) -> np.ndarray:
+
+        return self.predict_encoded(self.encoder.encode_many(items), max_tokens=max_tokens, progress=progress)
+
+    def predict_encoded(self, encoded: list[list[int]], *, max_tokens: int | None = None,
+                        progress: bool = False) -> np.ndarray:
+        from gt.student.engine import predict_scores
+
+        return predict_scores(self.model, encoded, self.tokenizer.pad_token_id, self.scaler, device=self.device,
+                              max_tokens=max_tokens, progress=progress)
 
 
 # ---- data and metrics --------------------------------------------------------------------------

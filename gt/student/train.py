@@ -38,9 +38,10 @@ from gt import DEFAULT_SEED
 from gt.core import errors, store
 from gt.core.report import current_umask
 from gt.core.filters import DEFAULT_FILTER, load_filter
+from gt.student.engine import predict_scores
 from gt.student.model import (
     CONFIG_FILE, DIMENSIONS_FILE, Encoder, Fitted, StudentError,
-    default_base_model, dimension_metrics, fit_lora, predict_scores, process_rank, read_split, resolve_base_model,
+    default_base_model, dimension_metrics, fit_lora, process_rank, read_split, resolve_base_model,
     resolve_device, resolve_precision, resolve_settings,
 )
 
@@ -224,8 +225,7 @@ def measure(fitted: Fitted, splits: Splits, settings: dict) -> dict:
 
     def scores(rows: list[dict]) -> np.ndarray:
         return predict_scores(fitted.model, fitted.encoder.encode_many([(r.get("title", ""), r["text"]) for r in rows]),
-                              fitted.tokenizer.pad_token_id, fitted.scaler, batch_size=2 * settings["batch_size"],
-                              device=model_device)
+                              fitted.tokenizer.pad_token_id, fitted.scaler, device=model_device)
 
     def truth(rows: list[dict]) -> np.ndarray:
         return np.array([r["labels"] for r in rows], dtype=float)
