@@ -263,3 +263,15 @@ def histograms(panels: Mapping[str, Mapping[str, Sequence[float]]], bin_labels: 
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+def follow_umask(folder: Path) -> None:
+    """Give `folder` and everything in it the modes the umask gives new files and folders
+    (safetensors writes the adapter 0600 through a temp file; a model is for everyone to read)."""
+    umask = current_umask()
+    folder.chmod(0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)

@@ -101,7 +101,10 @@ def words(text: str) -> list[str]:
 T = TypeVar("T", str, Sequence)
 
 
-def head_tail_truncate(seq: T, limit: int, head_share: float = 0.75) -> T:
+HEAD_SHARE = 0.75   # the share of a truncation budget the head keeps (the rest goes to the tail)
+
+
+def head_tail_truncate(seq: T, limit: int, head_share: float = HEAD_SHARE) -> T:
     """Keep the first `head_share` of `limit` items and the last rest: leads and conclusions carry
     most of a news article's substance. Works on strings (characters) and token-id lists."""
     if limit <= 0:

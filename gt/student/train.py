@@ -36,7 +36,7 @@ import numpy as np
 
 from gt import DEFAULT_SEED
 from gt.core import errors, store
-from gt.core.report import current_umask
+from gt.core.report import follow_umask
 from gt.core.filters import DEFAULT_FILTER, load_filter
 from gt.student.engine import predict_scores
 from gt.student.model import (
@@ -302,18 +302,6 @@ def save_model_folder(work: Path, output: Path, model, tokenizer, config: dict, 
         output.rename(old)
     work.rename(output)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def follow_umask(folder: Path) -> None:
-    """Give `folder` and everything in it the modes the umask gives new files and folders
-    (safetensors writes the adapter 0600 through a temp file; a model is for everyone to read)."""
-    umask = current_umask()
-    folder.chmod(0o777 & ~umask)
-    for root, dirs, files in os.walk(folder):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o777 & ~umask)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o666 & ~umask)
 
 
 def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
