@@ -35,10 +35,10 @@ $(OFFLINE_TARGETS): export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM=false
 export GT_DB=$(DB)
 
-.PHONY: venv venv-gpu demo test ingest label label-status calibrate coverage select train evaluate browse bench bench-gpu clean help
+.PHONY: venv venv-gpu demo test ingest label label-status calibrate coverage select train evaluate score export browse bench bench-gpu clean help
 
 help:
-	@echo "make demo | emobank | test | ingest | calibrate | label | loop | label-status | coverage | select | train | evaluate | browse | bench | bench-gpu | clean"
+	@echo "make demo | emobank | test | ingest | calibrate | label | loop | label-status | coverage | select | train | evaluate | score | export | browse | bench | bench-gpu | clean"
 	@echo "  make demo reruns from scratch each time (its own database, model and reports); make clean removes data/demo, reports/ and models/"
 	@echo "  on a GPU machine: make venv-gpu [CUDA=cu128] first; make train MODEL=<hub id> [GPUS=4] downloads the model unless HF_HUB_OFFLINE=1"
 
@@ -113,6 +113,32 @@ train: $(STAMP)
 
 evaluate: $(STAMP)
 	$(PY) -m stages.evaluate --db $(DB) --model-dir $(MODEL_OUT) --test-file $(SPLITS)/test.jsonl $(ARGS)
+
+# A student over new articles (python -m stages.score --help; docs/score.md):
+#   make score MODEL_DIR=models/student SOURCE='feed/*.jsonl' OUT=scores.jsonl [FORMAT=parquet]
+# GPUS=N (N > 1): one process per visible GPU, each scoring its shard (--shard i/N) into OUT.shard<i>-of-<N>,
+# then --merge joins them in input order. A rerun after a kill resumes every shard where it stopped.
+MODEL_DIR ?= $(MODEL_OUT)
+FORMAT    ?= jsonl
+SCORE_OUT  = $(if $(filter command line,$(origin OUT)),$(OUT),scores.jsonl)
+SHARDS     = $(foreach i,$(shell seq 0 $$(($(GPUS) - 1))),$(SCORE_OUT).shard$(i)-of-$(GPUS))
+score: $(STAMP)
+ifeq ($(filter-out 0 1,$(GPUS)),)
+	$(PY) -m stages.score --model-dir $(MODEL_DIR) --source $(SOURCE) --output $(SCORE_OUT) --format $(FORMAT) $(ARGS)
+else
+	@status=0; pids=""; for i in $$(seq 0 $$(($(GPUS) - 1))); do \
+		CUDA_VISIBLE_DEVICES=$$i $(PY) -m stages.score --model-dir $(MODEL_DIR) --source $(SOURCE) \
+			--output $(SCORE_OUT).shard$$i-of-$(GPUS) --shard $$i/$(GPUS) --format $(FORMAT) $(ARGS) & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p || status=$$?; done; \
+	for f in $(SHARDS); do test -f $$f || { echo "error: shard $$f was not written (exit $$status): rerun the same make score to resume" >&2; exit 1; }; done; \
+	$(PY) -m stages.score --merge $(SHARDS) --output $(SCORE_OUT) --format $(FORMAT) && rm -f $(SHARDS) && exit $$status
+endif
+
+# A student as a standalone Hugging Face folder (python -m stages.export --help):
+#   make export MODEL_DIR=models/student OUT=exports/student [ARGS='--push-to-hub org/name']
+EXPORT_OUT = $(if $(filter command line,$(origin OUT)),$(OUT),exports/$(notdir $(MODEL_DIR)))
+export: $(STAMP)
+	$(PY) -m stages.export --model-dir $(MODEL_DIR) --output $(EXPORT_OUT) $(if $(wildcard $(DB)),--db $(DB)) $(ARGS)
 
 # Learning curves (python -m stages.curve --help): random vs every selection strategy at several budgets
 # and seeds, on a test set no selection sees (gt.db's 'official' split where it has one), fast student by

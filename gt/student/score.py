@@ -291,7 +291,10 @@ def score(o: ScoreOptions, *, progress: bool = True) -> ScoreResult:
     output = Path(o.output)
     if o.merge:
         return merge_shards(o.merge, output, o.format)
-    config, dims = read_model_folder(Path(o.model_dir))
+    try:
+        config, dims = read_model_folder(Path(o.model_dir))
+    except StudentError as e:   # not a student folder: the command line names the wrong thing
+        raise UsageError(str(e)) from None
     filt = model_filter(o, config, dims)
     device = resolve_device(o.device)
     shard, shards = parse_shard(o.shard)
