@@ -112,8 +112,9 @@ def shard_of(article_id: str, shards: int) -> int:
     return int.from_bytes(hashlib.sha256(article_id.encode("utf-8")).digest()[:8], "big") % shards
 
 
-def model_filter(o: ScoreOptions, config: dict, dims: list[str]) -> Filter:
-    """--filter, else the package the student was trained with; its dimensions must be the model's."""
+def model_filter(o: ScoreOptions, config: dict, dims: list[str], given: Filter | None = None) -> Filter:
+    """--filter (`given`, loaded), else the package the student was trained with; its dimensions
+    must be the model's."""
     path = o.filter or config.get("filter_path")
     if not path:
         raise UsageError(f"{o.model_dir} names no filter package: pass --filter filters/<name>/v<N>")
@@ -122,7 +123,7 @@ def model_filter(o: ScoreOptions, config: dict, dims: list[str]) -> Filter:
         folder = PROJECT_ROOT / folder
     if not folder.is_dir():
         raise UsageError(f"filter package {path} of {o.model_dir} not found: pass --filter filters/<name>/v<N>")
-    filt = load_filter(folder)
+    filt = given or load_filter(folder)
     if filt.dimension_names != dims:
         raise store.FilterMismatch(f"{filt.id} at {folder} has dimensions {', '.join(filt.dimension_names)}; the student "
                                    f"in {o.model_dir} predicts {', '.join(dims)} (pass the package it was trained with)")
@@ -291,11 +292,12 @@ def score(o: ScoreOptions, *, progress: bool = True) -> ScoreResult:
     output = Path(o.output)
     if o.merge:
         return merge_shards(o.merge, output, o.format)
+    given = load_filter(o.filter) if o.filter else None   # a broken package is told first, as in every command
     try:
         config, dims = read_model_folder(Path(o.model_dir))
     except StudentError as e:   # not a student folder: the command line names the wrong thing
         raise UsageError(str(e)) from None
-    filt = model_filter(o, config, dims)
+    filt = model_filter(o, config, dims, given)
     device = resolve_device(o.device)
     shard, shards = parse_shard(o.shard)
     result = ScoreResult(output=output, model_id=config["name"], filter_id=filt.id)
