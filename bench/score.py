@@ -14,6 +14,8 @@ the model, peak RSS is the process's):
 - shards: `--shard 0/2` and `--shard 1/2` as two processes at once (one thread each), then `--merge`;
 - the embedding pass of the picking probe (frozen MiniLM, 256 tokens): the engine's batches against
   the fixed batches of 64 it used before.
+`--runtimes N` instead compares the merged student in torch fp32 with dynamic int8 (torch) and
+ONNX Runtime fp32 and int8 (optional packages) on N articles: speed and score difference.
 Prints articles/s, the speed-up (target >= 3x the naive loop on a CPU), the largest score difference
 (target <= 1e-4) and whether the merged shards equal the single run.
 """
@@ -122,16 +124,88 @@ def embedding_pass(texts: list[str]) -> tuple[float, float, float]:
     return len(texts) / old, len(texts) / new, float(np.abs(now - before).max())
 
 
+def runtimes(model_dir: str, n: int) -> None:
+    """--runtimes: the merged student in torch fp32 against torch dynamic int8, and ONNX Runtime
+    fp32 and dynamic int8 (exported with torch.onnx; needs `pip install onnx onnxruntime`, which the
+    project does not install), on n sample articles in the engine's batches: articles/s and the mean
+    and largest score difference against torch fp32."""
+    import torch
+
+    from gt.core.text import clean_text
+    from gt.student.engine import padded, token_batches
+    from gt.student.model import Student
+
+    rows = [json.loads(line) for line in open(ROOT / "data" / "sample" / "articles.jsonl", encoding="utf-8")][:n]
+    student = Student.load(model_dir, "cpu")
+    encoded = student.encoder.encode_many([(clean_text(r["title"]), clean_text(r["text"])) for r in rows])
+    batches = token_batches([len(e) for e in encoded], 8192)
+
+    def run(forward) -> tuple[float, np.ndarray]:
+        out = np.zeros((len(encoded), student.model.config.num_labels))
+        started = time.perf_counter()
+        for idx in batches:
+            ids, mask = padded([encoded[i] for i in idx], student.tokenizer.pad_token_id)
+            out[idx] = forward(ids, mask)
+        return len(encoded) / (time.perf_counter() - started), student.scaler.to_scores(out)
+
+    def torch_forward(model):
+        def forward(ids, mask):
+            with torch.inference_mode():
+                return model(input_ids=ids, attention_mask=mask).logits.numpy()
+        return forward
+
+    rate, ref = run(torch_forward(student.model))
+    print(f"runtimes on {n} sample articles: torch fp32 (merged) {rate:.1f} articles/s")
+    q = torch.ao.quantization.quantize_dynamic(student.model, {torch.nn.Linear}, dtype=torch.qint8)
+    rate, got = run(torch_forward(q))
+    print(f"  torch dynamic int8: {rate:.1f} articles/s, score difference mean {np.abs(got - ref).mean():.3f} "
+          f"max {np.abs(got - ref).max():.3f}")
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        print("  ONNX Runtime: not installed (pip install onnx onnxruntime to measure it)")
+        return
+
+    class Logits(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as work:
+        fp32, int8 = f"{work}/student.onnx", f"{work}/student-int8.onnx"
+        example = (torch.ones((2, 16), dtype=torch.long), torch.ones((2, 16), dtype=torch.long))
+        torch.onnx.export(Logits(student.model), example, fp32, input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"], dynamo=False, opset_version=17,
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}})
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8)
+        for name, path in (("ONNX Runtime fp32", fp32), ("ONNX Runtime dynamic int8", int8)):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            rate, got = run(lambda ids, mask: session.run(None, {"input_ids": ids.numpy(),
+                                                                 "attention_mask": mask.numpy()})[0])
+            print(f"  {name}: {rate:.1f} articles/s, score difference mean {np.abs(got - ref).mean():.3f} "
+                  f"max {np.abs(got - ref).max():.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--articles", type=int, default=10_000)
     ap.add_argument("--model-dir", default="models/uplifting_minilm_demo")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--embed-articles", type=int, default=1000)
+    ap.add_argument("--runtimes", type=int, metavar="N", help="only compare torch fp32/int8 and ONNX Runtime "
+                                                                 "fp32/int8 on N sample articles")
     ap.add_argument("--naive-worker", nargs=3, metavar=("MODEL_DIR", "FEED", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.naive_worker:
         return naive(*a.naive_worker)
+    if a.runtimes:
+        return runtimes(a.model_dir, a.runtimes)
     if not (ROOT / a.model_dir / "training_config.json").is_file():
         raise SystemExit(f"{a.model_dir} holds no trained student: run `make demo` first (or pass --model-dir)")
     py = sys.executable
