@@ -9,7 +9,8 @@ from typing import Sequence
 
 from gt.core import store
 from gt.student import train as library
-from gt.student.model import CPU_DEFAULTS, GPU_DEFAULTS, process_rank, world_size
+from gt.student.model import (CPU_DEFAULTS, DEFAULT_LR, FULL_FINETUNE_MAX_PARAMS, GPU_DEFAULTS, METHODS, process_rank,
+                              world_size)
 from gt.student.train import TrainOptions, TrainResult, train
 from gt.core.errors import POSITIVE, Range, WHOLE_POSITIVE
 from stages import kit
@@ -17,6 +18,11 @@ from stages import kit
 
 def _by_device(key: str) -> str:
     return f"{GPU_DEFAULTS[key]:g} on a GPU, {CPU_DEFAULTS[key]:g} on a CPU"
+
+
+def _lr_defaults() -> str:
+    return ", ".join(f"{lr:g} for {method} on a {'GPU' if device == 'cuda' else 'CPU'}"
+                     for (method, device), lr in DEFAULT_LR.items())
 
 
 def build_parser() -> kit.Parser:
@@ -38,7 +44,9 @@ def build_parser() -> kit.Parser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                     help="where to train (default %(default)s: cuda when a GPU is visible)")
     p.add_argument("--epochs", type=kit.number(POSITIVE), help=f"training epochs (default: {_by_device('epochs')})")
-    p.add_argument("--lr", type=kit.number(POSITIVE), help=f"peak learning rate, linear decay (default: {_by_device('lr')})")
+    p.add_argument("--method", choices=METHODS, help=f"train every weight (full) or LoRA adapters (default: full for a "
+                                                     f"base under {FULL_FINETUNE_MAX_PARAMS / 1e6:g}M parameters, else lora)")
+    p.add_argument("--lr", type=kit.number(POSITIVE), help=f"peak learning rate, linear decay (default: {_lr_defaults()})")
     p.add_argument("--batch-size", type=kit.number(WHOLE_POSITIVE), help=f"examples per device per step (default: {_by_device('batch_size')})")
     p.add_argument("--grad-accum", type=kit.number(WHOLE_POSITIVE), help="gradient accumulation steps (default 1)")
     p.add_argument("--max-length", type=kit.number(WHOLE_POSITIVE), help="tokens per article incl. special tokens, cut head+tail "
@@ -65,10 +73,11 @@ def summary_line(result: TrainResult, db: str) -> str:
     m, c = result.metrics, result.config
     test = f", test MAE {m['test']['mae']:.2f} (n={m['test']['n']})" if m.get("test") else ""
     where = c["device"] + (f" x {c['processes']} processes" if c.get("processes", 1) > 1 else "")
-    return (f"Trained {result.name}: LoRA on {c['base_model']} ({where}), {m['trainable_parameters']:,} "
+    how = "full fine-tune" if c.get("method") == "full" else "LoRA"
+    return (f"Trained {result.name}: {how} of {c['base_model']} ({where}, lr {c['lr']:g}), {m['trainable_parameters']:,} "
             f"trainable parameters, {c['data']['train']} train / {c['data']['val']} val articles from "
             f"{c['data']['source']}, {m['train_seconds']} s. Best val MAE {m['best_val_mae']:.2f} at epoch "
-            f"{m['best_epoch']:g}{test}. Wrote {result.output}/ (adapter, tokenizer, metrics.json, loss_curve.png, "
+            f"{m['best_epoch']:g}{test}. Wrote {result.output}/ ({'weights' if how != 'LoRA' else 'adapter'}, tokenizer, metrics.json, loss_curve.png, "
             f"README.md) and registered model '{result.name}' in {db}.")
 
 

@@ -36,7 +36,7 @@ def test_two_processes_train_one_model_that_process_zero_saves(tmp_path, uplifti
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     proc = subprocess.run([*launch, "-m", "stages.train", *train_args(
         splits, tmp_path / "gt.db", out, str(tiny_qwen_dir()), "--epochs", "2", "--batch-size", "4",
-        "--max-length", "64", "--lora-r", "4", "--lr", "1e-3")], cwd=ROOT, env=env, capture_output=True, text=True,
+        "--max-length", "64", "--method", "lora", "--lora-r", "4", "--lr", "1e-3")], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()

@@ -256,7 +256,7 @@ def test_bad_flags_are_one_line_errors(synth, capsys, tmp_path):
 
 
 def test_lora_student_runs_the_real_training_path(synth, tmp_path):
-    """--student lora through gt.student.model.fit_lora, on a 2-layer random BERT with MiniLM's
+    """--student lora through gt.student.model.fit_student, on a 2-layer random BERT with MiniLM's
     tokenizer (the real MiniLM trains the same way, only slower; one run: the Trainer is the cost):
     it trains on a 90/10 split of the selection and predicts the test set it never saw."""
     import shutil

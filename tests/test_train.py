@@ -30,7 +30,7 @@ def qwen_run(tmp_path_factory, uplifting):
     splits = write_splits(folder, uplifting.dimension_names)
     args = train_command.parse_options(train_args(
         splits, folder / "gt.db", folder / "models" / "tiny_qwen", str(tiny_qwen_dir()),
-        "--epochs", "2", "--batch-size", "4", "--max-length", "96", "--lora-r", "4", "--lr", "1e-3"))
+        "--epochs", "2", "--batch-size", "4", "--max-length", "96", "--method", "lora", "--lora-r", "4", "--lr", "1e-3"))
     umask = os.umask(0o022)
     try:
         result = train.train(args, progress=False)
@@ -303,7 +303,7 @@ def test_online_and_not_cached_downloads_into_the_cache_then_trains(tmp_path, up
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         proc = run_train(train_args(splits, tmp_path / "gt.db", tmp_path / "m", "tiny-org/tiny-qwen", "--epochs", "1",
-                                    "--batch-size", "4", "--max-length", "32", "--lora-r", "2"),
+                                    "--batch-size", "4", "--max-length", "32", "--method", "lora", "--lora-r", "2"),
                          hub_env(tmp_path / "hf", offline=False, endpoint=endpoint))
     finally:
         server.shutdown()
@@ -341,7 +341,7 @@ def test_gpu_recipe_bf16_with_gradient_checkpointing_trains_and_reloads(tmp_path
     splits = write_splits(tmp_path, uplifting.dimension_names, sizes=(8, 2, 2))
     args = train_command.parse_options(train_args(
         splits, tmp_path / "gt.db", tmp_path / "bf16", str(tiny_qwen_dir()), "--epochs", "1", "--batch-size", "4",
-        "--max-length", "64", "--lora-r", "4", "--precision", "bf16", "--gradient-checkpointing", "on"))
+        "--max-length", "64", "--method", "lora", "--lora-r", "4", "--precision", "bf16", "--gradient-checkpointing", "on"))
     result = train.train(args, progress=False)
     assert result.config["precision"] == "bf16" and result.config["gradient_checkpointing"] is True
     assert "bf16, gradient checkpointing" in (tmp_path / "bf16" / "README.md").read_text()
@@ -353,3 +353,34 @@ def test_gpu_recipe_bf16_with_gradient_checkpointing_trains_and_reloads(tmp_path
     np.testing.assert_allclose(Student.load(tmp_path / "bf16", merge=False).predict(items), in_memory, rtol=0, atol=1e-5)
     # merged into bf16 weights, the adapter's product is rounded once to bf16's 8 bits: a few thousandths
     np.testing.assert_allclose(Student.load(tmp_path / "bf16").predict(items), in_memory, rtol=0, atol=0.02)
+
+
+def test_default_cpu_settings_learn_on_an_emobank_slice(tmp_path):
+    """The CPU defaults (a full fine-tune of the shipped MiniLM, its own learning rate: no per-dataset
+    flag) end below the mean predictor's validation MAE on real human labels: 240 EmoBank training
+    sentences, 80 for validation (the mean predictor: each dimension's mean of the train labels)."""
+    import csv
+    import gzip
+
+    from gt.student import train
+    from stages import train as train_command
+
+    rows = [r for r in csv.DictReader(gzip.open(ROOT / "data" / "emobank" / "emobank.csv.gz", "rt", encoding="utf-8"))
+            if r["split"] == "train"]
+    dims = ["valence", "arousal", "dominance"]
+    labels = {r["id"]: [(float(r[k]) - 1) / 4 * 10 for k in "VAD"] for r in rows}   # 1-5 onto 0-10
+    paths = {}
+    for split, chosen in (("train", rows[:240]), ("val", rows[240:320])):
+        paths[split] = tmp_path / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps({"id": r["id"], "title": "", "text": r["text"], "labels": labels[r["id"]],
+                                                    "dimension_names": dims}) + "\n" for r in chosen), encoding="utf-8")
+    args = train_command.parse_options(["--db", str(tmp_path / "gt.db"), "--filter", str(ROOT / "filters" / "emobank_vad" / "v1"),
+                                        "--train-file", str(paths["train"]), "--val-file", str(paths["val"]),
+                                        "--output", str(tmp_path / "m"), "--device", "cpu"])
+    result = train.train(args, progress=False)
+    assert result.config["method"] == "full" and result.config["lr"] == 5e-5
+    train_y = np.array([labels[r["id"]] for r in rows[:240]])
+    val_y = np.array([labels[r["id"]] for r in rows[240:320]])
+    mean_mae = float(np.abs(val_y - train_y.mean(axis=0)).mean())
+    assert result.metrics["val"]["mae"] < 0.97 * mean_mae, (result.metrics["val"]["mae"], mean_mae)
+    assert (tmp_path / "m" / "model.safetensors").is_file() and not (tmp_path / "m" / "adapter_config.json").exists()

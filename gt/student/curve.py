@@ -26,7 +26,7 @@ rest of the pool, trains a student on them and measures it on the test set:
   head+tail cut to 256 tokens), computed once per distinct text and cached, and a ridge regression
   head per run (closed form; its penalty per dimension chosen by exact leave-one-out error on the
   training set: no random choice, so a seed changes only the selection). `--student lora` trains
-  the real student (gt.student.model.fit_lora: LoRA + regression head, train.py's defaults) on a
+  the real student (gt.student.model.fit_student: LoRA + regression head, train.py's defaults) on a
   90/10 train/val split of each selection.
 - metrics per dimension on the test set: MAE, tail MAE (the test articles whose true score lies in
   the outer bins of gt/core/bands.py: score < 4 or >= 8 on 0-10, the bins the strategies call
@@ -295,21 +295,22 @@ class HeadStudent:
 
 
 class LoraStudent:
-    """The real student (gt.student.model.fit_lora) on a 90/10 train/val split of each selection."""
+    """The real student (gt.student.model.fit_student) on a 90/10 train/val split of each selection."""
     name = "lora"
 
     def __init__(self, setup: Setup, opts: CurveOptions):
         from transformers import logging as hf_logging
 
-        from gt.student.model import (default_base_model, resolve_base_model, resolve_device, resolve_precision,
-                                    resolve_settings)
+        from gt.student.model import (default_base_model, resolve_base_model, resolve_device, resolve_method,
+                                      resolve_precision, resolve_settings)
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars and load reports: noise here
         self.setup = setup
         self.device = resolve_device(opts.device)
-        self.settings = resolve_settings({"epochs": opts.epochs, "max_length": opts.max_length,
-                                          "batch_size": opts.batch_size, "lr": opts.lr}, self.device)
+        given = {"epochs": opts.epochs, "max_length": opts.max_length, "batch_size": opts.batch_size, "lr": opts.lr,
+                 "method": "lora"}   # the LoRA student, whatever the base's size (the method is named: no size needed)
+        self.settings = resolve_method(resolve_settings(given, self.device), 0, self.device)
         self.base_name = opts.model or default_base_model(self.device)
         self.base_path = resolve_base_model(self.base_name)
         self.precision = resolve_precision("auto", self.device)
@@ -320,21 +321,21 @@ class LoraStudent:
         cluster = pd.factorize(setup.pool["near_dup_cluster"])[0]
         self.unit = np.where(cluster >= 0, cluster + len(cluster), np.arange(len(cluster)))
         s = self.settings
-        self.description = (f"LoRA student (gt.student.model.fit_lora) on {self.base_name}, {self.device}, "
+        self.description = (f"LoRA student (gt.student.model.fit_student) on {self.base_name}, {self.device}, "
                             f"{s['epochs']:g} epochs, lr {s['lr']:g}, batch {s['batch_size']}, r {s['lora_r']}, "
                             f"{s['max_length']} tokens; {100 * (1 - LORA_VAL_SHARE):g}/{100 * LORA_VAL_SHARE:g} "
                             f"train/val split of each selection (best epoch by val MAE)")
 
     def run(self, chosen: np.ndarray, seed: int, want_pool: bool) -> tuple[np.ndarray, np.ndarray | None, dict]:
         from gt.student.engine import predict_scores
-        from gt.student.model import fit_lora
+        from gt.student.model import fit_student
 
         idx = np.flatnonzero(chosen)
         split = splits.assign_splits(self.bins[idx], self.unit[idx], (1 - LORA_VAL_SHARE, LORA_VAL_SHARE, 0.0), seed)
         train_rows = [self.rows_pool[i] for i in idx[split == 0]]
         val_rows = [self.rows_pool[i] for i in idx[split == 1]] or train_rows[:1]
         with tempfile.TemporaryDirectory(prefix="curve-lora-") as work:
-            fitted = fit_lora(train_rows, val_rows, len(self.setup.dims), base_path=self.base_path,
+            fitted = fit_student(train_rows, val_rows, len(self.setup.dims), base_path=self.base_path,
                               settings=self.settings, device=self.device, precision=self.precision,
                               checkpointing=self.device == "cuda", lora_targets=None,
                               max_article_chars=self.setup.filt.max_article_chars, seed=seed,

@@ -42,9 +42,16 @@ HEAD_NAMES = ("score", "classifier")   # the regression head of decoder / encode
 # what a download fetches of a hub model: config, tokenizer, weights (not ONNX, GGUF, TF, Flax copies)
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 LEGACY_WEIGHTS = ["*.bin"]
-# the training settings a flag left unset takes, by device (resolve_settings)
-CPU_DEFAULTS = dict(epochs=4, lr=3e-3, batch_size=8, max_length=256, lora_r=8, lora_alpha=16, lora_dropout=0.1)
-GPU_DEFAULTS = dict(epochs=3, lr=1e-4, batch_size=8, max_length=512, lora_r=16, lora_alpha=32, lora_dropout=0.05)
+# the training settings a flag left unset takes, by device (resolve_settings); method and lr None: by the
+# base model's size, once it is loaded (resolve_method): a full fine-tune of a small base (under
+# FULL_FINETUNE_MAX_PARAMS), LoRA on a large one, each with its own learning rate (DEFAULT_LR)
+CPU_DEFAULTS = dict(epochs=4, lr=None, method=None, batch_size=8, max_length=256, lora_r=8, lora_alpha=16,
+                    lora_dropout=0.1)
+GPU_DEFAULTS = dict(epochs=3, lr=None, method=None, batch_size=8, max_length=512, lora_r=16, lora_alpha=32,
+                    lora_dropout=0.05)
+METHODS = ("full", "lora")
+FULL_FINETUNE_MAX_PARAMS = 100_000_000
+DEFAULT_LR = {("full", "cpu"): 5e-5, ("full", "cuda"): 2e-5, ("lora", "cpu"): 1e-3, ("lora", "cuda"): 1e-4}
 CONFIG_FILE = "training_config.json"
 DIMENSIONS_FILE = "dimensions.json"
 
@@ -372,16 +379,36 @@ def resolve_precision(flag: str, device: str) -> str:
     return "fp32"
 
 
+def resolve_method(settings: dict, parameters: int, device: str) -> dict:
+    """The settings with method and lr decided: a full fine-tune where the base has fewer than
+    FULL_FINETUNE_MAX_PARAMS parameters, else LoRA; the learning rate of that method on that device
+    (DEFAULT_LR) unless given."""
+    s = dict(settings)
+    s["method"] = s.get("method") or ("full" if parameters < FULL_FINETUNE_MAX_PARAMS else "lora")
+    if s.get("lr") is None:
+        s["lr"] = DEFAULT_LR[(s["method"], "cuda" if device == "cuda" else "cpu")]
+    return s
+
+
 def resolve_settings(given: Mapping[str, Any], device: str) -> dict:
     """The device's defaults (GPU_DEFAULTS or CPU_DEFAULTS) overridden by every non-None value in
-    `given` (epochs, lr, batch_size, max_length, lora_r, lora_alpha, lora_dropout, grad_accum);
-    alpha follows a given r (2 x r) unless given too."""
+    `given` (epochs, lr, method, batch_size, max_length, lora_r, lora_alpha, lora_dropout, grad_accum);
+    alpha follows a given r (2 x r) unless given too. method and lr may stay None: resolve_method
+    decides them once the base model's size is known."""
     defaults = GPU_DEFAULTS if device == "cuda" else CPU_DEFAULTS
     s = {k: given.get(k) if given.get(k) is not None else v for k, v in defaults.items()}
     if given.get("lora_r") is not None and given.get("lora_alpha") is None:
         s["lora_alpha"] = 2 * given["lora_r"]
+    if s["method"] is not None and s["method"] not in METHODS:
+        raise errors.UsageError(f"--method {s['method']}: one of {', '.join(METHODS)}")
+    lora_flags = [f"--{k.replace('_', '-')}" for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")
+                  if given.get(k) is not None]
+    if lora_flags and s["method"] == "full":
+        raise errors.UsageError(f"{lora_flags[0]} goes with --method lora, not full")
+    if lora_flags:
+        s["method"] = "lora"   # a LoRA setting asks for LoRA
     for k in ("epochs", "lr", "batch_size", "max_length", "lora_r", "lora_alpha"):
-        if s[k] <= 0:
+        if s[k] is not None and s[k] <= 0:
             raise errors.UsageError(f"--{k.replace('_', '-')} must be positive")
     if not 0 <= s["lora_dropout"] < 1:
         raise errors.UsageError("--lora-dropout must be in [0, 1)")
@@ -415,16 +442,18 @@ class Fitted:
     samples_per_second: float | None
     history: list[dict]
     processes: int = 1  # a multi-GPU (or multi-process CPU) run: how many trained together
+    settings: dict = field(default_factory=dict)   # the settings it trained with (method and lr decided)
 
 
-def fit_lora(train_rows: Sequence[dict], val_rows: Sequence[dict], n_outputs: int, *, base_path: str, settings: dict,
-             device: str, precision: str, checkpointing: bool, lora_targets: Sequence[str] | None,
-             max_article_chars: int | None, seed: int, checkpoint_dir: str | Path,
-             progress: bool = True, log: bool = True) -> Fitted | None:
-    """LoRA on the base model in `base_path` with a regression head of n_outputs, trained with
-    transformers.Trainer on rows {'title', 'text', 'labels'} (labels on the 0-10 scale, standardised
-    with the train rows' mean and std); the epoch with the lowest validation MAE is kept. Checkpoints
-    go under checkpoint_dir. Returns None on the non-main processes of a multi-GPU run."""
+def fit_student(train_rows: Sequence[dict], val_rows: Sequence[dict], n_outputs: int, *, base_path: str,
+                settings: dict, device: str, precision: str, checkpointing: bool, lora_targets: Sequence[str] | None,
+                max_article_chars: int | None, seed: int, checkpoint_dir: str | Path,
+                progress: bool = True, log: bool = True) -> Fitted | None:
+    """The base model in `base_path` with a regression head of n_outputs, fine-tuned in full or with
+    LoRA (settings["method"], None: by its size, resolve_method), trained with transformers.Trainer
+    on rows {'title', 'text', 'labels'} (labels on the 0-10 scale, standardised with the train rows'
+    mean and std); the epoch with the lowest validation MAE is kept. Checkpoints go under
+    checkpoint_dir. Returns None on the non-main processes of a multi-GPU run."""
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
@@ -432,11 +461,15 @@ def fit_lora(train_rows: Sequence[dict], val_rows: Sequence[dict], n_outputs: in
     tokenizer = load_tokenizer(base_path)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     model, fresh = load_base_model(base_path, num_labels=n_outputs, pad_token_id=tokenizer.pad_token_id, dtype=dtype)
-    targets = list(lora_targets) if lora_targets else lora_target_modules(model)
-    saved = modules_to_save_for(model, fresh)
-    model, trainable = build_lora_model(model, target_modules=targets, r=settings["lora_r"],
-                                        alpha=settings["lora_alpha"], dropout=settings["lora_dropout"],
-                                        modules_to_save=saved)
+    settings = resolve_method(settings, sum(p.numel() for p in model.parameters()), device)
+    if settings["method"] == "lora":
+        targets = list(lora_targets) if lora_targets else lora_target_modules(model)
+        saved = modules_to_save_for(model, fresh)
+        model, trainable = build_lora_model(model, target_modules=targets, r=settings["lora_r"],
+                                            alpha=settings["lora_alpha"], dropout=settings["lora_dropout"],
+                                            modules_to_save=saved)
+    else:
+        targets, saved, trainable = [], [], trainable_parameters(model)
     total = sum(p.numel() for p in model.parameters())
     encoder = Encoder(tokenizer, settings["max_length"], max_article_chars)
     scaler = TargetScaler.fit(np.array([r["labels"] for r in train_rows], dtype=float))
@@ -485,7 +518,7 @@ def fit_lora(train_rows: Sequence[dict], val_rows: Sequence[dict], n_outputs: in
     return Fitted(model=trainer.model, tokenizer=tokenizer, encoder=encoder, scaler=scaler, lora_targets=targets,
                   modules_to_save=saved, trainable=trainable, total=total, seconds=seconds,
                   samples_per_second=train_output.metrics.get("train_samples_per_second"),
-                  history=trainer.state.log_history, processes=training_args.world_size)
+                  history=trainer.state.log_history, processes=training_args.world_size, settings=settings)
 
 
 # ---- a trained student -----------------------------------------------------------------------
@@ -502,9 +535,10 @@ class Student:
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", *, merge: bool = True) -> "Student":
-        """A trained student ready to predict: the base model built on `device` in the inference dtype
-        (gt.student.engine.load_dtype), the LoRA adapter loaded and, with `merge`, merged into the
-        base weights once (a forward pass is then the plain base model's)."""
+        """A trained student ready to predict, built on `device` in the inference dtype
+        (gt.student.engine.load_dtype): a full fine-tune's weights from the folder, or the base model
+        with the LoRA adapter loaded and, with `merge`, merged into its weights once (a forward pass is
+        then the plain base model's)."""
         from peft import PeftModel
 
         from gt.student.engine import load_dtype
@@ -512,15 +546,19 @@ class Student:
         model_dir = Path(model_dir)
         config, dims = read_model_folder(model_dir)
         tokenizer = load_tokenizer(str(model_dir))
-        base_path = config.get("base_model_path")
-        if not base_path or not Path(base_path).is_dir():
-            base_path = resolve_base_model(config["base_model"])
         dtype = load_dtype(device, config.get("precision", "fp32"))
-        base, _ = load_base_model(base_path, num_labels=len(dims), pad_token_id=tokenizer.pad_token_id, dtype=dtype,
-                                  device=device)
-        model = PeftModel.from_pretrained(base, str(model_dir))
-        if merge:
-            model = model.merge_and_unload()
+        if (model_dir / "adapter_config.json").is_file():
+            base_path = config.get("base_model_path")
+            if not base_path or not Path(base_path).is_dir():
+                base_path = resolve_base_model(config["base_model"])
+            base, _ = load_base_model(base_path, num_labels=len(dims), pad_token_id=tokenizer.pad_token_id,
+                                      dtype=dtype, device=device)
+            model = PeftModel.from_pretrained(base, str(model_dir))
+            if merge:
+                model = model.merge_and_unload()
+        else:   # a full fine-tune: the folder holds the weights
+            model, _ = load_base_model(str(model_dir), num_labels=len(dims), pad_token_id=tokenizer.pad_token_id,
+                                       dtype=dtype, device=device)
         model.to(device).eval()
         encoder = Encoder(tokenizer, config["max_length"], config.get("max_article_chars"))
         scaler = TargetScaler(config["target_mean"], config["target_std"])

@@ -304,7 +304,8 @@ def score(o: ScoreOptions, *, progress: bool = True) -> ScoreResult:
     output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": config["name"], "model_dir": str(Path(o.model_dir).resolve()), "filter": filt.id,
             "sources": list(o.source), "shard": [shard, shards], "max_chars": o.max_chars,
-            "adapter": _file_sha(Path(o.model_dir) / "adapter_model.safetensors")}
+            "weights": _file_sha(Path(o.model_dir) / "adapter_model.safetensors")
+            or _file_sha(Path(o.model_dir) / "model.safetensors")}
     journal = Journal(Path(str(output) + JOURNAL_SUFFIX), meta)
     result.resumed, result.db = journal.resumed, bool(o.db)
     run = _Run(o, config, dims, filt, journal, result, device)

@@ -41,7 +41,7 @@ from gt.core.filters import DEFAULT_FILTER, load_filter
 from gt.student.engine import predict_scores
 from gt.student.model import (
     CONFIG_FILE, DIMENSIONS_FILE, Encoder, Fitted, StudentError,
-    default_base_model, dimension_metrics, fit_lora, process_rank, read_split, resolve_base_model,
+    default_base_model, dimension_metrics, fit_student, process_rank, read_split, resolve_base_model,
     resolve_device, resolve_precision, resolve_settings,
 )
 
@@ -66,6 +66,7 @@ class TrainOptions:
     batch_size: int | None = None
     grad_accum: int = 1
     max_length: int | None = None
+    method: str | None = None         # 'full' | 'lora'; None: full under 100M parameters, else LoRA
     lora_r: int | None = None
     lora_alpha: int | None = None
     lora_dropout: float | None = None
@@ -188,13 +189,14 @@ def train(opts: TrainOptions, *, progress: bool = True) -> TrainResult | None:
     if process_rank() == 0:
         shutil.rmtree(work, ignore_errors=True)  # what a killed earlier run left
         work.mkdir(parents=True)
-    fitted = fit_lora(splits.train, splits.val, len(splits.dimension_names), base_path=base_path, settings=settings,
+    fitted = fit_student(splits.train, splits.val, len(splits.dimension_names), base_path=base_path, settings=settings,
                       device=device, precision=precision, checkpointing=checkpointing, lora_targets=opts.lora_targets,
                       max_article_chars=filt.max_article_chars, seed=opts.seed, checkpoint_dir=work / "checkpoints",
                       progress=progress)
     if fitted is None:
         return None
     name = opts.name or output.name
+    settings = fitted.settings   # method and lr decided by the base model's size where not given
     metrics = measure(fitted, splits, settings)
     config = training_config(opts, fitted, splits, filt, settings, name=name, base_name=base_name,
                              base_path=base_path, device=device, precision=precision, checkpointing=checkpointing)
@@ -255,7 +257,8 @@ def training_config(opts: TrainOptions, fitted: Fitted, splits: Splits, filt, se
         "max_length": settings["max_length"], "max_article_chars": filt.max_article_chars,
         "truncation": "gt.core.text.head_tail_truncate on characters (max_article_chars), then on token ids",
         "special_tokens": {"prefix": fitted.encoder.prefix, "suffix": fitted.encoder.suffix},
-        "epochs": settings["epochs"], "lr": settings["lr"], "batch_size": settings["batch_size"],
+        "method": settings["method"], "epochs": settings["epochs"], "lr": settings["lr"],
+        "batch_size": settings["batch_size"],
         "grad_accum": settings["grad_accum"], "lora_r": settings["lora_r"], "lora_alpha": settings["lora_alpha"],
         "lora_dropout": settings["lora_dropout"], "lora_targets": fitted.lora_targets,
         "modules_to_save": fitted.modules_to_save, "trainable_parameters": fitted.trainable, "seed": opts.seed,
@@ -333,6 +336,14 @@ def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
     report.save_figure(fig, path)
 
 
+def method_words(config: dict) -> str:
+    """How the student was fine-tuned, in words."""
+    if config.get("method") == "full":
+        return "a full fine-tune (every weight trained)"
+    return (f"LoRA (r={config['lora_r']}, alpha={config['lora_alpha']}, targets "
+            f"{', '.join(config['lora_targets'])})")
+
+
 def model_card(config: dict, metrics: dict) -> str:
     from gt.core import report
 
@@ -349,8 +360,7 @@ def model_card(config: dict, metrics: dict) -> str:
     where = config["device"] + (f" x {config['processes']} processes" if config.get("processes", 1) > 1 else "")
     return f"""# {config['name']}
 
-A student for the **{config['filter']}** filter: LoRA (r={config['lora_r']}, alpha={config['lora_alpha']},
-targets {', '.join(config['lora_targets'])}) on **{config['base_model']}** with a regression head of
+A student for the **{config['filter']}** filter: {method_words(config)} on **{config['base_model']}** with a regression head of
 {len(dims)} outputs ({', '.join(dims)}). Validation MAE {metrics['val']['mae']:.2f} (best epoch
 {metrics['best_epoch']}), {test_line}; scores are on the oracle's 0-10 scale.
 
