@@ -74,7 +74,7 @@ def summary_line(result: TrainResult, db: str) -> str:
     test = f", test MAE {m['test']['mae']:.2f} (n={m['test']['n']})" if m.get("test") else ""
     where = c["device"] + (f" x {c['processes']} processes" if c.get("processes", 1) > 1 else "")
     how = "full fine-tune" if c.get("method") == "full" else "LoRA"
-    return (f"Trained {result.name}: {how} of {c['base_model']} ({where}, lr {c['lr']:g}), {m['trainable_parameters']:,} "
+    return (f"Trained {result.name}: {how} of {c['base_model']} ({where}) at lr {c['lr']:g}, {m['trainable_parameters']:,} "
             f"trainable parameters, {c['data']['train']} train / {c['data']['val']} val articles from "
             f"{c['data']['source']}, {m['train_seconds']} s. Best val MAE {m['best_val_mae']:.2f} at epoch "
             f"{m['best_epoch']:g}{test}. Wrote {result.output}/ ({'weights' if how != 'LoRA' else 'adapter'}, tokenizer, metrics.json, loss_curve.png, "
