@@ -8,9 +8,9 @@ import sys
 from typing import Sequence
 
 from gt.selection.report import SPLIT_FORMATS
-from gt.selection.select import RANDOM_SUBSETS, Result, SelectOptions, select
+from gt.selection.select import TEST_FROM, RANDOM_SUBSETS, Result, SelectOptions, select
 from gt.selection.strategies import STRATEGIES
-from gt.core.errors import POSITIVE, SHARE, WHOLE_POSITIVE
+from gt.core.errors import POSITIVE, SHARE, WHOLE_POSITIVE, Range
 from stages import kit
 
 
@@ -37,6 +37,13 @@ def build_parser() -> kit.Parser:
     p.add_argument("--train-ratio", type=kit.number(SHARE), help="share of the selection in train.jsonl (default: %(default)s)")
     p.add_argument("--val-ratio", type=kit.number(SHARE), help="share in val.jsonl (default: %(default)s)")
     p.add_argument("--test-ratio", type=kit.number(SHARE), help="share in test.jsonl (default: %(default)s); the three sum to 1")
+    p.add_argument("--test-from", choices=TEST_FROM,
+                   help="pool (the default): the test split is a seeded uniform sample of the eligible pool, drawn "
+                        "before the strategy picks train and val from the rest, so the student's test figures are "
+                        "those of the articles it will meet; selection: the test split is a share of the strategy's "
+                        "picks (the spec's behaviour). A --holdout-split is the test instead")
+    p.add_argument("--exploration-share", type=kit.number(Range(low=0, high=1, high_open=True)),
+                   help="draw this share of train+val uniformly from what the program leaves (default: %(default)s)")
     p.add_argument("--dimensions", help="comma list of the dimensions whose bins the selection covers (default: "
                                          "all); the JSONL labels always hold every dimension of the filter")
     p.add_argument("--filter-by-difficulty", choices=["hard", "easy"],

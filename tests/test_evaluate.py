@@ -252,7 +252,7 @@ def test_report_defines_every_term_before_using_it_and_flags_the_fixture_s_losin
         assert md.index(term) > terms, term
     section = md[terms:md.index("## Summary")]
     for bullet in ("- **MAE**", "- **tail MAE**: the MAE on only the test articles whose oracle (true) score",
-                   ">= 8 (high tail) or < 4 (low tail)", "- **mean predictor**", "each dimension's mean of the training labels",
+                   ">= 8 (high tail) or < 4 (low tail)", "- **mean predictor**", "the mean of the training labels",
                    "- **floor**: inter-oracle MAE: oracle-a vs oracle-b on 12 articles"):
         assert bullet in section, bullet
     # the means the mean predictor answers are the train split's, and the report names them
@@ -285,7 +285,7 @@ def test_a_dimension_no_better_than_the_mean_predictor_is_flagged_and_a_winning_
                             10 - true[:, 1],                                       # the order reversed
                             np.full(60, 5.0)])                                     # the mean predictor itself
     metrics = dimension_metrics(true, pred, dims)
-    baseline = evaluate.mean_predictor(true, train_means, dims)
+    baseline = evaluate.mean_predictor(true, train_means, dims, "the mean of the training labels")
     assert baseline["per_dimension"]["ties"]["mae"] == metrics["per_dimension"]["ties"]["mae"]
     assert evaluate.worse_than_mean(metrics, baseline) == ["loses", "ties"]
 
@@ -328,3 +328,33 @@ def test_a_damaged_model_folder_is_one_line_before_any_model_loads(evaluated, tm
     assert evaluate_command.main(["--db", str(evaluated["db"]), "--model-dir", str(model_dir), "--all"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and words in err and "Traceback" not in err
+
+
+def test_the_mean_predictor_answers_the_pool_mean_with_repeats_averaged_and_test_articles_left_out(conn, uplifting):
+    """The mean predictor of a student whose selection gt.db knows is the mean of that selection's
+    label set over the whole labelled pool (an article's repeats averaged first), not of a selection;
+    the test articles and duplicates are left out."""
+    from gt.core import store
+    from gt.student.evaluate import pool_means
+    from tests.conftest import add_articles, sample_articles
+
+    dims = uplifting.dimension_names
+    arts = sample_articles(5)
+    add_articles(conn, arts)
+    ids = [a["id"] for a in arts]
+    run_id = store.start_run(conn, purpose="label", filt=uplifting, oracle="o", provider=None, model=None)
+    given = {ids[0]: [2.0], ids[1]: [4.0, 6.0], ids[2]: [9.0], ids[3]: [1.0], ids[4]: [7.0]}   # ids[1]: two repeats
+    for aid, values in given.items():
+        for r, v in enumerate(values):
+            store.insert_label(conn, run_id=run_id, article_id=aid, filt=uplifting, oracle="o", status="ok", repeat=r,
+                               scores={d: v for d in dims})
+    store.finish_run(conn, run_id)
+    with store.transaction(conn):
+        conn.execute("INSERT INTO selections (name, filter_id, oracle, strategy, params_json, size) VALUES "
+                     "('sel', ?, 'o', 'maximize_coverage', ?, 2)", (uplifting.id, json.dumps({"prompt_sha256":
+                                                                                               uplifting.prompt_sha256})))
+        conn.execute("INSERT INTO models (id, base_model, filter_id, selection_id) VALUES ('m', 'b', ?, 1)", (uplifting.id,))
+    means, source = pool_means(conn, "m", uplifting.id, dims, test_ids={ids[4]})
+    assert means == [pytest.approx((2 + 5 + 9 + 1) / 4)] * len(dims)     # 4.25: repeats 4 and 6 count as 5
+    assert "4 labelled pool articles" in source
+    assert pool_means(conn, "unknown-model", uplifting.id, dims, set()) is None

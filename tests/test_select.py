@@ -153,7 +153,7 @@ def frame_of(db_path, uplifting):
 
 def test_constraints_hold_and_outputs_load(pool_db, tmp_path, uplifting, capsys):
     out = tmp_path / "training"
-    rc = run_select(pool_db, out, "--target-size", 60, "--max-per-source", 11,
+    rc = run_select(pool_db, out, "--target-size", 60, "--max-per-source", 11, "--test-from", "selection",
                     "--tier-shares", "not_uplifting=:0.6,connection=0.2:", "--name", "c1")
     assert rc == 0, capsys.readouterr().err
     rows = members(pool_db, "c1")
@@ -197,7 +197,7 @@ def test_high_scores_are_counted_per_article_once(conn, uplifting, db_path, tmp_
     scores[0, names.index("agency")] = scores[0, names.index("progress")] = 9
     scores[1, names.index("wonder")] = 8
     make_pool_db(conn, uplifting, scores)
-    assert run_select(db_path, tmp_path / "o", "--target-size", 12) == 0
+    assert run_select(db_path, tmp_path / "o", "--target-size", 12, "--test-from", "selection") == 0
     coverage = (tmp_path / "o" / "coverage_comparison.md").read_text()
     assert "**2** of the 12 selected articles score 8-10 on at least one of the 8 dimensions" in coverage
     table = coverage.split("## Articles scoring 8-10, per dimension")[1]
@@ -207,7 +207,7 @@ def test_high_scores_are_counted_per_article_once(conn, uplifting, db_path, tmp_
 
 
 def test_both_reports_name_the_baselines_and_quote_the_same_numbers(pool_db, tmp_path):
-    assert run_select(pool_db, tmp_path / "o", "--target-size", 50, "--seed", 7) == 0
+    assert run_select(pool_db, tmp_path / "o", "--target-size", 50, "--seed", 7, "--test-from", "selection") == 0
     report = (tmp_path / "o" / "selection_report.md").read_text()
     coverage = (tmp_path / "o" / "coverage_comparison.md").read_text()
     section = lambda text: text.split("## Baselines")[1].split("\n## ")[0]  # noqa: E731
@@ -418,11 +418,11 @@ def test_difficulty_filter_keeps_the_disputed_half(conn, uplifting, db_path, tmp
     calm = list(range(1, n, 2))                           # ... and one point off on one dimension of the others
     second[calm, 0] = np.where(second[calm, 0] < 10, second[calm, 0] + 1, 9)
     make_pool_db(conn, uplifting, second, oracle="other-oracle", with_articles=False)
-    assert run_select(db_path, tmp_path / "h", "--target-size", 10, "--oracle", "test-oracle",
+    assert run_select(db_path, tmp_path / "h", "--target-size", 10, "--oracle", "test-oracle", "--test-from", "selection",
                       "--filter-by-difficulty", "hard", "--name", "hard") == 0
     hard = {a for a, _ in members(db_path, "hard")}
     assert len(hard) == 10 and hard <= {f"a{i:03d}" for i in disputed}
-    assert run_select(db_path, tmp_path / "e", "--target-size", 10, "--oracle", "test-oracle",
+    assert run_select(db_path, tmp_path / "e", "--target-size", 10, "--oracle", "test-oracle", "--test-from", "selection",
                       "--filter-by-difficulty", "easy", "--name", "easy") == 0
     assert {a for a, _ in members(db_path, "easy")} <= {f"a{i:03d}" for i in calm}
     assert not ({a for a, _ in members(db_path, "easy")} & hard)
@@ -537,3 +537,64 @@ def test_active_learning_never_repicks_training_articles_and_extend_keeps_val_an
     assert counts["val"] == sum(1 for s in base.values() if s == "val")
     assert counts["test"] == sum(1 for s in base.values() if s == "test")
     assert counts["train"] == len(trained) + 30
+
+
+# ---- the test split from the pool, random, exploration ------------------------------------------
+
+def outer_share(scores: np.ndarray) -> float:
+    """Share of (article, dimension) scores in the outer bands (< 4 or >= 8), gt/core/bands.py."""
+    from gt.core import bands
+    return float(((scores < bands.MIDDLE_LOW) | (scores >= bands.MIDDLE_HIGH)).mean())
+
+
+def test_the_test_split_is_a_uniform_sample_of_the_pool_apart_from_train_and_val(conn, uplifting, db_path, tmp_path):
+    """--test-from pool (the default): on a pool whose scores sit mostly in the middle, the test split's
+    share of outer-band scores is the pool's within sampling error, while maximize_coverage's train split
+    is far more extreme; no test article or cluster mate is in train or val."""
+    n = 1200
+    rng = np.random.default_rng(3)
+    scores = np.clip(np.rint(rng.normal(5.5, 1.4, size=(n, 8))), 0, 10)
+    clusters = [f"c{i // 3}" if i < 90 else None for i in range(n)]   # 30 clusters of three
+    make_pool_db(conn, uplifting, scores, clusters=clusters)
+    assert run_select(db_path, tmp_path / "o", "--target-size", 600, "--train-ratio", 0.6, "--val-ratio", 0.1,
+                      "--test-ratio", 0.3, "--name", "natural") == 0
+    split = dict(members(db_path, "natural"))
+    test = [a for a, s in split.items() if s == "test"]
+    train_val = [a for a, s in split.items() if s != "test"]
+    assert len(test) == 180 and len(train_val) == 420 and not set(test) & set(train_val)
+    cluster_of = {f"a{i:03d}": clusters[i] for i in range(n) if clusters[i]}
+    assert not {cluster_of[a] for a in test if a in cluster_of} & {cluster_of[a] for a in train_val if a in cluster_of}
+    row = {f"a{i:03d}": i for i in range(n)}
+    pool_share = outer_share(scores)
+    test_share = outer_share(scores[[row[a] for a in test]])
+    train_share = outer_share(scores[[row[a] for a in split if split[a] == "train"]])
+    sampling_error = 3 * np.sqrt(pool_share * (1 - pool_share) / (len(test) * 8 / 2))   # 3 s.e., scores correlate
+    assert abs(test_share - pool_share) < sampling_error, (test_share, pool_share)
+    assert train_share > pool_share + sampling_error, (train_share, pool_share)
+    card = (tmp_path / "o" / "README.md").read_text()
+    assert "drawn uniformly from the eligible pool" in card
+    # the spec's behaviour on request: the test split is a share of the strategy's picks
+    assert run_select(db_path, tmp_path / "s", "--target-size", 600, "--train-ratio", 0.6, "--val-ratio", 0.1,
+                      "--test-ratio", 0.3, "--name", "skewed", "--test-from", "selection") == 0
+    picked = dict(members(db_path, "skewed"))
+    assert outer_share(scores[[row[a] for a in picked if picked[a] == "test"]]) > pool_share + sampling_error
+
+
+def test_random_strategy_and_exploration_share_give_the_documented_counts(pool_db, tmp_path):
+    assert run_select(pool_db, tmp_path / "r", "--target-size", 50, "--strategy", "random", "--name", "rnd",
+                      "--seed", 3) == 0
+    rnd = dict(members(pool_db, "rnd"))
+    assert len(rnd) == 50 and sorted(set(rnd.values())) == ["test", "train", "val"]
+    assert run_select(pool_db, tmp_path / "r2", "--target-size", 50, "--strategy", "random", "--name", "rnd2",
+                      "--seed", 3) == 0
+    assert dict(members(pool_db, "rnd2")) == rnd                          # same seed, same sample and splits
+    report = (tmp_path / "r" / "selection_report.md").read_text()
+    assert "drawn uniformly at random (no program" in report
+    # 40 to pick, 25% of them uniform: the program's 30 picks are the picks of the program alone at 30
+    common = ("--test-ratio", 0, "--train-ratio", 0.9, "--val-ratio", 0.1, "--seed", 4)
+    assert run_select(pool_db, tmp_path / "e", "--target-size", 40, "--exploration-share", 0.25, "--name", "explore",
+                      *common) == 0
+    assert run_select(pool_db, tmp_path / "p", "--target-size", 30, "--name", "program", *common) == 0
+    explored, program_only = {a for a, _ in members(pool_db, "explore")}, {a for a, _ in members(pool_db, "program")}
+    assert len(explored) == 40 and program_only <= explored
+    assert "25% of them drawn uniformly" in (tmp_path / "e" / "selection_report.md").read_text()

@@ -596,6 +596,39 @@ def pick_articles(pool: Pool, groups: Groups, counts: np.ndarray, seed: int) -> 
     return chosen
 
 
+def add_uniform(pool: Pool, chosen: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """`chosen` plus k more articles drawn uniformly (seeded) from the rest, at most one per
+    near-duplicate cluster (none from a cluster already chosen), as the program picks."""
+    out = chosen.copy()
+    taken = set(pool.cluster[out & (pool.cluster >= 0)].tolist())
+    added = 0
+    for i in np.random.default_rng(seed).permutation(pool.size):
+        if added == k:
+            break
+        if out[i] or (pool.cluster[i] >= 0 and pool.cluster[i] in taken):
+            continue
+        out[i] = True
+        added += 1
+        if pool.cluster[i] >= 0:
+            taken.add(pool.cluster[i])
+    if added < k:
+        raise SelectionError(f"only {added} of the {k} articles to draw uniformly are left in the pool "
+                             f"(near-duplicate clusters count once)")
+    return out
+
+
+def choose_uniform(pool: Pool, program: Program, k: int, *, seed: int) -> tuple[np.ndarray, Groups, Solution]:
+    """The `random` strategy: k articles drawn uniformly (add_uniform), measured by the program's
+    objective (no program is solved: status 'uniform')."""
+    started = time.perf_counter()
+    groups = aggregate(pool, program)
+    chosen = add_uniform(pool, np.zeros(pool.size, dtype=bool), k, seed)
+    objective = int(objective_value(pool.bins, chosen.astype(np.int64), pool.weight, program))
+    counts = np.bincount(groups.of_article[chosen], minlength=groups.count)
+    return chosen, groups, Solution(counts=counts, objective=objective, bound=0, status="uniform", proven_by="",
+                                    seconds=time.perf_counter() - started, groups=groups.count)
+
+
 def random_subset(pool_size: int, k: int, seed: int) -> np.ndarray:
     chosen = np.zeros(pool_size, dtype=bool)
     chosen[np.random.default_rng(seed).choice(pool_size, size=k, replace=False)] = True

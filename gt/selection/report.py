@@ -279,11 +279,23 @@ def card_selection(ctx: ReportContext) -> list[str]:
             ["model predictions", p["model_predictions"] or "none"],
             ["labelled file imported", p["labeled_file"] or "none"],
             ["held-out split", p["holdout_split"] or "none"],
+            ["test split", test_split_words(p)],
+            ["exploration share (uniform part of train+val)", f"{p.get('exploration_share') or 0:g}"],
             ["objective / bound / gap", f"{s.objective:,} / {s.bound:,} / {100 * s.gap:.2f}%"],
             ["solver status", s.status + (f" ({s.proven_by})" if s.proven_by else "")]]
     return ["## Selection", "", md_table(["parameter", "value"], rows, align="ll"), "",
             "The objective and the baselines it beats are explained in `selection_report.md`; the coverage per "
             "dimension in `coverage_comparison.md`.", ""]
+
+
+def test_split_words(p: dict) -> str:
+    """Which test the split files hold, in words (the dataset card and the model card say it)."""
+    if p.get("test_from") == "pool":
+        return (f"{p['test_size']} articles drawn uniformly from the eligible pool before the strategy picked "
+                f"(--test-from pool): figures on it are those of the pool's distribution")
+    if p.get("holdout_split"):
+        return f"none here: the test split of '{p['holdout_split']}' in gt.db (evaluate --split {p['holdout_split']})"
+    return "a share of the strategy's picks (--test-from selection): skewed as the selection is"
 
 
 def card_licence_section(sources: pd.DataFrame) -> list[str]:
@@ -418,10 +430,17 @@ def _headline(ctx: ReportContext) -> list[str]:
     rand = baselines(ctx)[f"random (mean of {len(ctx.randoms)})"]["objective"]
     proven = (f"**proven optimal** ({s.proven_by})" if s.status == "optimal"
               else f"feasible, within {100 * s.gap:.2f}% of the bound (time limit {ctx.params['time_limit']:g} s)")
+    how = ("drawn uniformly at random (no program: its objective is measured, not optimised)"
+           if s.status == "uniform" else f"objective {s.objective:,} vs bound {s.bound:,} (gap {100 * s.gap:.2f}%), "
+                                        f"{proven}, in {s.seconds:.2f} s")
+    explore = (f" {ctx.params['exploration_share']:.0%} of them drawn uniformly from what the program left "
+               f"(--exploration-share)." if ctx.params.get("exploration_share") else "")
+    test = (f" The test split ({ctx.params['test_size']} articles) is a uniform sample of the eligible pool drawn "
+            f"before the strategy picked (--test-from pool): the student's test figures are those of the pool's "
+            f"distribution." if ctx.params.get("test_from") == "pool" else "")
     lines = [f"# Selection `{ctx.name}`", "", *terms_lines(ctx, "see Strategies below"),
              f"Selected **{k}** of {len(ctx.pool_df)} eligible articles ({ctx.filt.id}, oracle `{ctx.oracle}`) with "
-             f"strategy **{ctx.strategy.name}**: objective {s.objective:,} vs bound {s.bound:,} (gap "
-             f"{100 * s.gap:.2f}%), {proven}, in {s.seconds:.2f} s. The random baseline reaches "
+             f"strategy **{ctx.strategy.name}**: {how}, objective {s.objective:,}.{explore}{test} The random baseline reaches "
              f"{pct(rand, s.objective)} of this objective, the greedy baseline "
              f"{pct(ctx.greedy_obj, s.objective) if ctx.greedy_obj is not None else '— (it found no feasible set)'} "
              "(both under Baselines).", ""]

@@ -46,6 +46,7 @@ from gt.selection.strategies import STRATEGIES, Strategy, build_program
 from gt.selection.report import SPLIT_FORMATS, ReportContext, remove_stale_splits, write_files
 
 RANDOM_SUBSETS = 5   # the random baseline: this many uniform subsets of the selection's size, seeds --seed, +1, ...
+TEST_FROM = ("pool", "selection")
 
 
 class SelectError(errors.StageError):
@@ -76,6 +77,8 @@ class SelectOptions:
     holdout_split: str | None = None
     format: str = "jsonl"
     extend: str | None = None
+    test_from: str = "pool"            # 'pool': the test split is a uniform sample of the eligible pool
+    exploration_share: float = 0.0     # this share of train+val drawn uniformly, the rest by the program
     seed: int = DEFAULT_SEED
 
 
@@ -101,6 +104,7 @@ class Candidates:
     all_rows: pd.DataFrame                # every labelled row, before --extend and the filters narrowed it
     excluded: dict
     kept: dict                            # --extend: the extended selection's members and their splits
+    test_ids: list = field(default_factory=list)   # --test-from pool: the test split, drawn from the pool
     error: pd.Series | None = None        # the student's error per pool article (with --model-predictions)
     predictions_from: str | None = None
     imported: str | None = None           # what importing --labeled-file did, in words
@@ -133,8 +137,9 @@ def select(o: SelectOptions) -> Result:
     conn = store.connect(o.db, create=bool(o.labeled_file))  # only importing --labeled-file may create gt.db
     try:
         cand = read_candidates(conn, o, plan)
+        draw_pool_test(o, plan, cand)
         narrow_candidates(conn, o, plan, cand)
-        if o.target_size > len(cand.pool_df):
+        if o.target_size - len(cand.test_ids) > len(cand.pool_df):
             raise SelectError(f"--target-size {o.target_size} is larger than the eligible pool of "
                               f"{len(cand.pool_df)} articles ({cand.oracle} labels of {plan.filt.id}; see the "
                               f"exclusions with a smaller --target-size)")
@@ -158,6 +163,10 @@ def check_options(o: SelectOptions) -> Plan:
         raise errors.UsageError(f"--strategy {o.strategy}: no such strategy (one of {', '.join(STRATEGIES)})")
     if o.format not in SPLIT_FORMATS:
         raise errors.UsageError(f"--format {o.format}: one of {', '.join(SPLIT_FORMATS)}")
+    if o.test_from not in TEST_FROM:
+        raise errors.UsageError(f"--test-from {o.test_from}: one of {', '.join(TEST_FROM)}")
+    if not 0 <= o.exploration_share < 1:
+        raise errors.UsageError(f"--exploration-share must be at least 0 and below 1 (got {o.exploration_share})")
     strategy = STRATEGIES[o.strategy]
     filt = load_filter(o.filter)   # a broken package: FilterError, one line per problem (stages/kit.py)
     dims = parse_dimensions(o.dimensions, filt.dimension_names)
@@ -206,6 +215,32 @@ def read_candidates(conn: sqlite3.Connection, o: SelectOptions, plan: Plan) -> C
     return Candidates(oracle, prompt_sha, pool_df, pool_df, excluded, {}, imported=imported)
 
 
+def draw_pool_test(o: SelectOptions, plan: Plan, cand: Candidates) -> None:
+    """--test-from pool (the default): the test split is a seeded uniform sample of the eligible pool,
+    near-duplicate clusters whole, drawn before any strategy picks, so the student's test figures are
+    those of the articles it will meet; the test articles and their cluster mates leave the pool.
+    Not with a --holdout-split (the dataset's own test split is the test), --extend (the extended
+    selection's test split stays) or --test-ratio 0."""
+    n_test = int(splits.split_sizes(o.target_size, plan.ratios)[2])
+    if o.test_from != "pool" or o.holdout_split or o.extend or n_test == 0:
+        return
+    df = cand.pool_df
+    unit = df["near_dup_cluster"].astype(object).where(df["near_dup_cluster"].notna(), "a:" + df["article_id"])
+    sizes = unit.value_counts()
+    rng = np.random.default_rng(o.seed)
+    taken: list = []
+    count = 0
+    for u in rng.permutation(np.array(sorted(sizes.index, key=str), dtype=object)):
+        if count + sizes[u] <= n_test:
+            taken.append(u)
+            count += int(sizes[u])
+        if count == n_test:
+            break
+    cand.test_ids = sorted(df.loc[unit.isin(taken), "article_id"])
+    cand.pool_df = drop_with_cluster_mates(df, set(cand.test_ids), cand.excluded,
+                                           "drawn for the test split (--test-from pool: a uniform sample of the pool)")
+
+
 def narrow_candidates(conn: sqlite3.Connection, o: SelectOptions, plan: Plan, cand: Candidates) -> None:
     """--extend (its members stay out), the student's own training articles (a strategy driven by
     its error never picks them), the student's error, and the difficulty filter."""
@@ -239,21 +274,32 @@ def narrow_candidates(conn: sqlite3.Connection, o: SelectOptions, plan: Plan, ca
 
 def solve_and_split(o: SelectOptions, plan: Plan, cand: Candidates) -> ReportContext:
     """The program's answer, its train/val/test splits and the random and greedy baselines."""
+    size = o.target_size - len(cand.test_ids)   # what the strategy picks (train and val when the test came from the pool)
+    explore = 0 if plan.strategy.uniform else int(round(o.exploration_share * size))
     pool, _ = program_pool(cand.pool_df, plan.dims, plan.edges, plan.filt.tier_names,
                            cand.error if plan.strategy.uses_student_error else None)
-    program = build_program(plan.strategy, plan.edges, o.target_size, plan.filt.tier_names, pool,
+    program = build_program(plan.strategy, plan.edges, size - explore, plan.filt.tier_names, pool,
                             tier_shares=plan.tier_shares, max_per_source=o.max_per_source)
     try:
-        chosen, groups, solution = solver.choose(pool, program, seed=o.seed, time_limit=o.time_limit)
+        if plan.strategy.uniform:   # random: a seeded uniform sample, no program
+            chosen, groups, solution = solver.choose_uniform(pool, program, size, seed=o.seed)
+        else:
+            chosen, groups, solution = solver.choose(pool, program, seed=o.seed, time_limit=o.time_limit)
+            if explore:   # --exploration-share: the rest drawn uniformly from what the program left
+                chosen = solver.add_uniform(pool, chosen, explore, seed=o.seed)
     except solver.SelectionError as e:
         raise SelectError(f"{e} ({cand.oracle} labels of {plan.filt.id}, pool {len(cand.pool_df)})") from None
     picked = np.flatnonzero(chosen)
     unit = np.where(pool.cluster[picked] >= 0, pool.cluster[picked] + pool.size, picked)
-    split_idx = splits.assign_splits(pool.bins[picked], unit, plan.ratios, o.seed)
+    ratios = plan.ratios if not cand.test_ids else (plan.ratios[0], plan.ratios[1], 0.0)
+    ratios = tuple(r / sum(ratios) for r in ratios)
+    split_idx = splits.assign_splits(pool.bins[picked], unit, ratios, o.seed)
     split_of = pd.Series(np.array(splits.SPLITS)[split_idx], index=cand.pool_df["article_id"].to_numpy()[picked])
+    if cand.test_ids:
+        split_of = pd.concat([split_of, pd.Series("test", index=cand.test_ids, dtype=object)])
     if cand.kept:  # the picks join the extended selection's train split; its val and test stay as they are
         split_of = pd.concat([pd.Series(cand.kept, dtype=object), pd.Series("train", index=split_of.index, dtype=object)])
-    randoms = [solver.random_subset(pool.size, o.target_size, o.seed + r) for r in range(RANDOM_SUBSETS)]
+    randoms = [solver.random_subset(pool.size, size, o.seed + r) for r in range(RANDOM_SUBSETS)]
     random_objs = [solver.objective_value(pool.bins, m.astype(np.int64), pool.weight, program) for m in randoms]
     greedy_counts = solver.greedy_fill(groups, program,
                                     tiebreak=np.random.default_rng(o.seed).permutation(groups.count).astype(float))
@@ -277,7 +323,9 @@ def selection_params(o: SelectOptions, plan: Plan, cand: Candidates, program: so
         "tier_shares": plan.tier_shares, "tier_min": program.tier_min.tolist(), "tier_max": program.tier_max.tolist(),
         "filter_by_difficulty": o.filter_by_difficulty, "model_predictions": cand.predictions_from,
         "prompt_sha256": cand.prompt_sha, "time_limit": o.time_limit, "labeled_file": o.labeled_file,
-        "holdout_split": o.holdout_split, "format": o.format, "extends": o.extend, "extended_members": len(cand.kept),
+        "holdout_split": o.holdout_split, "test_from": "pool" if cand.test_ids else (
+            "holdout split" if o.holdout_split else "selection"), "test_size": len(cand.test_ids) or None,
+        "exploration_share": o.exploration_share, "format": o.format, "extends": o.extend, "extended_members": len(cand.kept),
         "gap": solution.gap, "groups": solution.groups, "proven_by": solution.proven_by,
     }
 
@@ -299,7 +347,7 @@ def write_selection(conn: sqlite3.Connection, o: SelectOptions, ctx: ReportConte
     removed = remove_stale_splits(out_dir, o.format)
     counts = ctx.split_of.value_counts().reindex(list(splits.SPLITS), fill_value=0).to_dict()
     return Result(name=ctx.name, selection_id=selection_id, output_dir=out_dir, pool_size=len(ctx.pool_df),
-                  size=int(ctx.chosen.sum()), solution=ctx.solution, split_counts=counts,
+                  size=len(ctx.split_of), solution=ctx.solution, split_counts=counts,
                   random_objective=float(np.mean(ctx.random_objs)), greedy_objective=ctx.greedy_obj,
                   oracle=ctx.oracle, files=files, imported=cand.imported, removed=removed)
 

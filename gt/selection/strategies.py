@@ -47,6 +47,7 @@ class Strategy:
     value_rule: str = "outer"          # 'outer': outer_value in the outer bins, 1 in the middle;
     outer_value: int = 1               # 'distance': 1 + round(|midpoint - 5| / 2.5)
     uses_student_error: bool = False   # article weights from the student's error (needs --model-predictions)
+    uniform: bool = False              # no program: a seeded uniform sample (its objective still measured)
 
     def quota_factor(self, mid: float) -> float:
         return self.outer_quota_factor if is_extreme(mid) else self.middle_quota_factor
@@ -58,6 +59,9 @@ class Strategy:
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("random", "a seeded uniform sample of the pool (the baseline; the natural distribution)",
+             "none: no program is solved (the objective is measured with maximize_coverage's quotas)", "1", "none",
+             "none", "none", uniform=True),
     Strategy("maximize_coverage", "every score bin of every dimension, tiers within stated shares (recommended)",
              "base quota in every cell", "1 per article in a cell, up to its quota", "none",
              "each tier 10%-70% of K (clipped to what the pool has)", "shares", (0.10, 0.70)),

@@ -69,7 +69,7 @@ from gt.selection.pool import load_pool, program_pool, student_error
 from gt.student.probe import RIDGE_ALPHAS, RidgeHead
 from gt.student.model import article_text
 
-STRATEGY_NAMES = (RANDOM, *STRATEGIES)
+STRATEGY_NAMES = (RANDOM, *(s for s in STRATEGIES if s != RANDOM))
 DEFAULT_BUDGETS = "250,500,1000,2000"
 DEFAULT_SEEDS = 5
 DEFAULT_TEST_SHARE = 0.2

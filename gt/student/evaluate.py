@@ -198,14 +198,42 @@ def _fmt(x, digits: int = 2) -> str:
     return "undefined" if x is None else f"{x:.{digits}f}"
 
 
-def mean_predictor(true: np.ndarray, train_means, dims: list[str]) -> dict:
-    """The baseline: every test article gets, on each dimension, that dimension's mean of the
-    training labels (the train split the student was fitted on, as saved with the model). Its
-    figures are dimension_metrics'; `predicts` holds the constant it answers per dimension."""
+def mean_predictor(true: np.ndarray, means, dims: list[str], source: str) -> dict:
+    """The baseline: every test article gets, on each dimension, the constant `means` (the pool's
+    mean, pool_means; `source` says whose). Its figures are dimension_metrics'; `predicts` holds
+    the constant it answers per dimension, `from` where it came from."""
     true = np.asarray(true, dtype=float)
-    baseline = dimension_metrics(true, np.tile(np.asarray(train_means, dtype=float), (len(true), 1)), dims)
-    baseline["predicts"] = {d: float(v) for d, v in zip(dims, train_means)}
+    baseline = dimension_metrics(true, np.tile(np.asarray(means, dtype=float), (len(true), 1)), dims)
+    baseline["predicts"] = {d: float(v) for d, v in zip(dims, means)}
+    baseline["from"] = source
     return baseline
+
+
+def pool_means(conn: sqlite3.Connection, model_id: str, filter_id: str | None, dims: list[str],
+               test_ids: set[str]) -> tuple[list[float], str] | None:
+    """Each dimension's mean over the labelled pool the student's selection was drawn from (the label
+    set of its selection: every valid label, an article's repeats averaged, duplicates and the test
+    articles left out): the natural distribution, never a selection's. None where gt.db knows no
+    selection of this model."""
+    selection = conn.execute("SELECT selection_id FROM models WHERE id = ?", (model_id,)).fetchone()
+    if selection is None or selection[0] is None or not filter_id:
+        return None
+    oracle, prompt = store.selection_label_set(conn, selection[0])
+    rows = conn.execute(
+        """SELECT l.article_id, s.dimension, AVG(s.score) FROM labels l JOIN label_scores s ON s.label_id = l.id
+           JOIN articles a ON a.id = l.article_id AND a.dup_of IS NULL
+           WHERE l.filter_id = ? AND l.oracle = ? AND l.prompt_sha256 = ? AND l.status = 'ok'
+           GROUP BY l.article_id, s.dimension""", (filter_id, oracle, prompt)).fetchall()
+    values: dict[str, list[float]] = {d: [] for d in dims}
+    articles = set()
+    for aid, dim, score in rows:
+        if aid not in test_ids and dim in values:
+            values[dim].append(score)
+            articles.add(aid)
+    if not articles or not all(values.values()):
+        return None
+    return ([float(np.mean(values[d])) for d in dims],
+            f"the mean of {len(articles):,} labelled pool articles ({oracle}, test articles left out)")
 
 
 def worse_than_mean(metrics: dict, baseline: dict | None) -> list[str]:
@@ -279,8 +307,8 @@ def terms_section(floor: dict | None, baseline: dict | None) -> str:
 - **tail MAE**: the MAE on only the test articles whose oracle (true) score on that dimension is
   >= {bands.MIDDLE_HIGH:g} (high tail) or < {bands.MIDDLE_LOW:g} (low tail), the outer bins of the 0-10 scale; the number of such articles
   is in brackets, "undefined" where there is none.
-- **mean predictor** (the baseline): predicts, for every article, each dimension's mean of the training labels
-  (the oracle scores of the train split the student was fitted on){means}. A dimension where the student's
+- **mean predictor** (the baseline): predicts, for every article, each dimension's mean: {(baseline or {}).get("from", "of the labelled pool")}{means}.
+  The pool's mean, not a selection's: a selection skews it, the pool is what the student will meet. A dimension where the student's
   MAE is not lower than the mean predictor's is marked {WORSE_THAN_MEAN}: there the student has learnt
   nothing a constant would not give.
 - **floor**: {floor_definition(floor)}.
@@ -383,7 +411,10 @@ def evaluate(o: EvaluateOptions, *, progress: bool = True) -> Evaluation:
                                    progress=progress)
             true = np.array([r["labels"] for r in test], dtype=float)
             metrics = dimension_metrics(true, pred, dims)
-            baseline = mean_predictor(true, student.scaler.mean, dims)
+            natural = pool_means(conn, model_id, config.get("filter"), dims, {r["id"] for r in test})
+            baseline = (mean_predictor(true, natural[0], dims, natural[1]) if natural else
+                        mean_predictor(true, student.scaler.mean, dims,
+                                       "the mean of the training labels (gt.db holds no selection of this student)"))
             floor = find_floor(conn, o.calibration, config.get("filter"), dims)
             ids += [r["id"] for r in test]
             blocks.append(pred)

@@ -153,6 +153,11 @@ def training_provenance(db: str | None, config: dict) -> dict:
         conn = store.connect(db, create=False)
         try:
             out["oracle"], out["prompt_sha256"] = store.selection_label_set(conn, data["selection_id"])
+            row = conn.execute("SELECT params_json FROM selections WHERE id = ?", (data["selection_id"],)).fetchone()
+            if row is not None:
+                from gt.selection.report import test_split_words
+
+                out["test"] = test_split_words(json.loads(row[0] or "{}"))
         finally:
             conn.close()
     return out
@@ -165,9 +170,10 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _metrics_section(evaluation: dict | None, dims: list[str]) -> str:
+def _metrics_section(evaluation: dict | None, dims: list[str], test_words: str | None) -> str:
     if not evaluation or not evaluation.get("test"):
         return "Not measured yet: run `make evaluate` on the student, then export again."
+    which = f" The selection's test split: {test_words}." if test_words else ""
     test, mean = evaluation["test"], evaluation.get("mean_predictor") or {}
     floor = evaluation.get("inter_oracle") or {}
     rows = []
@@ -179,7 +185,8 @@ def _metrics_section(evaluation: dict | None, dims: list[str]) -> str:
     return (f"On {evaluation['test_file']} ({test['n']} articles): MAE {test['mae']:.2f}"
             + (f", the mean predictor's {mean['mae']:.2f}" if mean.get("mae") is not None else "")
             + (f", the floor (two raters apart) {floor['mae']:.2f}" if floor.get("mae") is not None else "")
-            + ".\n\n" + report.md_table(["dimension", "MAE", "mean-predictor MAE", "floor", "Spearman"], rows))
+            + f".{which} The mean predictor answers {mean.get('from', 'the training labels mean')}.\n\n"
+            + report.md_table(["dimension", "MAE", "mean-predictor MAE", "floor", "Spearman"], rows))
 
 
 def model_card(config: dict, dims: list[str], folded: bool, provenance: dict, evaluation: dict | None) -> str:
@@ -207,7 +214,7 @@ A regression student for the **{config.get('filter')}** filter: {len(dims)} scor
 weights. Trained on selection {provenance.get('selection_id')} ({provenance.get('source')}; {card}).
 
 ## Metrics
-{_metrics_section(evaluation, dims)}
+{_metrics_section(evaluation, dims, provenance.get("test"))}
 
 ## Input: how an article becomes input ids
 1. text = title + blank line + body, the body cut to {rule['max_article_chars']} characters head+tail
