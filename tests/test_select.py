@@ -174,7 +174,7 @@ def test_constraints_hold_and_outputs_load(pool_db, tmp_path, uplifting, capsys)
         assert len(lines) == n
         for rec in lines:
             assert set(rec) == {"id", "title", "text", "labels", "dimension_names", "tier", "overall",
-                                "label_id", "oracle", "model", "prompt_sha256", "evidence"}  # tests/test_splits.py
+                                "label_id", "oracle", "model", "prompt_sha256", "evidence", "repeats"}  # tests/test_splits.py
             assert rec["dimension_names"] == uplifting.dimension_names
             assert rec["labels"] == [df.loc[rec["id"], d] for d in uplifting.dimension_names]
             assert rec["tier"] == df.loc[rec["id"], "tier"] and rec["text"] == arts[rec["id"]]["text"]
@@ -598,3 +598,33 @@ def test_random_strategy_and_exploration_share_give_the_documented_counts(pool_d
     explored, program_only = {a for a, _ in members(pool_db, "explore")}, {a for a, _ in members(pool_db, "program")}
     assert len(explored) == 40 and program_only <= explored
     assert "25% of them drawn uniformly" in (tmp_path / "e" / "selection_report.md").read_text()
+
+
+def test_the_training_target_is_the_mean_of_an_article_s_valid_repeats(conn, uplifting, db_path, tmp_path):
+    """Two repeats 4 and 6 train as 5 (the split line says 2 repeats); an article with one repeat
+    still trains; a failed repeat does not count."""
+    names = uplifting.dimension_names
+    n = 40
+    scores = np.tile(np.arange(n)[:, None] % 11, (1, len(names))).astype(float)
+    make_pool_db(conn, uplifting, scores)
+    second = scores.copy()
+    second[0] = 6.0
+    conn.execute("UPDATE label_scores SET score = 4.0 WHERE label_id = (SELECT id FROM labels WHERE article_id = 'a000')")
+    make_pool_db(conn, uplifting, second[:1], repeat=1, with_articles=False)   # a000's second repeat: 6 everywhere
+    run_id = store.start_run(conn, purpose="label", filt=uplifting, oracle="test-oracle", provider=None, model=None)
+    store.insert_label(conn, run_id=run_id, article_id="a001", filt=uplifting, oracle="test-oracle", status="invalid",
+                       repeat=1)
+    store.finish_run(conn, run_id)
+    frame = store.target_frame(conn, uplifting, "test-oracle", uplifting.prompt_sha256).set_index("article_id")
+    assert frame.loc["a000", names].tolist() == [5.0] * len(names) and frame.loc["a000", "repeats"] == 2
+    assert frame.loc["a001", "repeats"] == 1 and frame.loc["a001", names[0]] == 1.0
+    assert frame.loc["a000", "overall"] == pytest.approx(uplifting.overall(dict.fromkeys(names, 5.0), "solutions_story"))
+    assert run_select(db_path, tmp_path / "o", "--target-size", n, "--test-ratio", 0, "--train-ratio", 0.9,
+                      "--val-ratio", 0.1, "--name", "all") == 0
+    lines = {}
+    for split in ("train", "val"):
+        for line in (tmp_path / "o" / f"{split}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            lines[row["id"]] = row
+    assert lines["a000"]["labels"] == [5.0] * len(names) and lines["a000"]["repeats"] == 2
+    assert lines["a001"]["repeats"] == 1 and len(lines) == n

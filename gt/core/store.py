@@ -627,6 +627,27 @@ def scores_frame(conn: sqlite3.Connection, filt: Filter, oracle: str | None = No
     return pd.read_sql_query(sql + " ORDER BY article_id, oracle, repeat", conn, params=args)
 
 
+def target_frame(conn: sqlite3.Connection, filt: Filter, oracle: str, prompt_sha256: str):
+    """One row per article of one label set: each dimension the mean of the article's valid repeats
+    (what a student learns from: paid repeats average out an oracle's noise), `repeats` how many,
+    label_id, content_type and repeat of its first valid repeat (provenance), overall and tier
+    recomputed from the means (Filter.overall, Filter.tier_index)."""
+    import numpy as np
+
+    frame = scores_frame(conn, filt, oracle, prompt_sha256, repeat=None)
+    if frame.empty:
+        frame["repeats"] = []
+        return frame
+    dims = filt.dimension_names
+    first = frame.sort_values(["article_id", "repeat"]).groupby("article_id", sort=True).first()
+    means = frame.groupby("article_id", sort=True)[dims].mean()
+    out = first.drop(columns=dims).join(means)
+    out["repeats"] = frame.groupby("article_id", sort=True).size()
+    out["overall"] = filt.overall({d: out[d].to_numpy() for d in dims}, out["content_type"].to_numpy(dtype=object))
+    out["tier"] = np.array(filt.tier_names, dtype=object)[filt.tier_index(out["overall"].to_numpy())]
+    return out.reset_index()[list(frame.columns) + ["repeats"]]
+
+
 def choose_label_set(conn: sqlite3.Connection, filt: Filter | str, oracle: str | None = None,
                      prompt_sha256: str | None = None) -> tuple[str, str]:
     """The (oracle, prompt_sha256) whose valid labels a reading step uses (coverage, select, train,

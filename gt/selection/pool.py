@@ -25,18 +25,21 @@ class PoolError(StageError):
 
 
 def load_pool(conn: sqlite3.Connection, filt, oracle: str, prompt_sha256: str) -> tuple[pd.DataFrame, dict]:
-    """Valid labels (repeat 0) of one oracle and prompt joined with their articles, and the counts
-    of what was excluded before the program sees it."""
-    frame = store.scores_frame(conn, filt, oracle, prompt_sha256, repeat=0)
+    """One row per article labelled validly by one oracle and prompt (each dimension the mean of its
+    valid repeats: store.target_frame) joined with its article, and the counts of what was excluded
+    before the program sees it."""
+    frame = store.target_frame(conn, filt, oracle, prompt_sha256)
     articles = pd.read_sql_query(
         "SELECT id AS article_id, source, near_dup_cluster, too_short, dup_of FROM articles", conn)
     frame = frame.merge(articles, on="article_id", how="left")
     invalid = conn.execute(
-        """SELECT COUNT(*) FROM labels WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ? AND repeat = 0
-           AND status != 'ok'""", (filt.id, oracle, prompt_sha256)).fetchone()[0]
+        """SELECT COUNT(DISTINCT article_id) FROM labels l WHERE filter_id = ? AND oracle = ? AND prompt_sha256 = ?
+           AND status != 'ok' AND NOT EXISTS (SELECT 1 FROM labels k WHERE k.article_id = l.article_id
+           AND k.filter_id = l.filter_id AND k.oracle = l.oracle AND k.prompt_sha256 = l.prompt_sha256
+           AND k.status = 'ok')""", (filt.id, oracle, prompt_sha256)).fetchone()[0]
     dup = frame["dup_of"].notna()
     short = (frame["too_short"].fillna(0).astype(int) == 1) & ~dup
-    excluded = {"invalid or failed labels": int(invalid), "duplicates (dup_of set)": int(dup.sum()),
+    excluded = {"no valid label (every repeat invalid or failed)": int(invalid), "duplicates (dup_of set)": int(dup.sum()),
                 "too short": int(short.sum())}
     frame = frame[~dup & ~short].reset_index(drop=True)
     return frame, excluded

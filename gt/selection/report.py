@@ -118,6 +118,7 @@ def split_records(conn: sqlite3.Connection, ctx: ReportContext, texts: dict) -> 
                 "id": aid, "title": texts[aid][0], "text": texts[aid][1],
                 "labels": [float(r[n]) for n in names], "dimension_names": names,
                 "tier": r["tier"], "overall": round(float(r["overall"]), 4),
+                "repeats": int(r["repeats"]) if "repeats" in r.index else 1,
                 "label_id": label["id"], "oracle": label["oracle"], "model": label["model"],
                 "prompt_sha256": label["prompt_sha256"],
                 "evidence": ({n: str(evidence.get(n) or "") for n in names} if isinstance(evidence, dict) else None),

@@ -459,7 +459,7 @@ def write_evaluation(conn: sqlite3.Connection, model_dir: Path, model_id: str, e
 def split_test_rows(conn: sqlite3.Connection, model_id: str, filter_id: str | None, split_name: str,
                     oracle: str | None, dims: list[str]) -> tuple[list[dict], dict]:
     """The 'test' articles of a stored split scheme as test rows (read_split's shape), truth = the
-    valid repeat-0 labels of `oracle` (default: the oracle of the model's training selection, else
+    mean of the valid repeats of `oracle` (default: the oracle of the model's training selection, else
     the one with the most labels; its prompt version with the most labels). Duplicates, articles
     without a label, and articles in the model's training selection (train or val) are left out and
     counted in the returned info."""
@@ -479,13 +479,14 @@ def split_test_rows(conn: sqlite3.Connection, model_id: str, filter_id: str | No
         "SELECT article_id FROM selection_members WHERE selection_id = ? AND split IN ('train', 'val')",
         (selection["id"],))} if selection else set()
     scores: dict[str, dict[str, float]] = {}
-    for r in conn.execute(
-            """SELECT a.id, s.dimension, s.score FROM article_splits p
+    for r in conn.execute(   # the truth: the mean of the article's valid repeats, as the student's targets are
+            """SELECT a.id, s.dimension, AVG(s.score) AS score FROM article_splits p
                JOIN articles a ON a.id = p.article_id AND a.dup_of IS NULL
                JOIN labels l ON l.article_id = a.id AND l.filter_id = ? AND l.oracle = ? AND l.prompt_sha256 = ?
-                   AND l."repeat" = 0 AND l.status = 'ok'
+                   AND l.status = 'ok'
                JOIN label_scores s ON s.label_id = l.id
-               WHERE p.split_name = ? AND p.split = 'test'""", (filter_id, oracle, prompt, split_name)):
+               WHERE p.split_name = ? AND p.split = 'test' GROUP BY a.id, s.dimension""",
+            (filter_id, oracle, prompt, split_name)):
         scores.setdefault(r["id"], {})[r["dimension"]] = r["score"]
     texts = store.article_texts(conn, [a for a in sorted(scores) if a not in trained])
     duplicates = conn.execute(

@@ -136,7 +136,7 @@ def selection_splits(conn: sqlite3.Connection, filt, name: str) -> Splits:
     if sel["filter_id"] != filt.id:
         raise errors.UsageError(f"selection '{name}' is of filter {sel['filter_id']}, not {filt.id} (pass --filter)")
     oracle, prompt_sha = store.selection_label_set(conn, sel["id"])
-    scores = store.scores_frame(conn, filt, oracle=oracle, prompt_sha256=prompt_sha).set_index("article_id")
+    scores = store.target_frame(conn, filt, oracle, prompt_sha).set_index("article_id")   # repeats averaged
     dims = filt.dimension_names
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     members = conn.execute("SELECT article_id, split FROM selection_members WHERE selection_id = ? "
