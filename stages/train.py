@@ -46,6 +46,9 @@ def build_parser() -> kit.Parser:
     p.add_argument("--epochs", type=kit.number(POSITIVE), help=f"training epochs (default: {_by_device('epochs')})")
     p.add_argument("--method", choices=METHODS, help=f"train every weight (full) or LoRA adapters (default: full for a "
                                                      f"base under {FULL_FINETUNE_MAX_PARAMS / 1e6:g}M parameters, else lora)")
+    p.add_argument("--isotonic", choices=["off", "on"],
+                   help="pass predictions through a per-dimension isotonic map fitted on the val split (always "
+                        "fitted and saved; train and evaluate measure the test both ways) (default: %(default)s)")
     p.add_argument("--lr", type=kit.number(POSITIVE), help=f"peak learning rate, linear decay (default: {_lr_defaults()})")
     p.add_argument("--batch-size", type=kit.number(WHOLE_POSITIVE), help=f"examples per device per step (default: {_by_device('batch_size')})")
     p.add_argument("--grad-accum", type=kit.number(WHOLE_POSITIVE), help="gradient accumulation steps (default 1)")

@@ -295,3 +295,30 @@ def test_token_batches_keep_the_budget_and_every_article_once():
         assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
     assert batches[0] == [1]                      # longer than the budget: alone
     assert [[lengths[i] for i in b] for b in batches] == [[300], [120], [64, 64], [64, 40], [40, 7, 5], [3]]
+
+
+def test_isotonic_map_is_fitted_on_val_alone_and_applied_only_when_asked(student, tmp_path, uplifting):
+    import shutil
+
+    from gt.student import isotonic
+    from gt.student.model import Student
+
+    dims = uplifting.dimension_names
+    table = isotonic.load(student["model_dir"])
+    val = [json.loads(line) for line in (student["folder"] / "val.jsonl").read_text().splitlines()]
+    assert table["fitted_on"] == "val" and table["n"] == len(val) == 4
+    plain = Student.load(student["model_dir"])
+    assert plain.isotonic is None                                   # trained with --isotonic off (the default)
+    raw = plain.predict([(r["title"], r["text"]) for r in val])
+    assert isotonic.fit(raw, np.array([r["labels"] for r in val]), dims) == table   # the val split's, nothing else
+    calibrated_dir = tmp_path / "iso"
+    shutil.copytree(student["model_dir"], calibrated_dir)
+    config = json.loads((calibrated_dir / "training_config.json").read_text())
+    (calibrated_dir / "training_config.json").write_text(json.dumps({**config, "isotonic": True}))
+    test = [json.loads(line) for line in (student["folder"] / "test.jsonl").read_text().splitlines()]
+    items = [(r["title"], r["text"]) for r in test]
+    np.testing.assert_allclose(Student.load(calibrated_dir).predict(items),
+                               isotonic.apply(table, plain.predict(items), dims), atol=1e-9)
+    # on the data it was fitted on it cannot do worse than the identity (a monotone map too) in squared error
+    on_val, truth = isotonic.apply(table, raw, dims), np.array([r["labels"] for r in val])
+    assert ((on_val - truth) ** 2).mean() <= ((raw - truth) ** 2).mean() + 1e-9

@@ -40,6 +40,7 @@ import numpy as np
 from gt.core.report import REPORTS_DIR
 from gt.core import bands, store
 from gt.core.errors import UsageError
+from gt.student import isotonic
 from gt.student.model import CONFIG_FILE, Student, StudentError, dimension_metrics, read_model_folder, read_split
 
 HIGH_TAIL = f"truth >= {bands.MIDDLE_HIGH:g}"    # the tails of gt/core/bands.py, in the report's words
@@ -407,10 +408,17 @@ def evaluate(o: EvaluateOptions, *, progress: bool = True) -> Evaluation:
         blocks: list[np.ndarray] = []
         metrics = floor = baseline = None
         if test:
-            pred = student.predict([(r.get("title", ""), r["text"]) for r in test], max_tokens=o.max_tokens,
-                                   progress=progress)
+            applied, student.isotonic = student.isotonic, None   # measured both ways below
+            raw = student.predict([(r.get("title", ""), r["text"]) for r in test], max_tokens=o.max_tokens,
+                                  progress=progress)
+            student.isotonic = applied
+            table = isotonic.load(model_dir)
+            pred = isotonic.apply(applied, raw, dims) if applied else raw
             true = np.array([r["labels"] for r in test], dtype=float)
             metrics = dimension_metrics(true, pred, dims)
+            both = ({"applied": bool(applied), "test_mae_raw": float(np.abs(raw - true).mean()),
+                     "test_mae_isotonic": float(np.abs(isotonic.apply(table, raw, dims) - true).mean())}
+                    if table else None)
             natural = pool_means(conn, model_id, config.get("filter"), dims, {r["id"] for r in test})
             baseline = (mean_predictor(true, natural[0], dims, natural[1]) if natural else
                         mean_predictor(true, student.scaler.mean, dims,
@@ -430,7 +438,8 @@ def evaluate(o: EvaluateOptions, *, progress: bool = True) -> Evaluation:
         report_path = None
         if metrics:
             evaluation = {"test_file": test_name, "test": metrics, "inter_oracle": floor,
-                          "mean_predictor": baseline, "worse_than_mean": worse_than_mean(metrics, baseline)}
+                          "mean_predictor": baseline, "worse_than_mean": worse_than_mean(metrics, baseline),
+                          "isotonic": both}
             if split_info:
                 evaluation["split"] = split_info
             report_path = write_evaluation(conn, model_dir, model_id, evaluation, dims)

@@ -532,6 +532,7 @@ class Student:
     config: dict
     device: str
     scaler: TargetScaler
+    isotonic: dict | None = None   # the map fitted on val (gt.student.isotonic), applied where the config says so
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", *, merge: bool = True) -> "Student":
@@ -562,7 +563,10 @@ class Student:
         model.to(device).eval()
         encoder = Encoder(tokenizer, config["max_length"], config.get("max_article_chars"))
         scaler = TargetScaler(config["target_mean"], config["target_std"])
-        return cls(model, tokenizer, encoder, dims, config, device, scaler)
+        from gt.student import isotonic
+
+        table = isotonic.load(model_dir) if config.get("isotonic") else None
+        return cls(model, tokenizer, encoder, dims, config, device, scaler, table)
 
     def predict(self, items: Sequence[tuple[str, str]], *, max_tokens: int | None = None,
                 progress: bool = False) -> np.ndarray:
@@ -571,10 +575,12 @@ class Student:
 
     def predict_encoded(self, encoded: list[list[int]], *, max_tokens: int | None = None,
                         progress: bool = False) -> np.ndarray:
+        from gt.student import isotonic
         from gt.student.engine import predict_scores
 
-        return predict_scores(self.model, encoded, self.tokenizer.pad_token_id, self.scaler, device=self.device,
-                              max_tokens=max_tokens, progress=progress)
+        scores = predict_scores(self.model, encoded, self.tokenizer.pad_token_id, self.scaler, device=self.device,
+                                max_tokens=max_tokens, progress=progress)
+        return isotonic.apply(self.isotonic, scores, self.dimension_names) if self.isotonic else scores
 
 
 # ---- data and metrics --------------------------------------------------------------------------

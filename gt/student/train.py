@@ -38,6 +38,7 @@ from gt import DEFAULT_SEED
 from gt.core import errors, store
 from gt.core.report import follow_umask
 from gt.core.filters import DEFAULT_FILTER, load_filter
+from gt.student import isotonic
 from gt.student.engine import predict_scores
 from gt.student.model import (
     CONFIG_FILE, DIMENSIONS_FILE, Encoder, Fitted, StudentError,
@@ -67,6 +68,7 @@ class TrainOptions:
     grad_accum: int = 1
     max_length: int | None = None
     method: str | None = None         # 'full' | 'lora'; None: full under 100M parameters, else LoRA
+    isotonic: str = "off"             # 'on': predictions go through the isotonic map fitted on val
     lora_r: int | None = None
     lora_alpha: int | None = None
     lora_dropout: float | None = None
@@ -232,9 +234,15 @@ def measure(fitted: Fitted, splits: Splits, settings: dict) -> dict:
     def truth(rows: list[dict]) -> np.ndarray:
         return np.array([r["labels"] for r in rows], dtype=float)
 
-    metrics = {"val": dimension_metrics(truth(splits.val), scores(splits.val), splits.dimension_names), "test": None}
+    val_scores = scores(splits.val)
+    metrics = {"val": dimension_metrics(truth(splits.val), val_scores, splits.dimension_names), "test": None}
+    table = isotonic.fit(val_scores, truth(splits.val), splits.dimension_names)
+    metrics["isotonic"] = table
     if splits.test:
-        metrics["test"] = dimension_metrics(truth(splits.test), scores(splits.test), splits.dimension_names)
+        test_scores = scores(splits.test)
+        metrics["test"] = dimension_metrics(truth(splits.test), test_scores, splits.dimension_names)
+        metrics["test_isotonic"] = dimension_metrics(truth(splits.test), isotonic.apply(table, test_scores,
+                                                     splits.dimension_names), splits.dimension_names)
     evals = [h for h in fitted.history if "eval_mae" in h]
     best = min(evals, key=lambda h: h["eval_mae"]) if evals else None
     metrics.update({
@@ -257,7 +265,8 @@ def training_config(opts: TrainOptions, fitted: Fitted, splits: Splits, filt, se
         "max_length": settings["max_length"], "max_article_chars": filt.max_article_chars,
         "truncation": "gt.core.text.head_tail_truncate on characters (max_article_chars), then on token ids",
         "special_tokens": {"prefix": fitted.encoder.prefix, "suffix": fitted.encoder.suffix},
-        "method": settings["method"], "epochs": settings["epochs"], "lr": settings["lr"],
+        "isotonic": opts.isotonic == "on", "method": settings["method"], "epochs": settings["epochs"],
+        "lr": settings["lr"],
         "batch_size": settings["batch_size"],
         "grad_accum": settings["grad_accum"], "lora_r": settings["lora_r"], "lora_alpha": settings["lora_alpha"],
         "lora_dropout": settings["lora_dropout"], "lora_targets": fitted.lora_targets,
@@ -296,6 +305,7 @@ def save_model_folder(work: Path, output: Path, model, tokenizer, config: dict, 
     tokenizer.save_pretrained(str(work))
     report.write_json_atomic(work / DIMENSIONS_FILE, config["dimension_names"])
     report.write_json_atomic(work / CONFIG_FILE, config)
+    isotonic.save(metrics.pop("isotonic"), work)   # fitted on val: applied where config["isotonic"] says so
     report.write_json_atomic(work / "metrics.json", metrics)
     plot_loss_curve(metrics["history"], work / "loss_curve.png", config["name"])
     report.write_text_atomic(work / "README.md", model_card(config, metrics))
