@@ -233,7 +233,10 @@ class _Run:
             if k not in have and k not in missing:
                 missing[k] = p
         self.result.reused += len(keys) - len(missing)
-        waiting = {k: [p for p in keys if keys[p] == k] for k in missing}
+        waiting: dict[str, list[int]] = {k: [] for k in missing}   # the positions each text to score fills
+        for p, k in keys.items():
+            if k in waiting:
+                waiting[k].append(p)
         done_rows = [(p, ids[p], keys[p]) for p in keys if keys[p] in have and known.get(p) != keys[p]]
         self.journal.add(done_rows, {k: have[k] for k in {r[2] for r in done_rows}})
         if not missing:
