@@ -66,7 +66,7 @@ venv-gpu:
 	touch $(STAMP)
 
 test: $(STAMP)
-	@$(PY) -m pytest -q tests $(ARGS); rc=$$?; \
+	@$(PY) -m pytest -q --durations=12 tests $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 ingest: $(STAMP)

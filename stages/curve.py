@@ -37,11 +37,12 @@ def build_parser() -> kit.Parser:
                    help="share of each strategy's budget filled by a seeded uniform sample after the program "
                         "picks the rest (default %(default)s: exactly the select stage's selection; for studying the "
                         "tail/overall trade-off)")
-    p.add_argument("--student", choices=["head", "lora"],
-                   help="head: ridge on cached frozen MiniLM embeddings (fast, default); lora: the real student")
+    p.add_argument("--student", choices=["head", "full", "lora"],
+                   help="head: ridge on cached frozen MiniLM embeddings (fast, default); full or lora: the real "
+                        "student, a full fine-tune or LoRA (slow on a CPU)")
     p.add_argument("--cache", help="embedding cache file, shared by every gt.db (default: data/cache/embeddings.db "
                                    "in the project; 'none' to compute without caching)")
-    lora = p.add_argument_group("--student lora (defaults: train.py's for the device)")
+    lora = p.add_argument_group("--student full|lora (defaults: train.py's for the device)")
     lora.add_argument("--model", help="base model (default: the MiniLM on a CPU, Qwen/Qwen2.5-7B-Instruct on a GPU)")
     lora.add_argument("--device", choices=["auto", "cpu", "cuda"])
     lora.add_argument("--epochs", type=kit.number(POSITIVE))

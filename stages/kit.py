@@ -49,15 +49,19 @@ def parser(verb: str, description: str, *, epilog: str | None = None, common: Se
     return p
 
 
-def number(rng: Range) -> Callable[[str], Any]:
-    """The argparse type of a numeric flag: a whole number or a finite float inside `rng`, else one
-    line `error: argument --flag: must be <range>, got <text>` and exit 2. Every numeric flag of every
+def number(rng: Range, keywords: Sequence[str] = ()) -> Callable[[str], Any]:
+    """The argparse type of a numeric flag: a whole number or a finite float inside `rng` (or one of
+    `keywords`, returned as given, e.g. select's `--target-size all`), else one line
+    `error: argument --flag: must be <range>, got <text>` and exit 2. Every numeric flag of every
     command takes one (kit.options refuses a bare type=int or type=float)."""
     def parse(text: str) -> Any:
+        if text in keywords:
+            return text
         try:
             value = int(text) if rng.whole else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {rng.words()}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {rng.words()}" + "".join(f" or {k}" for k in keywords)
+                                             + f", got {text!r}") from None
         if not rng.admits(value):
             raise argparse.ArgumentTypeError(f"must be {rng.words()}, got {text}")
         return value

@@ -32,7 +32,8 @@ def build_parser() -> kit.Parser:
     p.add_argument("--labeled-file", help="import this labelled JSONL (the spec's labeled_articles.jsonl shape) "
                                            "into gt.db first, then select")
     p.add_argument("--output-dir", help="where train/val/test.jsonl and the reports go (default: %(default)s)")
-    p.add_argument("--target-size", type=kit.number(WHOLE_POSITIVE), help="articles to select, exactly (default: %(default)s)")
+    p.add_argument("--target-size", type=kit.number(WHOLE_POSITIVE, keywords=("all",)),
+                   help="articles to select, exactly, or all: every eligible article (default: %(default)s)")
     p.add_argument("--strategy", choices=list(STRATEGIES), help="quotas, values and tier bounds of the program (see below; default: %(default)s)")
     p.add_argument("--train-ratio", type=kit.number(SHARE), help="share of the selection in train.jsonl (default: %(default)s)")
     p.add_argument("--val-ratio", type=kit.number(SHARE), help="share in val.jsonl (default: %(default)s)")

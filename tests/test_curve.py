@@ -255,10 +255,12 @@ def test_bad_flags_are_one_line_errors(synth, capsys, tmp_path):
     assert "no such split scheme" in capsys.readouterr().err
 
 
-def test_lora_student_runs_the_real_training_path(synth, tmp_path):
-    """--student lora through gt.student.model.fit_student, on a 2-layer random BERT with MiniLM's
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_real_student_runs_the_real_training_path(synth, tmp_path, method):
+    """--student full|lora through gt.student.model.fit_student, on a 2-layer random BERT with MiniLM's
     tokenizer (the real MiniLM trains the same way, only slower; one run: the Trainer is the cost):
-    it trains on a 90/10 split of the selection and predicts the test set it never saw."""
+    it trains with the named method on a 90/10 split of the selection and predicts the test set it
+    never saw."""
     import shutil
 
     from transformers import BertConfig, BertModel
@@ -271,10 +273,11 @@ def test_lora_student_runs_the_real_training_path(synth, tmp_path):
                          intermediate_size=64)).save_pretrained(base)
     for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(minilm_dir() / f, base / f)
-    r = curve.curve(curve_args(synth, tmp_path / "out", "--student", "lora", "--model", base, "--budgets", "20",
+    r = curve.curve(curve_args(synth, tmp_path / "out", "--student", method, "--model", base, "--budgets", "20",
                                "--seeds", "1", "--strategies", "random", "--epochs", "1", "--max-length", "16",
                                "--device", "cpu"), progress=False)
     (run,) = r["runs"]
-    assert r["student_kind"] == "lora" and run["strategy"] == "random" and run["student"]["train"] == 18
+    assert r["student_kind"] == method == run["student"]["method"] and run["strategy"] == "random"
+    assert run["student"]["train"] == 18
     assert run["student"]["val"] == 2 and not set(r["test_ids"]) & set(run["selected"])
     assert run["metrics"]["mae"] is not None and run["metrics"]["per_dimension"]["energy"]["tail_n"] > 0

@@ -600,6 +600,23 @@ def test_random_strategy_and_exploration_share_give_the_documented_counts(pool_d
     assert "25% of them drawn uniformly" in (tmp_path / "e" / "selection_report.md").read_text()
 
 
+def test_target_size_all_selects_every_eligible_article_once_per_cluster(pool_db, tmp_path, capsys):
+    """--target-size all: every eligible article (the 5 too short ones out) is selected, or its
+    near-duplicate mate is; train and val hold at most one article of a cluster; a word other than
+    'all' is a usage error."""
+    assert run_select(pool_db, tmp_path / "a", "--target-size", "all", "--strategy", "random", "--name", "whole") == 0
+    picked = dict(members(pool_db, "whole"))
+    eligible = {f"a{i:03d}" for i in range(300) if i not in (21, 22, 23, 24, 25)}
+    mate = {f"a{i:03d}": f"a{i ^ 1:03d}" for i in range(20)}
+    assert set(picked) <= eligible and all(a in picked or mate.get(a) in picked for a in eligible)
+    train_val = [a for a, s in picked.items() if s != "test"]
+    assert not any(mate.get(a) in train_val for a in train_val)
+    assert {s for s in picked.values()} == {"train", "val", "test"}
+    capsys.readouterr()
+    assert run_select(pool_db, tmp_path / "b", "--target-size", "most") == 2
+    assert "must be a whole number >= 1 or all, got 'most'" in capsys.readouterr().err
+
+
 def test_the_training_target_is_the_mean_of_an_article_s_valid_repeats(conn, uplifting, db_path, tmp_path):
     """Two repeats 4 and 6 train as 5 (the split line says 2 repeats); an article with one repeat
     still trains; a failed repeat does not count."""

@@ -29,7 +29,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ class SelectOptions:
     oracle: str | None = None
     labeled_file: str | None = None
     output_dir: str = "data/training"
-    target_size: int = 2000
+    target_size: int | str = 2000   # or "all": every eligible article (resolved once the pool is read)
     strategy: str = "maximize_coverage"
     train_ratio: float = 0.8
     val_ratio: float = 0.1
@@ -139,6 +139,8 @@ def select(o: SelectOptions) -> Result:
         cand = read_candidates(conn, o, plan)
         draw_pool_test(o, plan, cand)
         narrow_candidates(conn, o, plan, cand)
+        if o.target_size == "all":   # one article of each near-duplicate cluster, as the program picks
+            o = replace(o, target_size=len(cand.test_ids) + selectable(cand.pool_df))
         if o.target_size - len(cand.test_ids) > len(cand.pool_df):
             raise SelectError(f"--target-size {o.target_size} is larger than the eligible pool of "
                               f"{len(cand.pool_df)} articles ({cand.oracle} labels of {plan.filt.id}; see the "
@@ -151,7 +153,7 @@ def select(o: SelectOptions) -> Result:
 
 def check_options(o: SelectOptions) -> Plan:
     """Every option checked before anything is read (usage errors exit 2)."""
-    if o.target_size < 1:
+    if o.target_size != "all" and (not isinstance(o.target_size, int) or o.target_size < 1):
         raise errors.UsageError(f"--target-size must be at least 1 (got {o.target_size})")
     ratios = check_ratios(o.train_ratio, o.val_ratio, o.test_ratio)
     edges = parse_bins(o.bins)
@@ -215,13 +217,19 @@ def read_candidates(conn: sqlite3.Connection, o: SelectOptions, plan: Plan) -> C
     return Candidates(oracle, prompt_sha, pool_df, pool_df, excluded, {}, imported=imported)
 
 
+def selectable(df: pd.DataFrame) -> int:
+    """How many articles a selection can hold: one per near-duplicate cluster (--target-size all)."""
+    return int(df["near_dup_cluster"].nunique() + df["near_dup_cluster"].isna().sum())
+
+
 def draw_pool_test(o: SelectOptions, plan: Plan, cand: Candidates) -> None:
     """--test-from pool (the default): the test split is a seeded uniform sample of the eligible pool,
     near-duplicate clusters whole, drawn before any strategy picks, so the student's test figures are
     those of the articles it will meet; the test articles and their cluster mates leave the pool.
     Not with a --holdout-split (the dataset's own test split is the test), --extend (the extended
     selection's test split stays) or --test-ratio 0."""
-    n_test = int(splits.split_sizes(o.target_size, plan.ratios)[2])
+    total = selectable(cand.pool_df) if o.target_size == "all" else o.target_size
+    n_test = int(splits.split_sizes(total, plan.ratios)[2])
     if o.test_from != "pool" or o.holdout_split or o.extend or n_test == 0:
         return
     df = cand.pool_df

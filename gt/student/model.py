@@ -502,6 +502,9 @@ def fit_student(train_rows: Sequence[dict], val_rows: Sequence[dict], n_outputs:
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         label_names=["labels"], remove_unused_columns=False, report_to="none", disable_tqdm=not progress,
         dataloader_num_workers=0,
+        # batches of similar lengths (seeded; shuffled in groups of 50 batches): padding is most of a
+        # random batch's work on short texts (EmoBank: 1.9x the examples per second on a CPU)
+        train_sampling_strategy="group_by_length",
     )
     trainer = Trainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=val_set,
                       data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id),
