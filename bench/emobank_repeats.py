@@ -8,8 +8,8 @@ the oracle's repeats: every sentence of the official train split was rated by 5-
 1-5 (mapped onto 0-10). For each k in --repeats and each seed, B/k train sentences (a seeded
 sample, nested: the 3-rating sentences are among the 2-rating ones) each get the mean of k of their
 ratings (a seeded choice) as the target, and `python -m stages.train` trains the student with its
-defaults (plus ARGS) on them; val is the official dev split with its human-mean labels, the same for
-every arm, so only the training targets differ. Measured on the official test split against
+defaults (plus ARGS) on them; val is --val sentences of the official dev split with their human-mean
+labels, the same for every arm, so only the training targets differ. Measured on the official test split against
 human-mean (emobank.csv): MAE, Pearson r and Spearman rho per dimension (valence, arousal,
 dominance), and their means over the seeds. Prints one JSON line per run, then a summary table.
 """
@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=2400, help="ratings bought per arm (default 2400)")
     ap.add_argument("--repeats", default="1,2,3,5", help="ratings per sentence, one arm each (default 1,2,3,5)")
     ap.add_argument("--seeds", type=int, default=2, help="seeds 42, 43, ... (default 2)")
+    ap.add_argument("--val", type=int, default=500, help="val sentences: the first of the official dev split by id "
+                                                           "(default 500)")
     args, train_args = ap.parse_known_args()
     arms = [int(k) for k in args.repeats.split(",")]
 
@@ -62,7 +64,7 @@ def main() -> None:
     for r in csv.DictReader(gzip.open(ROOT / "data/emobank/individual_reader_ratings.csv.gz", "rt", encoding="utf-8")):
         ratings[r["id"]].append(to_scale((r["V"], r["A"], r["D"])))
     pool = sorted(i for i, r in rows.items() if r["split"] == "train" and len(ratings.get(i, ())) >= max(arms))
-    dev = [r for r in rows.values() if r["split"] == "dev"]
+    dev = sorted((r for r in rows.values() if r["split"] == "dev"), key=lambda r: r["id"])[:args.val]
     test = [r for r in rows.values() if r["split"] == "test"]
     truth = np.array([to_scale((r["V"], r["A"], r["D"])) for r in test])
     for k in arms:

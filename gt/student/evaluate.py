@@ -11,8 +11,9 @@ article). The test
 articles are --test-file's, or with --split NAME the 'test' articles of a split scheme stored in
 gt.db (`ingest --split-column`: a dataset's own test set, e.g. EmoBank's) with the labels of
 --oracle; articles the student was trained or validated on are left out and counted. Next to
-them, the mean predictor (every article gets each dimension's mean of the training labels, saved
-with the model): a dimension where the student's MAE is not lower than its MAE is flagged "worse
+them, the mean predictor (every article gets each dimension's mean over the labelled pool the
+student's selection was drawn from, repeats averaged and the test articles left out: pool_means;
+the training labels' mean saved with the model where gt.db knows no selection of it): a dimension where the student's MAE is not lower than its MAE is flagged "worse
 than mean" in the report's summary and table and in the printed summary line. And the floor:
 how far two raters' labels of the same articles lie apart, the best a student trained on one can
 hope to reach. It is read from the calibration report's JSON (--calibration,
