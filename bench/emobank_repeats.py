@@ -1,6 +1,6 @@
 """Repeats or new sentences? EmoBank's individual ratings at a fixed budget of ratings.
 
-    .venv/bin/python bench/emobank_repeats.py [--budget 2400] [--repeats 1,2,3,5] [--seeds 2] [ARGS for stages.train ...]
+    .venv/bin/python bench/emobank_repeats.py [--budget 1200] [--repeats 1,2,3,5] [--seeds 2] [ARGS for stages.train ...]
 
 A user with money for B oracle answers can buy one answer on B articles or k answers (label
 --repeats k, averaged into one target by store.target_frame) on B/k. EmoBank's raters stand in for
@@ -51,7 +51,7 @@ def main() -> None:
     from stages import train as train_command
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", type=int, default=2400, help="ratings bought per arm (default 2400)")
+    ap.add_argument("--budget", type=int, default=1200, help="ratings bought per arm (default 1200)")
     ap.add_argument("--repeats", default="1,2,3,5", help="ratings per sentence, one arm each (default 1,2,3,5)")
     ap.add_argument("--seeds", type=int, default=2, help="seeds 42, 43, ... (default 2)")
     ap.add_argument("--val", type=int, default=500, help="val sentences: the first of the official dev split by id "
