@@ -147,7 +147,7 @@ export: $(STAMP)
 # and seeds, on a test set no selection sees (gt.db's 'official' split where it has one), fast student by
 # default (ridge on MiniLM embeddings cached in data/cache/). `make curve` alone: EmoBank as `make emobank`
 # leaves it (human-mean labels); another pool: make curve DB=gt.db FILTER=filters/uplifting/v1 [ORACLE=...].
-# Defaults: budgets 250,500,1000,2000, 5 seeds (ARGS='--budgets 250,500 --seeds 3 --student lora ...').
+# Defaults: budgets 250,500,1000,2000, 5 seeds (ARGS='--budgets 500,1000 --seeds 3 --student full ...').
 .PHONY: curve
 ORACLE       ?=
 CURVE_OUT    ?=
