@@ -40,7 +40,9 @@ DIMS = ["valence", "arousal", "dominance"]
 
 
 def to_scale(values) -> list[float]:
-    return [(float(v) - 1) / 4 * 10 for v in values]
+    """EmoBank's 1-5 ratings on the 0-10 scale, as `make emobank` imports them (--label-scale 1-5)."""
+    from gt.intake.human_labels import Scale
+    return [Scale.parse("1-5").rescale(float(v)) for v in values]
 
 
 def main() -> None:

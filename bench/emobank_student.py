@@ -36,7 +36,9 @@ SPLITS = {"train": "train", "val": "dev", "test": "test"}
 
 
 def labels(row: dict) -> list[float]:
-    return [(float(row[k]) - 1) / 4 * 10 for k in "VAD"]
+    """EmoBank's 1-5 means on the 0-10 scale, as `make emobank` imports them (--label-scale 1-5)."""
+    from gt.intake.human_labels import Scale
+    return [Scale.parse("1-5").rescale(float(row[k])) for k in "VAD"]
 
 
 def main() -> None:
