@@ -65,9 +65,10 @@ venv-gpu:
 	$(PY) -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'GPUs', torch.cuda.device_count())"
 	touch $(STAMP)
 
-# two workers (pytest-xdist), each test file whole on one: much of the suite waits on locks, leases and
-# subprocesses, so a second worker fills that time; TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2: two pytest-xdist workers, each test file whole on one (10 min instead of 15 on 2
+# cores), but test_label's Ctrl-C test failed in 2 of 3 such runs (the labelled run ended with exit 0
+# instead of 130; not yet understood), so one process stays the default.
+TEST_WORKERS ?= 0
 test: $(STAMP)
 	@$(PY) -m pytest -q --durations=12 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) tests $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
